@@ -1,0 +1,83 @@
+//! Errors of `diffusion-core`.
+
+use std::path::PathBuf;
+
+/// Every failure `diffusion-core` reports instead of panicking.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A configuration value is out of its valid range.
+    #[error("invalid config `{field}`: {reason}")]
+    InvalidConfig {
+        /// The offending field.
+        field: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A tensor handed to an API has the wrong shape.
+    #[error("shape mismatch for {what}: expected {expected:?}, found {found:?}")]
+    Shape {
+        /// What was being checked.
+        what: String,
+        /// The expected shape.
+        expected: Vec<usize>,
+        /// The shape that was supplied.
+        found: Vec<usize>,
+    },
+    /// A weight file lacks a key the model needs.
+    #[error("checkpoint is missing key `{key}`")]
+    MissingKey {
+        /// The missing key, in the checkpoint's naming.
+        key: String,
+    },
+    /// A weight in a checkpoint has a different shape than the model expects.
+    #[error("checkpoint key `{key}` has shape {found:?}, the model expects {expected:?}")]
+    KeyShape {
+        /// The key, in the checkpoint's naming.
+        key: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+        /// The shape stored in the file.
+        found: Vec<usize>,
+    },
+    /// A weight in a checkpoint has an unsupported element type.
+    #[error("checkpoint key `{key}` has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    KeyDtype {
+        /// The key, in the checkpoint's naming.
+        key: String,
+        /// The stored dtype.
+        dtype: String,
+    },
+    /// The safetensors container could not be parsed.
+    #[error("cannot parse safetensors {path}: {reason}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// File IO failed.
+    #[error("io error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A value that must be finite was NaN or infinite.
+    #[error("non-finite value in {what}")]
+    NonFinite {
+        /// What was being checked.
+        what: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, CoreError>;
+
+/// Shorthand for [`CoreError::InvalidConfig`].
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> CoreError {
+    CoreError::InvalidConfig {
+        field,
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod checkpoint;
+pub mod error;
+pub mod loss;
+pub mod model;
+pub mod probe;
+pub mod rollout;
+pub mod schedule;
+pub mod stepper;
+pub mod text;
+pub mod vae;
+pub mod wan;
+
+pub use error::{CoreError, Result};
+pub use model::VelocityModel;
+pub use rollout::{Conditioning, GradWindow, Rollout, Trajectory};
+pub use schedule::{FlowMatchScheduleConfig, Schedule, VpScheduleConfig};
+pub use stepper::{DanceGrpoSde, EulerOde, FlowGrpoSde, Guidance, LogProbReduction, Stepper};
+pub use wan::{WanConfig, WanTransformer};

@@ -1,0 +1,10 @@
+//! Video autoencoders: the `VideoAutoencoder` trait and a small causal 3D-conv VAE with Wan's
+//! `1 + 4k` frame layout.
+
+mod base;
+mod blocks;
+mod causal;
+
+pub use base::{LatentDist, VideoAutoencoder};
+pub use blocks::{CausalConv3d, ResBlock3d, TemporalDown, TemporalUp};
+pub use causal::{CausalVae, CausalVaeConfig};

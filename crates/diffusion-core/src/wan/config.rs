@@ -1,0 +1,158 @@
+use burn::{config::Config, tensor::backend::Backend};
+
+use super::WanTransformer;
+use crate::error::{invalid, CoreError};
+
+/// Configuration of a [`WanTransformer`], field names as in diffusers' `config.json` of
+/// `WanTransformer3DModel` so that file can be read with [`WanConfig::load_diffusers`].
+#[derive(Config, Debug, PartialEq)]
+pub struct WanConfig {
+    /// Patch size `(p_t, p_h, p_w)` of the 3D patch embedding.
+    #[config(default = "[1, 2, 2]")]
+    pub patch_size: [usize; 3],
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Width of one head; the model width is `heads * head_dim`.
+    pub attention_head_dim: usize,
+    /// Latent channels in.
+    #[config(default = 16)]
+    pub in_channels: usize,
+    /// Latent channels out.
+    #[config(default = 16)]
+    pub out_channels: usize,
+    /// Width of the text embeddings (umT5-XXL: 4096).
+    #[config(default = 4096)]
+    pub text_dim: usize,
+    /// Width of the sinusoidal timestep features.
+    #[config(default = 256)]
+    pub freq_dim: usize,
+    /// Hidden width of the feed-forward network.
+    pub ffn_dim: usize,
+    /// Number of transformer blocks.
+    pub num_layers: usize,
+    /// Whether cross-attention input is layer-normed (with affine parameters); true in Wan2.1.
+    #[config(default = true)]
+    pub cross_attn_norm: bool,
+    /// Epsilon of the layer and RMS norms.
+    #[config(default = 1e-6)]
+    pub eps: f64,
+    /// Longest axis (in patches) the rotary tables cover.
+    #[config(default = 1024)]
+    pub rope_max_seq_len: usize,
+}
+
+impl WanConfig {
+    /// Published shape of Wan2.1-T2V-1.3B.
+    pub fn wan21_1_3b() -> Self {
+        Self::new(12, 128, 8960, 30)
+    }
+
+    /// Published shape of Wan2.1-T2V-14B.
+    pub fn wan21_14b() -> Self {
+        Self::new(40, 128, 13824, 40)
+    }
+
+    /// A tiny model for tests: width 24 (2 heads of 12), 2 blocks, 4 latent channels.
+    pub fn tiny() -> Self {
+        Self::new(2, 12, 48, 2)
+            .with_in_channels(4)
+            .with_out_channels(4)
+            .with_text_dim(16)
+            .with_freq_dim(16)
+            .with_rope_max_seq_len(64)
+    }
+
+    /// Model width `heads * head_dim`.
+    pub fn dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    /// Reads a diffusers `config.json` (extra keys such as `_class_name` are ignored).
+    pub fn load_diffusers(path: impl AsRef<std::path::Path>) -> crate::Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| invalid("config.json", format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the shape constraints the architecture relies on.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.num_attention_heads == 0 || self.num_layers == 0 || self.ffn_dim == 0 {
+            return Err(invalid("num_attention_heads/num_layers/ffn_dim", "must be > 0"));
+        }
+        if self.attention_head_dim % 2 != 0 || self.attention_head_dim < 6 {
+            return Err(invalid(
+                "attention_head_dim",
+                format!("must be even and >= 6 for 3D RoPE, got {}", self.attention_head_dim),
+            ));
+        }
+        if self.patch_size.contains(&0) {
+            return Err(invalid("patch_size", "entries must be > 0"));
+        }
+        if self.freq_dim % 2 != 0 || self.freq_dim == 0 {
+            return Err(invalid("freq_dim", "must be even and > 0"));
+        }
+        if self.in_channels == 0 || self.out_channels == 0 || self.text_dim == 0 {
+            return Err(invalid("in_channels/out_channels/text_dim", "must be > 0"));
+        }
+        Ok(())
+    }
+
+    /// Number of parameters of the model this config describes.
+    pub fn num_params(&self) -> usize {
+        let d = self.dim();
+        let [pt, ph, pw] = self.patch_size;
+        let lin = |i: usize, o: usize| i * o + o;
+        let attn = 4 * lin(d, d) + 2 * d;
+        let block = 2 * attn + lin(d, self.ffn_dim) + lin(self.ffn_dim, d) + 6 * d
+            + if self.cross_attn_norm { 2 * d } else { 0 };
+        let patch = self.in_channels * pt * ph * pw * d + d;
+        let cond = lin(self.freq_dim, d) + lin(d, d) + lin(d, 6 * d) + lin(self.text_dim, d) + lin(d, d);
+        let head = lin(d, self.out_channels * pt * ph * pw) + 2 * d;
+        patch + cond + self.num_layers * block + head
+    }
+
+    /// Builds a randomly initialised model.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<WanTransformer<B>> {
+        self.validate()?;
+        Ok(WanTransformer::new(self, device))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_sizes() {
+        // Wan2.1 reports 1.3B and 14B parameters.
+        let small = WanConfig::wan21_1_3b().num_params() as f64 / 1e9;
+        let big = WanConfig::wan21_14b().num_params() as f64 / 1e9;
+        assert!((1.4..1.45).contains(&small), "{small}");
+        assert!((14.0..14.4).contains(&big), "{big}");
+    }
+
+    #[test]
+    fn reads_diffusers_json() {
+        let dir = std::env::temp_dir().join("wan_cfg_test.json");
+        std::fs::write(
+            &dir,
+            r#"{"_class_name":"WanTransformer3DModel","patch_size":[1,2,2],"num_attention_heads":12,
+            "attention_head_dim":128,"in_channels":16,"out_channels":16,"text_dim":4096,"freq_dim":256,
+            "ffn_dim":8960,"num_layers":30,"cross_attn_norm":true,"qk_norm":"rms_norm_across_heads",
+            "eps":1e-06,"image_dim":null,"added_kv_proj_dim":null,"rope_max_seq_len":1024}"#,
+        )
+        .unwrap();
+        assert_eq!(WanConfig::load_diffusers(&dir).unwrap(), WanConfig::wan21_1_3b());
+    }
+
+    #[test]
+    fn odd_head_dim_is_rejected() {
+        assert!(WanConfig::new(2, 7, 8, 1).validate().is_err());
+    }
+}

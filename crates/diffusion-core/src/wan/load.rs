@@ -1,0 +1,59 @@
+use burn::tensor::backend::Backend;
+
+use super::WanTransformer;
+use crate::{
+    checkpoint::{NamedWeights, ParamLayout, WeightVisitor},
+    error::Result,
+};
+
+/// Keys of diffusers' `WanTransformer3DModel` state dict.
+impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
+    fn visit_weights<V: WeightVisitor<B>>(&mut self, v: &mut V) -> Result<()> {
+        let d = self.dim();
+        let [pt, ph, pw] = self.patch_size();
+        let c = self.patch_embedding.weight.dims()[0] / (pt * ph * pw);
+        v.param(
+            "patch_embedding.weight",
+            &mut self.patch_embedding.weight,
+            ParamLayout::Conv3dAsLinear {
+                torch: [d, c, pt, ph, pw],
+            },
+        )?;
+        if let Some(bias) = self.patch_embedding.bias.as_mut() {
+            v.param("patch_embedding.bias", bias, ParamLayout::Same)?;
+        }
+        let ce = &mut self.condition;
+        v.linear("condition_embedder.time_embedder.linear_1", &mut ce.time_linear_1)?;
+        v.linear("condition_embedder.time_embedder.linear_2", &mut ce.time_linear_2)?;
+        v.linear("condition_embedder.time_proj", &mut ce.time_proj)?;
+        v.linear("condition_embedder.text_embedder.linear_1", &mut ce.text_linear_1)?;
+        v.linear("condition_embedder.text_embedder.linear_2", &mut ce.text_linear_2)?;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let p = format!("blocks.{i}");
+            for (name, attn) in [("attn1", &mut block.attn1), ("attn2", &mut block.attn2)] {
+                for (proj, lin) in [
+                    ("to_q", &mut attn.to_q),
+                    ("to_k", &mut attn.to_k),
+                    ("to_v", &mut attn.to_v),
+                    ("to_out.0", &mut attn.to_out),
+                ] {
+                    v.linear(&format!("{p}.{name}.{proj}"), lin)?;
+                }
+                v.rms_norm(&format!("{p}.{name}.norm_q"), &mut attn.norm_q)?;
+                v.rms_norm(&format!("{p}.{name}.norm_k"), &mut attn.norm_k)?;
+            }
+            if let Some(norm) = block.norm2.as_mut() {
+                v.layer_norm(&format!("{p}.norm2"), norm)?;
+            }
+            v.linear(&format!("{p}.ffn.net.0.proj"), &mut block.ffn_in)?;
+            v.linear(&format!("{p}.ffn.net.2"), &mut block.ffn_out)?;
+            v.param(
+                &format!("{p}.scale_shift_table"),
+                &mut block.scale_shift_table,
+                ParamLayout::Same,
+            )?;
+        }
+        v.linear("proj_out", &mut self.proj_out)?;
+        v.param("scale_shift_table", &mut self.scale_shift_table, ParamLayout::Same)
+    }
+}

@@ -1,0 +1,188 @@
+use burn::{
+    module::{Module, Param},
+    nn::{Linear, LinearConfig},
+    tensor::{backend::Backend, Distribution, Tensor},
+};
+
+use super::{norm::modulate, RopeTable, WanBlock, WanConditionEmbedder, WanConfig};
+use crate::{
+    error::{CoreError, Result},
+    model::VelocityModel,
+};
+
+/// The Wan2.1 text-to-video diffusion transformer.
+///
+/// `x [B, C, F, H, W]` -> 3D patches -> tokens `[B, L, D]` (`L = F/p_t * H/p_h * W/p_w`) ->
+/// `num_layers` [`WanBlock`]s conditioned on time (adaLN) and text (cross-attention) ->
+/// modulated norm -> linear head -> unpatchify to `[B, C_out, F, H, W]`.
+#[derive(Module, Debug)]
+pub struct WanTransformer<B: Backend> {
+    /// 3D patch embedding as a linear map over flattened `(C, p_t, p_h, p_w)` patches
+    /// (`patch_embedding`, a strided Conv3d in diffusers).
+    pub patch_embedding: Linear<B>,
+    /// Time and text embeddings (`condition_embedder`).
+    pub condition: WanConditionEmbedder<B>,
+    /// Transformer blocks.
+    pub blocks: Vec<WanBlock<B>>,
+    /// Output head (`proj_out`).
+    pub proj_out: Linear<B>,
+    /// Learned offsets of the final shift and scale, `[1, 2, D]`.
+    pub scale_shift_table: Param<Tensor<B, 3>>,
+    patch: [usize; 3],
+    heads: usize,
+    in_channels: usize,
+    out_channels: usize,
+    text_dim: usize,
+    rope_max: usize,
+    eps: f64,
+}
+
+impl<B: Backend> WanTransformer<B> {
+    pub(crate) fn new(cfg: &WanConfig, device: &B::Device) -> Self {
+        let d = cfg.dim();
+        let [pt, ph, pw] = cfg.patch_size;
+        let patch_len = pt * ph * pw;
+        Self {
+            patch_embedding: LinearConfig::new(cfg.in_channels * patch_len, d).init(device),
+            condition: WanConditionEmbedder::new(cfg.freq_dim, d, cfg.text_dim, device),
+            blocks: (0..cfg.num_layers)
+                .map(|_| {
+                    WanBlock::new(
+                        d,
+                        cfg.ffn_dim,
+                        cfg.num_attention_heads,
+                        cfg.cross_attn_norm,
+                        cfg.eps,
+                        device,
+                    )
+                })
+                .collect(),
+            proj_out: LinearConfig::new(d, cfg.out_channels * patch_len).init(device),
+            scale_shift_table: Param::from_tensor(Tensor::random(
+                [1, 2, d],
+                Distribution::Normal(0.0, 1.0 / (d as f64).sqrt()),
+                device,
+            )),
+            patch: cfg.patch_size,
+            heads: cfg.num_attention_heads,
+            in_channels: cfg.in_channels,
+            out_channels: cfg.out_channels,
+            text_dim: cfg.text_dim,
+            rope_max: cfg.rope_max_seq_len,
+            eps: cfg.eps,
+        }
+    }
+
+    /// Model width.
+    pub fn dim(&self) -> usize {
+        self.scale_shift_table.dims()[2]
+    }
+
+    /// Patch size `(p_t, p_h, p_w)`.
+    pub fn patch_size(&self) -> [usize; 3] {
+        self.patch
+    }
+
+    /// Patch grid `[F', H', W']` of a latent `[.., F, H, W]`.
+    fn grid(&self, f: usize, h: usize, w: usize) -> [usize; 3] {
+        [f / self.patch[0], h / self.patch[1], w / self.patch[2]]
+    }
+
+    /// Patchifies and embeds a latent.
+    ///
+    /// # Shapes
+    /// - `x`: `[B, C, F, H, W]` -> `[B, L, D]`
+    pub fn embed_patches(&self, x: Tensor<B, 5>) -> Tensor<B, 3> {
+        let [b, c, f, h, w] = x.dims();
+        let [pt, ph, pw] = self.patch;
+        let [gf, gh, gw] = self.grid(f, h, w);
+        let x: Tensor<B, 8> = x.reshape([b, c, gf, pt, gh, ph, gw, pw]);
+        // -> [B, F', H', W', C, p_t, p_h, p_w], the Conv3d's flattening order per patch
+        let x = x.permute([0, 2, 4, 6, 1, 3, 5, 7]);
+        self.patch_embedding
+            .forward(x.reshape([b, gf * gh * gw, c * pt * ph * pw]))
+    }
+
+    /// Rotary tables of the latent's patch grid.
+    pub fn rope(&self, f: usize, h: usize, w: usize, device: &B::Device) -> RopeTable<B> {
+        let head_dim = self.dim() / self.heads;
+        RopeTable::new(head_dim, self.grid(f, h, w), 10000.0, device)
+    }
+
+    /// Hidden tokens after the first `depth` blocks (all blocks if `depth >= num_layers`), with
+    /// the time embedding; the trunk that process reward models reuse (PRFL).
+    ///
+    /// # Shapes
+    /// - `x`: `[B, C, F, H, W]`, `timestep`: `[B]`, `text`: `[B, S, text_dim]`
+    /// - output: (`tokens`: `[B, L, D]`, `temb`: `[B, D]`)
+    pub fn forward_trunk(
+        &self,
+        x: Tensor<B, 5>,
+        timestep: Tensor<B, 1>,
+        text: Tensor<B, 3>,
+        depth: usize,
+    ) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let [_, _, f, h, w] = x.dims();
+        let rope = self.rope(f, h, w, &x.device());
+        let mut tokens = self.embed_patches(x);
+        let (temb, modulation) = self.condition.time(timestep);
+        let text = self.condition.text(text);
+        for block in self.blocks.iter().take(depth) {
+            tokens = block.forward(tokens, text.clone(), modulation.clone(), &rope);
+        }
+        (tokens, temb)
+    }
+
+    /// Full forward pass.
+    ///
+    /// # Shapes
+    /// - `x`: `[B, C_in, F, H, W]` with `F, H, W` divisible by the patch size
+    /// - `timestep`: `[B]`, `text`: `[B, S, text_dim]`
+    /// - output: `[B, C_out, F, H, W]`
+    pub fn forward(&self, x: Tensor<B, 5>, timestep: Tensor<B, 1>, text: Tensor<B, 3>) -> Tensor<B, 5> {
+        let [b, _, f, h, w] = x.dims();
+        let (tokens, temb) = self.forward_trunk(x, timestep, text, self.blocks.len());
+        let d = self.dim();
+        // [1, 2, D] + [B, 1, D] -> shift, scale
+        let ss = (self.scale_shift_table.val() + temb.reshape([b, 1, d])).chunk(2, 1);
+        let tokens = modulate(tokens, ss[0].clone(), ss[1].clone(), self.eps);
+        let out = self.proj_out.forward(tokens);
+        let [pt, ph, pw] = self.patch;
+        let [gf, gh, gw] = self.grid(f, h, w);
+        let c = self.out_channels;
+        let out: Tensor<B, 8> = out.reshape([b, gf, gh, gw, pt, ph, pw, c]);
+        // -> [B, C, F', p_t, H', p_h, W', p_w]
+        out.permute([0, 7, 1, 4, 2, 5, 3, 6]).reshape([b, c, f, h, w])
+    }
+}
+
+impl<B: Backend> VelocityModel<B> for WanTransformer<B> {
+    fn velocity(&self, x: Tensor<B, 5>, timestep: Tensor<B, 1>, text: Tensor<B, 3>) -> Tensor<B, 5> {
+        self.forward(x, timestep, text)
+    }
+
+    fn check_input(&self, latent: [usize; 5], text: [usize; 3]) -> Result<()> {
+        let [b, c, f, h, w] = latent;
+        let bad = |what: &str, expected: Vec<usize>, found: Vec<usize>| {
+            Err(CoreError::Shape {
+                what: what.to_string(),
+                expected,
+                found,
+            })
+        };
+        if c != self.in_channels || b == 0 {
+            return bad("latent channels", vec![b.max(1), self.in_channels, f, h, w], latent.to_vec());
+        }
+        let grid = self.grid(f, h, w);
+        if f % self.patch[0] != 0 || h % self.patch[1] != 0 || w % self.patch[2] != 0 || grid.contains(&0) {
+            return bad("latent frames/height/width (multiples of the patch size)", self.patch.to_vec(), vec![f, h, w]);
+        }
+        if grid.iter().any(|&g| g > self.rope_max) {
+            return bad("patch grid (rope_max_seq_len per axis)", vec![self.rope_max; 3], grid.to_vec());
+        }
+        if text[0] != b || text[2] != self.text_dim || text[1] == 0 {
+            return bad("text embeddings", vec![b, text[1].max(1), self.text_dim], text.to_vec());
+        }
+        Ok(())
+    }
+}

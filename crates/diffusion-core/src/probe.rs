@@ -78,6 +78,16 @@ impl HeapProbe {
 /// Bytes reserved by the device's memory pool (the high-water mark since the last cleanup) on
 /// CubeCL backends; `None` for host backends.
 pub fn device_reserved_bytes<B: Backend>(device: &B::Device) -> Option<u64> {
+    device_usage::<B>(device).map(|m| m.bytes_reserved)
+}
+
+/// Bytes in use and reserved by a CubeCL device's memory pool.
+struct DeviceUsage {
+    bytes_in_use: u64,
+    bytes_reserved: u64,
+}
+
+fn device_usage<B: Backend>(device: &B::Device) -> Option<DeviceUsage> {
     let any = device as &dyn std::any::Any;
     #[cfg(feature = "wgpu")]
     if let Some(d) = any.downcast_ref::<cubecl::wgpu::WgpuDevice>() {
@@ -85,7 +95,10 @@ pub fn device_reserved_bytes<B: Backend>(device: &B::Device) -> Option<u64> {
         return cubecl::wgpu::WgpuRuntime::client(d)
             .memory_usage()
             .ok()
-            .map(|m| m.bytes_reserved);
+            .map(|m| DeviceUsage {
+                bytes_in_use: m.bytes_in_use,
+                bytes_reserved: m.bytes_reserved,
+            });
     }
     #[cfg(feature = "cuda")]
     if let Some(d) = any.downcast_ref::<cubecl::cuda::CudaDevice>() {
@@ -93,10 +106,22 @@ pub fn device_reserved_bytes<B: Backend>(device: &B::Device) -> Option<u64> {
         return cubecl::cuda::CudaRuntime::client(d)
             .memory_usage()
             .ok()
-            .map(|m| m.bytes_reserved);
+            .map(|m| DeviceUsage {
+                bytes_in_use: m.bytes_in_use,
+                bytes_reserved: m.bytes_reserved,
+            });
     }
     let _ = any;
     None
+}
+
+/// Bytes currently in use: live device allocations on CubeCL backends, live heap (with
+/// [`PeakAlloc`]) on CPU backends.
+pub fn memory_in_use<B: Backend>(device: &B::Device) -> Option<u64> {
+    let _ = B::sync(device);
+    device_usage::<B>(device)
+        .map(|m| m.bytes_in_use)
+        .or_else(|| heap_in_use().map(|h| h as u64))
 }
 
 /// Peak memory and wall time of one measured region, on any backend.

@@ -134,6 +134,12 @@ pub fn randn<B: Backend, const D: usize>(
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
+/// The random stream of step `step` of a rollout seeded with `seed`: independent of which steps
+/// ran before, so a chain restarted at any step draws the same noise.
+pub fn step_rng(seed: u64, step: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 /// The clean-data prediction of flow matching, `x0_hat = x - sigma v`.
 pub fn predict_x0<B: Backend, const D: usize>(x: Tensor<B, D>, v: Tensor<B, D>, sigma: f64) -> Tensor<B, D> {
     x - v.mul_scalar(sigma)
@@ -224,13 +230,13 @@ impl<'a, S: Stepper> Rollout<'a, S> {
         i: usize,
         x: Tensor<B, 5>,
         cond: &Conditioning<B>,
-        rng: &mut StdRng,
+        seed: u64,
     ) -> StepOutput<B, 5> {
         let (sigma, sigma_next, t) = self.schedule.step(i).expect("validated step index");
         let eps = self
             .stepper
             .is_stochastic()
-            .then(|| randn(x.dims(), rng, &x.device()));
+            .then(|| randn(x.dims(), &mut step_rng(seed, i), &x.device()));
         let v = guided_velocity(model, x.clone(), t, cond, self.guidance);
         self.stepper.step(x, v, sigma, sigma_next, eps)
     }
@@ -268,11 +274,10 @@ impl<'a, S: Stepper> Rollout<'a, S> {
         seed: u64,
     ) -> Result<Trajectory<B>> {
         self.validate(model, &x, cond)?;
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut traj = self.trajectory(x.clone(), seed);
+                let mut traj = self.trajectory(x.clone(), seed);
         let mut x = x;
         for i in self.steps.clone() {
-            let out = self.step_at(model, i, x, cond, &mut rng);
+            let out = self.step_at(model, i, x, cond, seed);
             x = out.next.clone();
             self.push(&mut traj, i, out);
         }
@@ -297,15 +302,14 @@ impl<'a, S: Stepper> Rollout<'a, S> {
             text: cond.text.clone().inner(),
             uncond: cond.uncond.clone().map(|u| u.inner()),
         };
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut traj = self.trajectory(x.clone(), seed);
+                let mut traj = self.trajectory(x.clone(), seed);
         let mut x = x;
         for i in self.steps.clone() {
             let out = if window.contains(&i) {
-                self.step_at(model, i, x, cond, &mut rng)
+                self.step_at(model, i, x, cond, seed)
             } else {
                 let m = inner_model.as_ref().expect("built when some step is outside the window");
-                let o = self.step_at(m, i, x.inner(), &inner_cond, &mut rng);
+                let o = self.step_at(m, i, x.inner(), &inner_cond, seed);
                 StepOutput {
                     next: Tensor::from_inner(o.next),
                     mean: Tensor::from_inner(o.mean),

@@ -1,0 +1,120 @@
+//! Golden parity with diffusers 0.42 (fixtures from `tests/fixtures/gen_fixtures.py`).
+
+mod common;
+
+use burn::tensor::Tensor;
+use common::*;
+use diffusion_core::{
+    checkpoint::{load_safetensors, save_safetensors},
+    CoreError, FlowMatchScheduleConfig, WanConfig, WanTransformer,
+};
+
+fn load_tiny<Bk: burn::tensor::backend::Backend>(dev: &Bk::Device) -> WanTransformer<Bk> {
+    let cfg = WanConfig::load_diffusers(fixture("wan_tiny/config.json")).unwrap();
+    let model = cfg.init::<Bk>(dev).unwrap();
+    load_safetensors(model, fixture("wan_tiny/weights.safetensors"), dev).unwrap()
+}
+
+#[test]
+fn wan_forward_matches_diffusers() {
+    let dev = Default::default();
+    let model = load_tiny::<B>(&dev);
+    let io = read_tensors("wan_tiny/io.safetensors");
+    let out = model.forward(tensor(&io["x"], &dev), tensor(&io["timestep"], &dev), tensor(&io["text"], &dev));
+    assert_eq!(out.dims().to_vec(), io["out"].0);
+    let err = rel_err(&values(out), &io["out"].1);
+    assert!(err <= 1e-4, "forward relative error {err:.2e}");
+}
+
+#[test]
+fn wan_input_gradient_matches_diffusers() {
+    let dev = Default::default();
+    let model = load_tiny::<AD>(&dev);
+    let io = read_tensors("wan_tiny/io.safetensors");
+    let x: Tensor<AD, 5> = tensor::<AD, 5>(&io["x"], &dev).require_grad();
+    let out = model.forward(x.clone(), tensor(&io["timestep"], &dev), tensor(&io["text"], &dev));
+    let loss = (out * tensor::<AD, 5>(&io["w"], &dev)).sum();
+    let grads = loss.backward();
+    let gx = x.grad(&grads).expect("input gradient");
+    let err = rel_err(&values(gx), &io["grad_x"].1);
+    assert!(err <= 1e-3, "input-gradient relative error {err:.2e}");
+}
+
+#[test]
+fn flow_match_schedule_matches_diffusers() {
+    let text = std::fs::read_to_string(fixture("flow_match_schedules.json")).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(rows.len(), 9);
+    for row in rows {
+        let steps = row["steps"].as_u64().unwrap() as usize;
+        let shift = row["shift"].as_f64().unwrap();
+        let s = FlowMatchScheduleConfig::new(steps).with_shift(shift).init().unwrap();
+        let want_s: Vec<f64> = row["sigmas"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want_t: Vec<f64> = row["timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(s.sigmas().len(), want_s.len());
+        for (a, b) in s.sigmas().iter().zip(&want_s) {
+            assert!((a - b).abs() <= 1e-6, "steps {steps} shift {shift}: sigma {a} vs {b}");
+        }
+        for (a, b) in s.timesteps().iter().zip(&want_t) {
+            assert!((a - b).abs() <= 1e-3, "steps {steps} shift {shift}: timestep {a} vs {b}");
+        }
+    }
+}
+
+/// Writes a copy of the fixture weights with `edit` applied to the tensor map.
+fn edited_weights(name: &str, edit: impl FnOnce(&mut std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>)) -> std::path::PathBuf {
+    let mut w = read_tensors("wan_tiny/weights.safetensors");
+    edit(&mut w);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = w
+        .into_iter()
+        .map(|(k, (s, v))| (k, s, v.iter().flat_map(|f| f.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, s, b)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    let path = std::env::temp_dir().join(format!("latent_refl_{name}_{}.safetensors", std::process::id()));
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn missing_and_misshaped_keys_are_named() {
+    let dev = Default::default();
+    let cfg = WanConfig::load_diffusers(fixture("wan_tiny/config.json")).unwrap();
+
+    let path = edited_weights("missing", |w| {
+        w.remove("blocks.1.attn2.norm_k.weight");
+    });
+    match load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev) {
+        Err(CoreError::MissingKey { key }) => assert_eq!(key, "blocks.1.attn2.norm_k.weight"),
+        other => panic!("expected MissingKey, got {other:?}"),
+    }
+
+    let path = edited_weights("shape", |w| {
+        w.insert("proj_out.weight".into(), (vec![16, 25], vec![0.0; 400]));
+    });
+    let err = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap_err();
+    assert!(matches!(&err, CoreError::KeyShape { key, expected, found }
+        if key == "proj_out.weight" && expected == &vec![16, 24] && found == &vec![16, 25]), "{err}");
+    assert!(err.to_string().contains("proj_out.weight"));
+
+    let path = edited_weights("extra", |w| {
+        w.insert("blocks.9.attn1.to_q.weight".into(), (vec![1], vec![0.0]));
+    });
+    let err = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap_err();
+    assert!(err.to_string().contains("blocks.9.attn1.to_q.weight"), "{err}");
+}
+
+#[test]
+fn save_then_load_round_trips() {
+    let dev = Default::default();
+    let model = load_tiny::<B>(&dev);
+    let path = std::env::temp_dir().join(format!("latent_refl_roundtrip_{}.safetensors", std::process::id()));
+    save_safetensors(&model, &path).unwrap();
+    let cfg = WanConfig::load_diffusers(fixture("wan_tiny/config.json")).unwrap();
+    let again = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap();
+    let io = read_tensors("wan_tiny/io.safetensors");
+    let run = |m: &WanTransformer<B>| values(m.forward(tensor(&io["x"], &dev), tensor(&io["timestep"], &dev), tensor(&io["text"], &dev)));
+    assert_eq!(run(&model), run(&again));
+}

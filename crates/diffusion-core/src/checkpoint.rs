@@ -7,7 +7,7 @@ use std::{
 };
 
 use burn::{
-    module::Param,
+    module::{Module, ModuleVisitor, Param},
     nn::{LayerNorm, Linear, RmsNorm},
     tensor::{backend::Backend, Tensor, TensorData},
 };
@@ -23,15 +23,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Initialises every lazily-initialised parameter of `module` in place.
+///
+/// burn 0.21 initialises parameters on first use, and `clone()` of a module whose parameters
+/// were never used gives each clone its *own* random draw: a fresh model and its clone differ.
+/// Our `*Config::init` functions call this, so a model and its clones (a frozen reference for a
+/// KL term, a saved copy) always hold the same weights.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
 }
 
 /// How a burn parameter is laid out relative to its PyTorch checkpoint tensor.
@@ -73,7 +96,11 @@ pub trait WeightVisitor<B: Backend> {
 
     /// Visits a linear layer (`{prefix}.weight`, `{prefix}.bias`).
     fn linear(&mut self, prefix: &str, linear: &mut Linear<B>) -> Result<()> {
-        self.param(&format!("{prefix}.weight"), &mut linear.weight, ParamLayout::LinearWeight)?;
+        self.param(
+            &format!("{prefix}.weight"),
+            &mut linear.weight,
+            ParamLayout::LinearWeight,
+        )?;
         if let Some(bias) = linear.bias.as_mut() {
             self.param(&format!("{prefix}.bias"), bias, ParamLayout::Same)?;
         }
@@ -82,12 +109,20 @@ pub trait WeightVisitor<B: Backend> {
 
     /// Visits an RMS norm (`{prefix}.weight`).
     fn rms_norm(&mut self, prefix: &str, norm: &mut RmsNorm<B>) -> Result<()> {
-        self.param(&format!("{prefix}.weight"), &mut norm.gamma, ParamLayout::Same)
+        self.param(
+            &format!("{prefix}.weight"),
+            &mut norm.gamma,
+            ParamLayout::Same,
+        )
     }
 
     /// Visits an affine layer norm (`{prefix}.weight`, `{prefix}.bias`).
     fn layer_norm(&mut self, prefix: &str, norm: &mut LayerNorm<B>) -> Result<()> {
-        self.param(&format!("{prefix}.weight"), &mut norm.gamma, ParamLayout::Same)?;
+        self.param(
+            &format!("{prefix}.weight"),
+            &mut norm.gamma,
+            ParamLayout::Same,
+        )?;
         if let Some(beta) = norm.beta.as_mut() {
             self.param(&format!("{prefix}.bias"), beta, ParamLayout::Same)?;
         }
@@ -138,7 +173,10 @@ impl<'a, B: Backend> SafetensorsReader<'a, B> {
         } else {
             Err(CoreError::Safetensors {
                 path: self.path.to_path_buf(),
-                reason: format!("unexpected keys (model has no such parameter): {}", extra.join(", ")),
+                reason: format!(
+                    "unexpected keys (model has no such parameter): {}",
+                    extra.join(", ")
+                ),
             })
         }
     }
@@ -218,7 +256,10 @@ impl SafetensorsWriter {
         };
         let mut views = Vec::with_capacity(self.tensors.len());
         for (k, (shape, bytes)) in &self.tensors {
-            views.push((k.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(err)?));
+            views.push((
+                k.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(err)?,
+            ));
         }
         let bytes = safetensors::serialize(views, None).map_err(err)?;
         write_atomic(path, &bytes)

@@ -13,7 +13,8 @@ use crate::error::Result;
 /// - output: `[B, C, F, H, W]`
 pub trait VelocityModel<B: Backend> {
     /// Predicts the velocity.
-    fn velocity(&self, x: Tensor<B, 5>, timestep: Tensor<B, 1>, text: Tensor<B, 3>) -> Tensor<B, 5>;
+    fn velocity(&self, x: Tensor<B, 5>, timestep: Tensor<B, 1>, text: Tensor<B, 3>)
+        -> Tensor<B, 5>;
 
     /// Checks that inputs of these shapes can be fed to [`VelocityModel::velocity`]
     /// (`latent`: `[B, C, F, H, W]`, `text`: `[B, L, D_text]`), so callers get a typed error

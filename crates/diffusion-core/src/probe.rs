@@ -47,7 +47,9 @@ unsafe impl GlobalAlloc for PeakAlloc {
 
 /// Live heap bytes counted by [`PeakAlloc`], or `None` if it is not the global allocator.
 pub fn heap_in_use() -> Option<usize> {
-    ACTIVE.load(Ordering::Relaxed).then(|| CURRENT.load(Ordering::Relaxed))
+    ACTIVE
+        .load(Ordering::Relaxed)
+        .then(|| CURRENT.load(Ordering::Relaxed))
 }
 
 /// Measures the peak heap of a region of code (process-wide: run one region at a time).

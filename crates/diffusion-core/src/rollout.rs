@@ -60,7 +60,9 @@ impl GradWindow {
             if len == 0 || start < steps.start || start + len > steps.end {
                 return Err(invalid(
                     "window",
-                    format!("Range {{ start: {start}, len: {len} }} must lie inside steps {steps:?}"),
+                    format!(
+                        "Range {{ start: {start}, len: {len} }} must lie inside steps {steps:?}"
+                    ),
                 ));
             }
         }
@@ -118,7 +120,9 @@ pub struct Trajectory<B: Backend> {
 impl<B: Backend> Trajectory<B> {
     /// The last latent.
     pub fn last(&self) -> &Tensor<B, 5> {
-        self.latents.last().expect("a trajectory holds at least its start latent")
+        self.latents
+            .last()
+            .expect("a trajectory holds at least its start latent")
     }
 }
 
@@ -141,7 +145,11 @@ pub fn step_rng(seed: u64, step: usize) -> StdRng {
 }
 
 /// The clean-data prediction of flow matching, `x0_hat = x - sigma v`.
-pub fn predict_x0<B: Backend, const D: usize>(x: Tensor<B, D>, v: Tensor<B, D>, sigma: f64) -> Tensor<B, D> {
+pub fn predict_x0<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    v: Tensor<B, D>,
+    sigma: f64,
+) -> Tensor<B, D> {
     x - v.mul_scalar(sigma)
 }
 
@@ -208,13 +216,24 @@ impl<'a, S: Stepper> Rollout<'a, S> {
         self
     }
 
-    fn validate<B: Backend, M: VelocityModel<B>>(&self, model: &M, x: &Tensor<B, 5>, cond: &Conditioning<B>) -> Result<()> {
+    fn validate<B: Backend, M: VelocityModel<B>>(
+        &self,
+        model: &M,
+        x: &Tensor<B, 5>,
+        cond: &Conditioning<B>,
+    ) -> Result<()> {
         let n = self.schedule.num_steps();
         if self.steps.start >= self.steps.end || self.steps.end > n {
-            return Err(invalid("steps", format!("{:?} must be a non-empty part of 0..{n}", self.steps)));
+            return Err(invalid(
+                "steps",
+                format!("{:?} must be a non-empty part of 0..{n}", self.steps),
+            ));
         }
         if self.guidance.needs_uncond() && cond.uncond.is_none() {
-            return Err(invalid("guidance", "classifier-free guidance needs `Conditioning::uncond`"));
+            return Err(invalid(
+                "guidance",
+                "classifier-free guidance needs `Conditioning::uncond`",
+            ));
         }
         self.window.validate(&self.steps)?;
         model.check_input(x.dims(), cond.text.dims())?;
@@ -274,7 +293,7 @@ impl<'a, S: Stepper> Rollout<'a, S> {
         seed: u64,
     ) -> Result<Trajectory<B>> {
         self.validate(model, &x, cond)?;
-                let mut traj = self.trajectory(x.clone(), seed);
+        let mut traj = self.trajectory(x.clone(), seed);
         let mut x = x;
         for i in self.steps.clone() {
             let out = self.step_at(model, i, x, cond, seed);
@@ -289,7 +308,13 @@ impl<'a, S: Stepper> Rollout<'a, S> {
     ///
     /// The noise of a step depends only on `seed` and the step, not on the window, so two
     /// rollouts with the same seed and different windows produce the same latents.
-    pub fn run<B, M>(&self, model: &M, x: Tensor<B, 5>, cond: &Conditioning<B>, seed: u64) -> Result<Trajectory<B>>
+    pub fn run<B, M>(
+        &self,
+        model: &M,
+        x: Tensor<B, 5>,
+        cond: &Conditioning<B>,
+        seed: u64,
+    ) -> Result<Trajectory<B>>
     where
         B: AutodiffBackend,
         M: VelocityModel<B> + AutodiffModule<B>,
@@ -302,13 +327,15 @@ impl<'a, S: Stepper> Rollout<'a, S> {
             text: cond.text.clone().inner(),
             uncond: cond.uncond.clone().map(|u| u.inner()),
         };
-                let mut traj = self.trajectory(x.clone(), seed);
+        let mut traj = self.trajectory(x.clone(), seed);
         let mut x = x;
         for i in self.steps.clone() {
             let out = if window.contains(&i) {
                 self.step_at(model, i, x, cond, seed)
             } else {
-                let m = inner_model.as_ref().expect("built when some step is outside the window");
+                let m = inner_model
+                    .as_ref()
+                    .expect("built when some step is outside the window");
                 let o = self.step_at(m, i, x.inner(), &inner_cond, seed);
                 StepOutput {
                     next: Tensor::from_inner(o.next),

@@ -48,12 +48,15 @@ impl TokenEncoderConfig {
     /// Builds a randomly initialised encoder.
     pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<TokenEncoder<B>> {
         if self.vocab_size < 2 || self.dim == 0 || self.max_len == 0 {
-            return Err(invalid("vocab_size/dim/max_len", "need vocab >= 2, dim > 0, max_len > 0"));
+            return Err(invalid(
+                "vocab_size/dim/max_len",
+                "need vocab >= 2, dim > 0, max_len > 0",
+            ));
         }
         if self.layers > 0 && (self.heads == 0 || self.dim % self.heads != 0) {
             return Err(invalid("heads", format!("must divide dim {}", self.dim)));
         }
-        Ok(TokenEncoder {
+        Ok(crate::checkpoint::materialize(TokenEncoder {
             embedding: EmbeddingConfig::new(self.vocab_size, self.dim).init(device),
             positions: Param::from_tensor(Tensor::random(
                 [self.max_len, self.dim],
@@ -67,7 +70,7 @@ impl TokenEncoderConfig {
                     .init(device)
             }),
             vocab_size: self.vocab_size,
-        })
+        }))
     }
 }
 
@@ -86,14 +89,26 @@ pub struct TokenEncoder<B: Backend> {
 
 impl<B: Backend> TokenEncoder<B> {
     /// Pads `tokens` with `0` to a common length and moves them to `device`.
-    pub fn batch(&self, tokens: &[Vec<u32>], device: &B::Device) -> crate::Result<Tensor<B, 2, Int>> {
+    pub fn batch(
+        &self,
+        tokens: &[Vec<u32>],
+        device: &B::Device,
+    ) -> crate::Result<Tensor<B, 2, Int>> {
         self.check_tokens(tokens)?;
         let len = tokens.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let flat: Vec<i64> = tokens
             .iter()
-            .flat_map(|t| t.iter().map(|&v| v as i64).chain(std::iter::repeat(0)).take(len))
+            .flat_map(|t| {
+                t.iter()
+                    .map(|&v| v as i64)
+                    .chain(std::iter::repeat(0))
+                    .take(len)
+            })
             .collect();
-        Ok(Tensor::from_data(burn::tensor::TensorData::new(flat, [tokens.len(), len]), device))
+        Ok(Tensor::from_data(
+            burn::tensor::TensorData::new(flat, [tokens.len(), len]),
+            device,
+        ))
     }
 }
 
@@ -101,8 +116,8 @@ impl<B: Backend> TextEncoder<B> for TokenEncoder<B> {
     fn encode(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [_, s] = tokens.dims();
         let pad = tokens.clone().equal_elem(0);
-        let x = self.embedding.forward(tokens)
-            + self.positions.val().narrow(0, 0, s).unsqueeze::<3>();
+        let x =
+            self.embedding.forward(tokens) + self.positions.val().narrow(0, 0, s).unsqueeze::<3>();
         match &self.encoder {
             Some(enc) => enc.forward(TransformerEncoderInput::new(x).mask_pad(pad)),
             None => x,
@@ -127,7 +142,10 @@ impl<B: Backend> TextEncoder<B> for TokenEncoder<B> {
                 });
             }
             if let Some(&bad) = t.iter().find(|&&v| v as usize >= self.vocab_size) {
-                return Err(invalid("tokens", format!("id {bad} outside vocabulary of {}", self.vocab_size)));
+                return Err(invalid(
+                    "tokens",
+                    format!("id {bad} outside vocabulary of {}", self.vocab_size),
+                ));
             }
         }
         Ok(())

@@ -20,7 +20,11 @@ fn wan_forward_matches_diffusers() {
     let dev = Default::default();
     let model = load_tiny::<B>(&dev);
     let io = read_tensors("wan_tiny/io.safetensors");
-    let out = model.forward(tensor(&io["x"], &dev), tensor(&io["timestep"], &dev), tensor(&io["text"], &dev));
+    let out = model.forward(
+        tensor(&io["x"], &dev),
+        tensor(&io["timestep"], &dev),
+        tensor(&io["text"], &dev),
+    );
     assert_eq!(out.dims().to_vec(), io["out"].0);
     let err = rel_err(&values(out), &io["out"].1);
     assert!(err <= 1e-4, "forward relative error {err:.2e}");
@@ -32,7 +36,11 @@ fn wan_input_gradient_matches_diffusers() {
     let model = load_tiny::<AD>(&dev);
     let io = read_tensors("wan_tiny/io.safetensors");
     let x: Tensor<AD, 5> = tensor::<AD, 5>(&io["x"], &dev).require_grad();
-    let out = model.forward(x.clone(), tensor(&io["timestep"], &dev), tensor(&io["text"], &dev));
+    let out = model.forward(
+        x.clone(),
+        tensor(&io["timestep"], &dev),
+        tensor(&io["text"], &dev),
+    );
     let loss = (out * tensor::<AD, 5>(&io["w"], &dev)).sum();
     let grads = loss.backward();
     let gx = x.grad(&grads).expect("input gradient");
@@ -48,21 +56,43 @@ fn flow_match_schedule_matches_diffusers() {
     for row in rows {
         let steps = row["steps"].as_u64().unwrap() as usize;
         let shift = row["shift"].as_f64().unwrap();
-        let s = FlowMatchScheduleConfig::new(steps).with_shift(shift).init().unwrap();
-        let want_s: Vec<f64> = row["sigmas"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let want_t: Vec<f64> = row["timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let s = FlowMatchScheduleConfig::new(steps)
+            .with_shift(shift)
+            .init()
+            .unwrap();
+        let want_s: Vec<f64> = row["sigmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let want_t: Vec<f64> = row["timesteps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(s.sigmas().len(), want_s.len());
         for (a, b) in s.sigmas().iter().zip(&want_s) {
-            assert!((a - b).abs() <= 1e-6, "steps {steps} shift {shift}: sigma {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-6,
+                "steps {steps} shift {shift}: sigma {a} vs {b}"
+            );
         }
         for (a, b) in s.timesteps().iter().zip(&want_t) {
-            assert!((a - b).abs() <= 1e-3, "steps {steps} shift {shift}: timestep {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-3,
+                "steps {steps} shift {shift}: timestep {a} vs {b}"
+            );
         }
     }
 }
 
 /// Writes a copy of the fixture weights with `edit` applied to the tensor map.
-fn edited_weights(name: &str, edit: impl FnOnce(&mut std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>)) -> std::path::PathBuf {
+fn edited_weights(
+    name: &str,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>),
+) -> std::path::PathBuf {
     let mut w = read_tensors("wan_tiny/weights.safetensors");
     edit(&mut w);
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = w
@@ -71,9 +101,18 @@ fn edited_weights(name: &str, edit: impl FnOnce(&mut std::collections::HashMap<S
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
-        .map(|(k, s, b)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
         .collect();
-    let path = std::env::temp_dir().join(format!("latent_refl_{name}_{}.safetensors", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "latent_refl_{name}_{}.safetensors",
+        std::process::id()
+    ));
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
     path
 }
@@ -95,26 +134,64 @@ fn missing_and_misshaped_keys_are_named() {
         w.insert("proj_out.weight".into(), (vec![16, 25], vec![0.0; 400]));
     });
     let err = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap_err();
-    assert!(matches!(&err, CoreError::KeyShape { key, expected, found }
-        if key == "proj_out.weight" && expected == &vec![16, 24] && found == &vec![16, 25]), "{err}");
+    assert!(
+        matches!(&err, CoreError::KeyShape { key, expected, found }
+        if key == "proj_out.weight" && expected == &vec![16, 24] && found == &vec![16, 25]),
+        "{err}"
+    );
     assert!(err.to_string().contains("proj_out.weight"));
 
     let path = edited_weights("extra", |w| {
         w.insert("blocks.9.attn1.to_q.weight".into(), (vec![1], vec![0.0]));
     });
     let err = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap_err();
-    assert!(err.to_string().contains("blocks.9.attn1.to_q.weight"), "{err}");
+    assert!(
+        err.to_string().contains("blocks.9.attn1.to_q.weight"),
+        "{err}"
+    );
 }
 
 #[test]
 fn save_then_load_round_trips() {
     let dev = Default::default();
     let model = load_tiny::<B>(&dev);
-    let path = std::env::temp_dir().join(format!("latent_refl_roundtrip_{}.safetensors", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "latent_refl_roundtrip_{}.safetensors",
+        std::process::id()
+    ));
     save_safetensors(&model, &path).unwrap();
     let cfg = WanConfig::load_diffusers(fixture("wan_tiny/config.json")).unwrap();
     let again = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap();
     let io = read_tensors("wan_tiny/io.safetensors");
-    let run = |m: &WanTransformer<B>| values(m.forward(tensor(&io["x"], &dev), tensor(&io["timestep"], &dev), tensor(&io["text"], &dev)));
+    let run = |m: &WanTransformer<B>| {
+        values(m.forward(
+            tensor(&io["x"], &dev),
+            tensor(&io["timestep"], &dev),
+            tensor(&io["text"], &dev),
+        ))
+    };
     assert_eq!(run(&model), run(&again));
+}
+
+#[test]
+fn fresh_model_its_clone_and_its_saved_copy_agree() {
+    // burn initialises parameters lazily; a clone of an untouched model would draw its own
+    // weights. `WanConfig::init` materialises them, so all three forwards match.
+    let dev = Default::default();
+    let model = WanConfig::tiny().init::<B>(&dev).unwrap();
+    let clone = model.clone();
+    let path = std::env::temp_dir().join(format!(
+        "latent_refl_fresh_{}.safetensors",
+        std::process::id()
+    ));
+    save_safetensors(&clone, &path).unwrap();
+    let loaded = load_safetensors(WanConfig::tiny().init::<B>(&dev).unwrap(), &path, &dev).unwrap();
+    let x = Tensor::<B, 5>::ones([1, 4, 1, 4, 4], &dev);
+    let text = Tensor::<B, 3>::ones([1, 2, 16], &dev);
+    let run = |m: &WanTransformer<B>| {
+        values(m.forward(x.clone(), Tensor::from_floats([300.0], &dev), text.clone()))
+    };
+    let a = run(&model);
+    assert_eq!(a, run(&clone));
+    assert_eq!(a, run(&loaded));
 }

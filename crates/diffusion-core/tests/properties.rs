@@ -7,13 +7,16 @@ use common::*;
 use diffusion_core::{
     schedule::{shift_sigma, unshift_sigma},
     stepper::gaussian_log_prob,
-    DanceGrpoSde, EulerOde, FlowGrpoSde, FlowMatchScheduleConfig, Guidance, LogProbReduction, Stepper,
-    VpScheduleConfig,
+    DanceGrpoSde, EulerOde, FlowGrpoSde, FlowMatchScheduleConfig, Guidance, LogProbReduction,
+    Stepper, VpScheduleConfig,
 };
 use proptest::prelude::*;
 
 fn latent(vals: &[f32]) -> Tensor<B, 5> {
-    Tensor::from_data(TensorData::new(vals.to_vec(), [2, 1, 1, 2, vals.len() / 4]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(vals.to_vec(), [2, 1, 1, 2, vals.len() / 4]),
+        &Default::default(),
+    )
 }
 
 proptest! {
@@ -121,8 +124,18 @@ fn dance_grpo_step_by_hand() {
 #[test]
 fn gaussian_log_prob_at_the_mean() {
     // at the mean: -ln(std) - 0.5 ln(2 pi), std = 1 -> -0.918939
-    let lp = values(gaussian_log_prob(latent(&[0.5; 8]), latent(&[0.5; 8]), 1.0, LogProbReduction::Mean));
+    let lp = values(gaussian_log_prob(
+        latent(&[0.5; 8]),
+        latent(&[0.5; 8]),
+        1.0,
+        LogProbReduction::Mean,
+    ));
     assert!((lp[0] + 0.918_938_5).abs() < 1e-5);
-    let lp = values(gaussian_log_prob(latent(&[0.5; 8]), latent(&[0.5; 8]), 1.0, LogProbReduction::Sum));
+    let lp = values(gaussian_log_prob(
+        latent(&[0.5; 8]),
+        latent(&[0.5; 8]),
+        1.0,
+        LogProbReduction::Sum,
+    ));
     assert!((lp[0] + 4.0 * 0.918_938_5).abs() < 1e-4);
 }

@@ -21,7 +21,10 @@ impl Schedule {
     /// `timesteps.len() + 1 == sigmas.len()`.
     pub fn new(sigmas: Vec<f64>, timesteps: Vec<f64>) -> Result<Self> {
         if sigmas.len() < 2 {
-            return Err(invalid("sigmas", "need at least one step (two noise levels)"));
+            return Err(invalid(
+                "sigmas",
+                "need at least one step (two noise levels)",
+            ));
         }
         if timesteps.len() + 1 != sigmas.len() {
             return Err(invalid(
@@ -40,7 +43,10 @@ impl Schedule {
             return Err(invalid("sigmas", "the last noise level must be 0"));
         }
         if sigmas[0] > 1.0 {
-            return Err(invalid("sigmas", format!("first level {} exceeds 1", sigmas[0])));
+            return Err(invalid(
+                "sigmas",
+                format!("first level {} exceeds 1", sigmas[0]),
+            ));
         }
         if let Some(w) = sigmas.windows(2).find(|w| w[1] >= w[0]) {
             return Err(invalid(

@@ -45,7 +45,10 @@ impl FlowMatchScheduleConfig {
             return Err(invalid("num_steps", "must be at least 1"));
         }
         if !(self.shift.is_finite() && self.shift > 0.0) {
-            return Err(invalid("shift", format!("must be finite and > 0, got {}", self.shift)));
+            return Err(invalid(
+                "shift",
+                format!("must be finite and > 0, got {}", self.shift),
+            ));
         }
         if self.num_train_timesteps < 2 {
             return Err(invalid("num_train_timesteps", "must be at least 2"));
@@ -58,7 +61,11 @@ impl FlowMatchScheduleConfig {
         let n = self.num_steps;
         let mut sigmas: Vec<f64> = (0..n)
             .map(|i| {
-                let frac = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+                let frac = if n == 1 {
+                    0.0
+                } else {
+                    i as f64 / (n - 1) as f64
+                };
                 let t = t_hi + (t_lo - t_hi) * frac;
                 shift_sigma(t / t_train, self.shift)
             })
@@ -97,7 +104,13 @@ mod tests {
     #[test]
     fn rejects_bad_config() {
         assert!(FlowMatchScheduleConfig::new(0).init().is_err());
-        assert!(FlowMatchScheduleConfig::new(3).with_shift(-1.0).init().is_err());
-        assert!(FlowMatchScheduleConfig::new(3).with_shift(f64::NAN).init().is_err());
+        assert!(FlowMatchScheduleConfig::new(3)
+            .with_shift(-1.0)
+            .init()
+            .is_err());
+        assert!(FlowMatchScheduleConfig::new(3)
+            .with_shift(f64::NAN)
+            .init()
+            .is_err());
     }
 }

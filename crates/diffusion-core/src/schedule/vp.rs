@@ -87,7 +87,11 @@ impl VpScheduleConfig {
         let n = self.num_steps;
         let timesteps: Vec<f64> = (0..n)
             .map(|i| {
-                let frac = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+                let frac = if n == 1 {
+                    0.0
+                } else {
+                    i as f64 / (n - 1) as f64
+                };
                 (last * (1.0 - frac)).round()
             })
             .collect();

@@ -81,9 +81,8 @@ pub trait Stepper {
             Some(eps) if std > 0.0 => mean.clone() + eps.mul_scalar(std),
             _ => mean.clone(),
         };
-        let log_prob = (std > 0.0).then(|| {
-            gaussian_log_prob(next.clone().detach(), mean.clone(), std, self.reduction())
-        });
+        let log_prob = (std > 0.0)
+            .then(|| gaussian_log_prob(next.clone().detach(), mean.clone(), std, self.reduction()));
         StepOutput {
             next,
             mean,

@@ -29,7 +29,11 @@ impl Default for FlowGrpoSde {
 impl FlowGrpoSde {
     /// The diffusion coefficient `s` at `sigma` (before the `sqrt(-dt)` factor).
     pub fn diffusion(&self, sigma: f64, sigma_next: f64) -> f64 {
-        let denom = if sigma >= 1.0 { 1.0 - sigma_next } else { 1.0 - sigma };
+        let denom = if sigma >= 1.0 {
+            1.0 - sigma_next
+        } else {
+            1.0 - sigma
+        };
         self.noise_level * (sigma / denom).sqrt()
     }
 }

@@ -22,12 +22,22 @@ pub struct CausalConv3d<B: Backend> {
 
 impl<B: Backend> CausalConv3d<B> {
     /// Kernel `[k_t, k, k]`, spatial stride `stride`.
-    pub fn new(c_in: usize, c_out: usize, k_t: usize, k: usize, stride: usize, device: &B::Device) -> Self {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k_t: usize,
+        k: usize,
+        stride: usize,
+        device: &B::Device,
+    ) -> Self {
         let conv = Conv3dConfig::new([c_in, c_out], [k_t, k, k])
             .with_stride([1, stride, stride])
             .with_padding(PaddingConfig3d::Explicit(0, k / 2, k / 2))
             .init(device);
-        Self { conv, pad_t: k_t - 1 }
+        Self {
+            conv,
+            pad_t: k_t - 1,
+        }
     }
 
     /// # Shapes
@@ -50,7 +60,9 @@ impl<B: Backend> CausalConv3d<B> {
 pub fn frame_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
     let [b, c, f, h, w] = x.dims();
     let frames = x.swap_dims(1, 2).reshape([b * f, c, h, w]);
-    norm.forward(frames).reshape([b, f, c, h, w]).swap_dims(1, 2)
+    norm.forward(frames)
+        .reshape([b, f, c, h, w])
+        .swap_dims(1, 2)
 }
 
 /// Residual block: `x + conv(silu(gn(conv(silu(gn(x))))))` with per-frame GroupNorm, with a 1x1x1 projection of the
@@ -115,7 +127,9 @@ impl<B: Backend> TemporalDown<B> {
         let first = Tensor::cat(vec![first.clone(), first], 1);
         // [B, C, 2m, H, W] -> [B, C, m, 2, H, W] -> [B, 2C, m, H, W] with (pair-member, channel) order
         let rest: Tensor<B, 6> = x.narrow(2, 1, 2 * m).reshape([b, c, m, 2, h, w]);
-        let rest = rest.permute([0, 3, 1, 2, 4, 5]).reshape([b, 2 * c, m, h, w]);
+        let rest = rest
+            .permute([0, 3, 1, 2, 4, 5])
+            .reshape([b, 2 * c, m, h, w]);
         self.mix.forward(Tensor::cat(vec![first, rest], 2))
     }
 }
@@ -146,7 +160,9 @@ impl<B: Backend> TemporalUp<B> {
         let first = y.clone().narrow(2, 0, 1).narrow(1, 0, c);
         // [B, 2C, m, H, W] -> [B, 2, C, m, H, W] -> [B, C, m, 2, H, W] -> [B, C, 2m, H, W]
         let rest: Tensor<B, 6> = y.narrow(2, 1, m).reshape([b, 2, c, m, h, w]);
-        let rest = rest.permute([0, 2, 3, 1, 4, 5]).reshape([b, c, 2 * m, h, w]);
+        let rest = rest
+            .permute([0, 2, 3, 1, 4, 5])
+            .reshape([b, c, 2 * m, h, w]);
         Tensor::cat(vec![first, rest], 2)
     }
 }

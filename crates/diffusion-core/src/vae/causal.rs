@@ -5,7 +5,10 @@ use burn::{
     tensor::{activation::silu, backend::Backend, Tensor},
 };
 
-use super::{blocks::frame_norm, CausalConv3d, LatentDist, ResBlock3d, TemporalDown, TemporalUp, VideoAutoencoder};
+use super::{
+    blocks::frame_norm, CausalConv3d, LatentDist, ResBlock3d, TemporalDown, TemporalUp,
+    VideoAutoencoder,
+};
 use crate::error::{invalid, CoreError};
 
 /// Configuration of a [`CausalVae`].
@@ -44,16 +47,26 @@ impl CausalVaeConfig {
     /// Builds a randomly initialised VAE.
     pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<CausalVae<B>> {
         if self.channels.is_empty() || self.channels.contains(&0) {
-            return Err(invalid("channels", "need at least one stage, all widths > 0"));
+            return Err(invalid(
+                "channels",
+                "need at least one stage, all widths > 0",
+            ));
         }
         if self.temporal_stages > self.channels.len() {
             return Err(invalid(
                 "temporal_stages",
-                format!("{} exceeds the {} stages", self.temporal_stages, self.channels.len()),
+                format!(
+                    "{} exceeds the {} stages",
+                    self.temporal_stages,
+                    self.channels.len()
+                ),
             ));
         }
         if self.latent_channels == 0 || self.video_channels == 0 || self.groups == 0 {
-            return Err(invalid("latent_channels/video_channels/groups", "must be > 0"));
+            return Err(invalid(
+                "latent_channels/video_channels/groups",
+                "must be > 0",
+            ));
         }
         let ch = &self.channels;
         let n = ch.len();
@@ -76,7 +89,7 @@ impl CausalVaeConfig {
             })
             .collect();
         let norm = |c: usize| GroupNormConfig::new(g.min(c), c).init(device);
-        Ok(CausalVae {
+        Ok(crate::checkpoint::materialize(CausalVae {
             enc_in: CausalConv3d::new(self.video_channels, ch[0], 3, 3, 1, device),
             enc_stages,
             enc_mid: ResBlock3d::new(last, last, g, device),
@@ -91,7 +104,7 @@ impl CausalVaeConfig {
             video_channels: self.video_channels,
             spatial: self.spatial_factor(),
             temporal: self.temporal_factor(),
-        })
+        }))
     }
 }
 
@@ -187,7 +200,15 @@ impl<B: Backend> VideoAutoencoder<B> for CausalVae<B> {
     fn latent_shape(&self, video: [usize; 5]) -> crate::Result<[usize; 5]> {
         let [b, c, f, h, w] = video;
         let (s, t) = (self.spatial, self.temporal);
-        if c != self.video_channels || b == 0 || f == 0 || (f - 1) % t != 0 || h % s != 0 || w % s != 0 || h == 0 || w == 0 {
+        if c != self.video_channels
+            || b == 0
+            || f == 0
+            || (f - 1) % t != 0
+            || h % s != 0
+            || w % s != 0
+            || h == 0
+            || w == 0
+        {
             return Err(CoreError::Shape {
                 what: format!(
                     "video for the VAE (channels {}, frames 1 + {t}k, height and width multiples of {s})",
@@ -209,7 +230,10 @@ mod tests {
     #[test]
     fn shapes_follow_the_wan_layout() {
         let dev = Default::default();
-        let vae = CausalVaeConfig::new(4, vec![8, 8]).with_temporal_stages(2).init::<B>(&dev).unwrap();
+        let vae = CausalVaeConfig::new(4, vec![8, 8])
+            .with_temporal_stages(2)
+            .init::<B>(&dev)
+            .unwrap();
         let video = Tensor::<B, 5>::zeros([1, 3, 9, 16, 16], &dev);
         let expect = vae.latent_shape(video.dims()).unwrap();
         assert_eq!(expect, [1, 4, 3, 4, 4]);
@@ -223,13 +247,17 @@ mod tests {
     fn encoder_is_causal_in_time() {
         // changing the last frames must not change the first latent frame
         let dev = Default::default();
-        let vae = CausalVaeConfig::new(4, vec![8]).with_temporal_stages(1).init::<B>(&dev).unwrap();
+        let vae = CausalVaeConfig::new(4, vec![8])
+            .with_temporal_stages(1)
+            .init::<B>(&dev)
+            .unwrap();
         let a = Tensor::<B, 5>::random([1, 3, 5, 8, 8], burn::tensor::Distribution::Default, &dev);
         let tail = Tensor::<B, 5>::ones([1, 3, 4, 8, 8], &dev);
         let b = Tensor::cat(vec![a.clone().narrow(2, 0, 1), tail], 2);
         let za = vae.encode(a).mean.narrow(2, 0, 1);
         let zb = vae.encode(b).mean.narrow(2, 0, 1);
-        za.into_data().assert_approx_eq::<f32>(&zb.into_data(), burn::tensor::Tolerance::absolute(1e-6));
+        za.into_data()
+            .assert_approx_eq::<f32>(&zb.into_data(), burn::tensor::Tolerance::absolute(1e-6));
     }
 
     #[test]

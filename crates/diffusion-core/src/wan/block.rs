@@ -38,7 +38,8 @@ impl<B: Backend> WanBlock<B> {
         Self {
             attn1: WanAttention::new(dim, heads, eps, device),
             attn2: WanAttention::new(dim, heads, eps, device),
-            norm2: cross_attn_norm.then(|| LayerNormConfig::new(dim).with_epsilon(eps).init(device)),
+            norm2: cross_attn_norm
+                .then(|| LayerNormConfig::new(dim).with_epsilon(eps).init(device)),
             ffn_in: LinearConfig::new(dim, ffn_dim).init(device),
             ffn_out: LinearConfig::new(ffn_dim, dim).init(device),
             scale_shift_table: Param::from_tensor(Tensor::random(
@@ -74,7 +75,9 @@ impl<B: Backend> WanBlock<B> {
         let x = x + self.attn2.forward(h, text, None);
 
         let h = modulate(x.clone(), c_shift, c_scale, self.eps);
-        let ff = self.ffn_out.forward(gelu_approximate(self.ffn_in.forward(h)));
+        let ff = self
+            .ffn_out
+            .forward(gelu_approximate(self.ffn_in.forward(h)));
         x + ff * c_gate
     }
 }

@@ -83,12 +83,18 @@ impl WanConfig {
     /// Checks the shape constraints the architecture relies on.
     pub fn validate(&self) -> crate::Result<()> {
         if self.num_attention_heads == 0 || self.num_layers == 0 || self.ffn_dim == 0 {
-            return Err(invalid("num_attention_heads/num_layers/ffn_dim", "must be > 0"));
+            return Err(invalid(
+                "num_attention_heads/num_layers/ffn_dim",
+                "must be > 0",
+            ));
         }
         if self.attention_head_dim % 2 != 0 || self.attention_head_dim < 6 {
             return Err(invalid(
                 "attention_head_dim",
-                format!("must be even and >= 6 for 3D RoPE, got {}", self.attention_head_dim),
+                format!(
+                    "must be even and >= 6 for 3D RoPE, got {}",
+                    self.attention_head_dim
+                ),
             ));
         }
         if self.patch_size.contains(&0) {
@@ -109,10 +115,14 @@ impl WanConfig {
         let [pt, ph, pw] = self.patch_size;
         let lin = |i: usize, o: usize| i * o + o;
         let attn = 4 * lin(d, d) + 2 * d;
-        let block = 2 * attn + lin(d, self.ffn_dim) + lin(self.ffn_dim, d) + 6 * d
+        let block = 2 * attn
+            + lin(d, self.ffn_dim)
+            + lin(self.ffn_dim, d)
+            + 6 * d
             + if self.cross_attn_norm { 2 * d } else { 0 };
         let patch = self.in_channels * pt * ph * pw * d + d;
-        let cond = lin(self.freq_dim, d) + lin(d, d) + lin(d, 6 * d) + lin(self.text_dim, d) + lin(d, d);
+        let cond =
+            lin(self.freq_dim, d) + lin(d, d) + lin(d, 6 * d) + lin(self.text_dim, d) + lin(d, d);
         let head = lin(d, self.out_channels * pt * ph * pw) + 2 * d;
         patch + cond + self.num_layers * block + head
     }
@@ -120,7 +130,9 @@ impl WanConfig {
     /// Builds a randomly initialised model.
     pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<WanTransformer<B>> {
         self.validate()?;
-        Ok(WanTransformer::new(self, device))
+        Ok(crate::checkpoint::materialize(WanTransformer::new(
+            self, device,
+        )))
     }
 }
 
@@ -148,7 +160,10 @@ mod tests {
             "eps":1e-06,"image_dim":null,"added_kv_proj_dim":null,"rope_max_seq_len":1024}"#,
         )
         .unwrap();
-        assert_eq!(WanConfig::load_diffusers(&dir).unwrap(), WanConfig::wan21_1_3b());
+        assert_eq!(
+            WanConfig::load_diffusers(&dir).unwrap(),
+            WanConfig::wan21_1_3b()
+        );
     }
 
     #[test]

@@ -59,7 +59,9 @@ impl<B: Backend> WanConditionEmbedder<B> {
     /// - `t`: `[B]` -> (`temb`: `[B, D]`, `proj`: `[B, 6, D]`)
     pub fn time(&self, t: Tensor<B, 1>) -> (Tensor<B, 2>, Tensor<B, 3>) {
         let feats = timestep_sinusoid(t, self.freq_dim);
-        let temb = self.time_linear_2.forward(silu(self.time_linear_1.forward(feats)));
+        let temb = self
+            .time_linear_2
+            .forward(silu(self.time_linear_1.forward(feats)));
         let proj = self.time_proj.forward(silu(temb.clone()));
         let [b, d6] = proj.dims();
         (temb, proj.reshape([b, 6, d6 / 6]))

@@ -23,11 +23,23 @@ impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
             v.param("patch_embedding.bias", bias, ParamLayout::Same)?;
         }
         let ce = &mut self.condition;
-        v.linear("condition_embedder.time_embedder.linear_1", &mut ce.time_linear_1)?;
-        v.linear("condition_embedder.time_embedder.linear_2", &mut ce.time_linear_2)?;
+        v.linear(
+            "condition_embedder.time_embedder.linear_1",
+            &mut ce.time_linear_1,
+        )?;
+        v.linear(
+            "condition_embedder.time_embedder.linear_2",
+            &mut ce.time_linear_2,
+        )?;
         v.linear("condition_embedder.time_proj", &mut ce.time_proj)?;
-        v.linear("condition_embedder.text_embedder.linear_1", &mut ce.text_linear_1)?;
-        v.linear("condition_embedder.text_embedder.linear_2", &mut ce.text_linear_2)?;
+        v.linear(
+            "condition_embedder.text_embedder.linear_1",
+            &mut ce.text_linear_1,
+        )?;
+        v.linear(
+            "condition_embedder.text_embedder.linear_2",
+            &mut ce.text_linear_2,
+        )?;
         for (i, block) in self.blocks.iter_mut().enumerate() {
             let p = format!("blocks.{i}");
             for (name, attn) in [("attn1", &mut block.attn1), ("attn2", &mut block.attn2)] {
@@ -54,6 +66,10 @@ impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
             )?;
         }
         v.linear("proj_out", &mut self.proj_out)?;
-        v.param("scale_shift_table", &mut self.scale_shift_table, ParamLayout::Same)
+        v.param(
+            "scale_shift_table",
+            &mut self.scale_shift_table,
+            ParamLayout::Same,
+        )
     }
 }

@@ -26,7 +26,11 @@ impl<B: Backend> RopeTable<B> {
         // per axis: inverse frequencies of its pairs
         let inv: Vec<Vec<f64>> = parts
             .iter()
-            .map(|&d| (0..d / 2).map(|i| theta.powf(-((2 * i) as f64) / d as f64)).collect())
+            .map(|&d| {
+                (0..d / 2)
+                    .map(|i| theta.powf(-((2 * i) as f64) / d as f64))
+                    .collect()
+            })
             .collect();
         let [f, h, w] = grid;
         let len = f * h * w;
@@ -84,7 +88,10 @@ mod tests {
         assert_eq!(&c[..3], &[1.0, 1.0, 1.0]);
         assert!((c[5] - 1f32.cos()).abs() < 1e-6);
         let x = Tensor::<B, 4>::from_data(
-            TensorData::new(vec![0f32, 0., 0., 0., 0., 0., 1., 0., 1., 0., 1., 0.], [1, 2, 1, 6]),
+            TensorData::new(
+                vec![0f32, 0., 0., 0., 0., 0., 1., 0., 1., 0., 1., 0.],
+                [1, 2, 1, 6],
+            ),
             &dev,
         );
         let y: Vec<f32> = t.apply(x).to_data().to_vec().unwrap();

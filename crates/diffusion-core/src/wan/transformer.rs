@@ -139,7 +139,12 @@ impl<B: Backend> WanTransformer<B> {
     /// - `x`: `[B, C_in, F, H, W]` with `F, H, W` divisible by the patch size
     /// - `timestep`: `[B]`, `text`: `[B, S, text_dim]`
     /// - output: `[B, C_out, F, H, W]`
-    pub fn forward(&self, x: Tensor<B, 5>, timestep: Tensor<B, 1>, text: Tensor<B, 3>) -> Tensor<B, 5> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 5>,
+        timestep: Tensor<B, 1>,
+        text: Tensor<B, 3>,
+    ) -> Tensor<B, 5> {
         let [b, _, f, h, w] = x.dims();
         let (tokens, temb) = self.forward_trunk(x, timestep, text, self.blocks.len());
         let d = self.dim();
@@ -152,12 +157,18 @@ impl<B: Backend> WanTransformer<B> {
         let c = self.out_channels;
         let out: Tensor<B, 8> = out.reshape([b, gf, gh, gw, pt, ph, pw, c]);
         // -> [B, C, F', p_t, H', p_h, W', p_w]
-        out.permute([0, 7, 1, 4, 2, 5, 3, 6]).reshape([b, c, f, h, w])
+        out.permute([0, 7, 1, 4, 2, 5, 3, 6])
+            .reshape([b, c, f, h, w])
     }
 }
 
 impl<B: Backend> VelocityModel<B> for WanTransformer<B> {
-    fn velocity(&self, x: Tensor<B, 5>, timestep: Tensor<B, 1>, text: Tensor<B, 3>) -> Tensor<B, 5> {
+    fn velocity(
+        &self,
+        x: Tensor<B, 5>,
+        timestep: Tensor<B, 1>,
+        text: Tensor<B, 3>,
+    ) -> Tensor<B, 5> {
         self.forward(x, timestep, text)
     }
 
@@ -171,17 +182,37 @@ impl<B: Backend> VelocityModel<B> for WanTransformer<B> {
             })
         };
         if c != self.in_channels || b == 0 {
-            return bad("latent channels", vec![b.max(1), self.in_channels, f, h, w], latent.to_vec());
+            return bad(
+                "latent channels",
+                vec![b.max(1), self.in_channels, f, h, w],
+                latent.to_vec(),
+            );
         }
         let grid = self.grid(f, h, w);
-        if f % self.patch[0] != 0 || h % self.patch[1] != 0 || w % self.patch[2] != 0 || grid.contains(&0) {
-            return bad("latent frames/height/width (multiples of the patch size)", self.patch.to_vec(), vec![f, h, w]);
+        if f % self.patch[0] != 0
+            || h % self.patch[1] != 0
+            || w % self.patch[2] != 0
+            || grid.contains(&0)
+        {
+            return bad(
+                "latent frames/height/width (multiples of the patch size)",
+                self.patch.to_vec(),
+                vec![f, h, w],
+            );
         }
         if grid.iter().any(|&g| g > self.rope_max) {
-            return bad("patch grid (rope_max_seq_len per axis)", vec![self.rope_max; 3], grid.to_vec());
+            return bad(
+                "patch grid (rope_max_seq_len per axis)",
+                vec![self.rope_max; 3],
+                grid.to_vec(),
+            );
         }
         if text[0] != b || text[2] != self.text_dim || text[1] == 0 {
-            return bad("text embeddings", vec![b, text[1].max(1), self.text_dim], text.to_vec());
+            return bad(
+                "text embeddings",
+                vec![b, text[1].max(1), self.text_dim],
+                text.to_vec(),
+            );
         }
         Ok(())
     }

@@ -10,8 +10,16 @@ pub type B = diffusion_core::backend::DefaultBackend;
 /// With autodiff.
 pub type AD = burn::backend::Autodiff<B>;
 
+/// A fixture file: under the crate's `tests/fixtures` where it was built, else (a test binary
+/// copied to another machine) relative to the repository root it runs from.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = if built.exists() {
+        built
+    } else {
+        PathBuf::from("crates/diffusion-core/tests/fixtures")
+    };
+    dir.join(rel)
 }
 
 /// Every F32 tensor of a safetensors file as `(shape, values)`.
@@ -32,7 +40,10 @@ pub fn read_tensors(rel: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
         .collect()
 }
 
-pub fn tensor<Bk: Backend, const D: usize>(t: &(Vec<usize>, Vec<f32>), dev: &Bk::Device) -> Tensor<Bk, D> {
+pub fn tensor<Bk: Backend, const D: usize>(
+    t: &(Vec<usize>, Vec<f32>),
+    dev: &Bk::Device,
+) -> Tensor<Bk, D> {
     Tensor::from_data(TensorData::new(t.1.clone(), t.0.clone()), dev)
 }
 

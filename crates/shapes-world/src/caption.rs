@@ -1,0 +1,138 @@
+//! Captions: one value of every attribute, and their text.
+
+use serde::{Deserialize, Serialize};
+
+use crate::attributes::{Background, Color, Direction, Shape, Size, Speed};
+
+/// What a video shows; the prompt it is generated from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Caption {
+    /// Object shape.
+    pub shape: Shape,
+    /// Object colour.
+    pub color: Color,
+    /// Background.
+    pub background: Background,
+    /// Direction of motion.
+    pub direction: Direction,
+    /// Object size.
+    pub size: Size,
+    /// Speed (normalised to `Slow` for `Still`, where it has no meaning).
+    pub speed: Speed,
+}
+
+impl Caption {
+    /// A caption; `speed` is normalised to `Slow` when `direction` is `Still`.
+    pub fn new(
+        shape: Shape,
+        color: Color,
+        background: Background,
+        direction: Direction,
+        size: Size,
+        speed: Speed,
+    ) -> Self {
+        let speed = if direction == Direction::Still {
+            Speed::Slow
+        } else {
+            speed
+        };
+        Self {
+            shape,
+            color,
+            background,
+            direction,
+            size,
+            speed,
+        }
+    }
+
+    /// Every distinct caption of the world, in a fixed order.
+    pub fn all() -> Vec<Caption> {
+        let mut out = Vec::new();
+        for &shape in Shape::ALL {
+            for &color in Color::ALL {
+                for &background in Background::ALL {
+                    for &direction in Direction::ALL {
+                        for &size in Size::ALL {
+                            let speeds: &[Speed] = if direction == Direction::Still {
+                                &[Speed::Slow]
+                            } else {
+                                Speed::ALL
+                            };
+                            for &speed in speeds {
+                                out.push(Caption::new(
+                                    shape, color, background, direction, size, speed,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The caption text, e.g. `a small red circle moving left slowly on a black background`.
+    pub fn text(&self) -> String {
+        let motion = match self.direction {
+            Direction::Still => "staying still".to_string(),
+            d => format!("moving {} {}", d.word(), self.speed.word()),
+        };
+        format!(
+            "a {} {} {} {motion} on a {} background",
+            self.size.word(),
+            self.color.word(),
+            self.shape.word(),
+            self.background.word()
+        )
+    }
+}
+
+impl std::fmt::Display for Caption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caption_text() {
+        let c = Caption::new(
+            Shape::Circle,
+            Color::Red,
+            Background::Black,
+            Direction::Left,
+            Size::Small,
+            Speed::Slow,
+        );
+        assert_eq!(
+            c.text(),
+            "a small red circle moving left slowly on a black background"
+        );
+        let s = Caption::new(
+            Shape::Square,
+            Color::Blue,
+            Background::Gray,
+            Direction::Still,
+            Size::Large,
+            Speed::Fast,
+        );
+        assert_eq!(
+            s.text(),
+            "a large blue square staying still on a gray background"
+        );
+        assert_eq!(s.speed, Speed::Slow);
+    }
+
+    #[test]
+    fn all_captions_are_distinct() {
+        let all = Caption::all();
+        // 3 shapes x 7 colours x 4 backgrounds x 2 sizes x (6 moving directions x 2 speeds + still)
+        assert_eq!(all.len(), 3 * 7 * 4 * 2 * 13);
+        let set: std::collections::HashSet<_> = all.iter().map(Caption::text).collect();
+        assert_eq!(set.len(), all.len());
+    }
+}

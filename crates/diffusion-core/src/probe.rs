@@ -19,7 +19,7 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// A global allocator that counts live heap bytes and their peak.
 ///
-/// ```ignore
+/// ```text
 /// #[global_allocator]
 /// static ALLOC: diffusion_core::probe::PeakAlloc = diffusion_core::probe::PeakAlloc;
 /// ```

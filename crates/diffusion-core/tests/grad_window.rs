@@ -1,6 +1,7 @@
 //! The gradient window of the denoising chain: which steps record a graph, and that the others
 //! leave none behind.
 
+#[path = "core/common.rs"]
 mod common;
 
 #[global_allocator]

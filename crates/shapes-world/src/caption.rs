@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::attributes::{Background, Color, Direction, Shape, Size, Speed};
+use crate::{
+    attributes::{Background, Color, Direction, Shape, Size, Speed},
+    error::WorldError,
+};
 
 /// What a video shows; the prompt it is generated from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -88,6 +91,75 @@ impl Caption {
     }
 }
 
+impl std::str::FromStr for Caption {
+    type Err = WorldError;
+
+    /// Parses a caption by its attribute words, in any order; every attribute must be named
+    /// once (speed may be left out for `still`).
+    fn from_str(text: &str) -> Result<Self, WorldError> {
+        fn find<T: Copy + PartialEq>(
+            words: &[&str],
+            all: &[T],
+            word: fn(T) -> &'static str,
+            what: &str,
+        ) -> Result<Option<T>, WorldError> {
+            let hits: Vec<T> = all
+                .iter()
+                .copied()
+                .filter(|v| words.contains(&word(*v)))
+                .collect();
+            match hits.as_slice() {
+                [] => Ok(None),
+                [one] => Ok(Some(*one)),
+                _ => Err(WorldError::Caption(format!(
+                    "`{}` names more than one {what}",
+                    words.join(" ")
+                ))),
+            }
+        }
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let vocab = crate::vocab::Vocabulary::default();
+        vocab.encode(text)?;
+        fn need<T>(v: Option<T>, text: &str, what: &str) -> Result<T, WorldError> {
+            v.ok_or_else(|| WorldError::Caption(format!("`{text}` names no {what}")))
+        }
+        let direction = if words.contains(&"still") {
+            Direction::Still
+        } else {
+            need(
+                find(&words, Direction::ALL, Direction::word, "direction")?,
+                text,
+                "direction",
+            )?
+        };
+        let speed = match find(&words, Speed::ALL, Speed::word, "speed")? {
+            Some(s) => s,
+            None if direction == Direction::Still => Speed::Slow,
+            None => return Err(WorldError::Caption(format!("`{text}` names no speed"))),
+        };
+        Ok(Caption::new(
+            need(
+                find(&words, Shape::ALL, Shape::word, "shape")?,
+                text,
+                "shape",
+            )?,
+            need(
+                find(&words, Color::ALL, Color::word, "colour")?,
+                text,
+                "colour",
+            )?,
+            need(
+                find(&words, Background::ALL, Background::word, "background")?,
+                text,
+                "background",
+            )?,
+            direction,
+            need(find(&words, Size::ALL, Size::word, "size")?, text, "size")?,
+            speed,
+        ))
+    }
+}
+
 impl std::fmt::Display for Caption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.text())
@@ -125,6 +197,22 @@ mod tests {
             "a large blue square staying still on a gray background"
         );
         assert_eq!(s.speed, Speed::Slow);
+    }
+
+    #[test]
+    fn every_caption_parses_back() {
+        for c in Caption::all() {
+            assert_eq!(c.text().parse::<Caption>().unwrap(), c);
+        }
+        assert!("a small red circle on a black background"
+            .parse::<Caption>()
+            .is_err());
+        assert!(
+            "a small red blue circle moving left slowly on a black background"
+                .parse::<Caption>()
+                .is_err()
+        );
+        assert!("a small purple circle".parse::<Caption>().is_err());
     }
 
     #[test]

@@ -6,6 +6,9 @@ pub enum WorldError {
     /// A word outside the vocabulary.
     #[error("word `{0}` is not in the shapes-world vocabulary")]
     UnknownWord(String),
+    /// A prompt that does not describe one caption of the world.
+    #[error("invalid caption: {0}")]
+    Caption(String),
     /// A video configuration the renderer cannot honour.
     #[error("invalid video config: {0}")]
     InvalidConfig(String),

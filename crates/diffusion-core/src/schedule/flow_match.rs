@@ -67,7 +67,8 @@ impl FlowMatchScheduleConfig {
                     i as f64 / (n - 1) as f64
                 };
                 let t = t_hi + (t_lo - t_hi) * frac;
-                shift_sigma(t / t_train, self.shift)
+                // clamp round-off: shift(1) can come out as 1 + 1 ulp
+                shift_sigma(t / t_train, self.shift).min(1.0)
             })
             .collect();
         let timesteps = sigmas.iter().map(|s| s * t_train).collect();

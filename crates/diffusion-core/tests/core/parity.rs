@@ -1,9 +1,7 @@
 //! Golden parity with diffusers 0.42 (fixtures from `tests/fixtures/gen_fixtures.py`).
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::Tensor;
-use common::*;
 use diffusion_core::{
     checkpoint::{load_safetensors, save_safetensors},
     CoreError, FlowMatchScheduleConfig, WanConfig, WanTransformer,
@@ -191,7 +189,8 @@ fn fresh_model_its_clone_and_its_saved_copy_agree() {
     let run = |m: &WanTransformer<B>| {
         values(m.forward(x.clone(), Tensor::from_floats([300.0], &dev), text.clone()))
     };
+    // equal up to the order of multithreaded float reductions (an independent draw would differ by ~1)
     let a = run(&model);
-    assert_eq!(a, run(&clone));
-    assert_eq!(a, run(&loaded));
+    assert!(rel_err(&run(&clone), &a) < 1e-5);
+    assert!(rel_err(&run(&loaded), &a) < 1e-5);
 }

@@ -1,9 +1,7 @@
 //! Property tests of schedules and steppers.
 
-mod common;
-
+use crate::common::*;
 use burn::tensor::{Tensor, TensorData};
-use common::*;
 use diffusion_core::{
     schedule::{shift_sigma, unshift_sigma},
     stepper::gaussian_log_prob,

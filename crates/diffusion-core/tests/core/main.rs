@@ -1,0 +1,6 @@
+//! Integration tests of diffusion-core, in one binary (each test binary links
+//! burn once more); `grad_window.rs` is apart because its heap probe counts the whole process.
+
+mod common;
+mod parity;
+mod properties;

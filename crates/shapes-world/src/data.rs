@@ -1,0 +1,232 @@
+//! Scored samples of the base model and preference pairs built from them: the training data of
+//! the latent reward models. Includes a shuffling batch loader.
+
+use std::path::Path;
+
+use burn::tensor::{backend::Backend, ElementConversion, Tensor, TensorData};
+use diffusion_core::checkpoint::write_atomic;
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::{caption::Caption, error::WorldError, models::WorldModels, oracle::OracleReward};
+
+/// One generated video latent with the oracle reward of its decoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredSample {
+    /// The prompt.
+    pub caption: Caption,
+    /// Normalised latent, `[C, F, H, W]` row-major.
+    pub latent: Vec<f32>,
+    /// Oracle reward of the decoded video, in `[0, 1]`.
+    pub reward: f32,
+}
+
+/// A (winner, loser) pair of samples of one prompt, indices into [`RewardData::samples`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreferencePair {
+    /// Index of the higher-reward sample.
+    pub winner: usize,
+    /// Index of the lower-reward sample.
+    pub loser: usize,
+}
+
+/// Regression data `(latent, reward)` and preference pairs for latent reward models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardData {
+    /// Latent shape `[C, F, H, W]`.
+    pub latent_shape: [usize; 4],
+    /// All scored samples.
+    pub samples: Vec<ScoredSample>,
+    /// Pairs of samples of the same prompt whose rewards differ by at least `margin`.
+    pub pairs: Vec<PreferencePair>,
+}
+
+impl RewardData {
+    /// Samples `per_prompt` videos for each caption from the base model (Euler, `steps`),
+    /// scores their decodings with the oracle, and pairs every two samples of a prompt whose
+    /// rewards differ by at least `margin`.
+    pub fn generate<B: Backend>(
+        models: &WorldModels<B>,
+        captions: &[Caption],
+        per_prompt: usize,
+        steps: usize,
+        margin: f32,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self, WorldError> {
+        let shape = models.config.latent_shape();
+        let mut samples = Vec::with_capacity(captions.len() * per_prompt);
+        let mut pairs = Vec::new();
+        for (ci, caption) in captions.iter().enumerate() {
+            let batch = vec![*caption; per_prompt];
+            let z =
+                models.sample_latents(&batch, steps, 3.0, seed.wrapping_add(ci as u64), device)?;
+            let rewards: Vec<f32> = OracleReward
+                .score(models.decode(z.clone()), &batch)?
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| WorldError::InvalidConfig(format!("{e:?}")))?;
+            let flat: Vec<f32> = z
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| WorldError::InvalidConfig(format!("{e:?}")))?;
+            let per: usize = shape.iter().product();
+            let base = samples.len();
+            for (k, r) in rewards.iter().enumerate() {
+                samples.push(ScoredSample {
+                    caption: *caption,
+                    latent: flat[k * per..(k + 1) * per].to_vec(),
+                    reward: *r,
+                });
+            }
+            for a in 0..per_prompt {
+                for b in a + 1..per_prompt {
+                    let (ra, rb) = (rewards[a], rewards[b]);
+                    if (ra - rb).abs() >= margin {
+                        let (winner, loser) = if ra > rb {
+                            (base + a, base + b)
+                        } else {
+                            (base + b, base + a)
+                        };
+                        pairs.push(PreferencePair { winner, loser });
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            latent_shape: shape,
+            samples,
+            pairs,
+        })
+    }
+
+    /// Writes the data as JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), WorldError> {
+        let bytes =
+            serde_json::to_vec(self).map_err(|e| WorldError::InvalidConfig(e.to_string()))?;
+        write_atomic(path, &bytes).map_err(|e| WorldError::InvalidConfig(e.to_string()))
+    }
+
+    /// Reads data written by [`RewardData::save`], checking every latent's length.
+    pub fn load(path: &Path) -> Result<Self, WorldError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| WorldError::InvalidConfig(format!("{}: {e}", path.display())))?;
+        let data: Self = serde_json::from_slice(&bytes)
+            .map_err(|e| WorldError::InvalidConfig(format!("{}: {e}", path.display())))?;
+        let per: usize = data.latent_shape.iter().product();
+        if let Some(bad) = data.samples.iter().find(|s| s.latent.len() != per) {
+            return Err(WorldError::Shape {
+                what: format!("latent of `{}`", bad.caption),
+                expected: data.latent_shape.to_vec(),
+                found: vec![bad.latent.len()],
+            });
+        }
+        if data
+            .pairs
+            .iter()
+            .any(|p| p.winner >= data.samples.len() || p.loser >= data.samples.len())
+        {
+            return Err(WorldError::InvalidConfig("pair index out of range".into()));
+        }
+        Ok(data)
+    }
+
+    fn stack<B: Backend>(&self, idx: &[usize], device: &B::Device) -> Tensor<B, 5> {
+        let [c, f, h, w] = self.latent_shape;
+        let flat: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| self.samples[i].latent.iter().copied())
+            .collect();
+        Tensor::from_data(TensorData::new(flat, [idx.len(), c, f, h, w]), device)
+    }
+
+    /// Shuffled regression batches for one epoch (the last may be smaller).
+    pub fn regression_batches<B: Backend>(
+        &self,
+        batch: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Vec<RegressionBatch<B>> {
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        order
+            .chunks(batch.max(1))
+            .map(|idx| RegressionBatch {
+                latents: self.stack(idx, device),
+                captions: idx.iter().map(|&i| self.samples[i].caption).collect(),
+                rewards: Tensor::from_data(
+                    TensorData::new(
+                        idx.iter()
+                            .map(|&i| self.samples[i].reward)
+                            .collect::<Vec<_>>(),
+                        [idx.len()],
+                    ),
+                    device,
+                ),
+            })
+            .collect()
+    }
+
+    /// Shuffled preference batches for one epoch.
+    pub fn pair_batches<B: Backend>(
+        &self,
+        batch: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Vec<PairBatch<B>> {
+        let mut order: Vec<usize> = (0..self.pairs.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        order
+            .chunks(batch.max(1))
+            .map(|idx| {
+                let w: Vec<usize> = idx.iter().map(|&i| self.pairs[i].winner).collect();
+                let l: Vec<usize> = idx.iter().map(|&i| self.pairs[i].loser).collect();
+                PairBatch {
+                    winners: self.stack(&w, device),
+                    losers: self.stack(&l, device),
+                    captions: w.iter().map(|&i| self.samples[i].caption).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Mean reward of the samples.
+    pub fn mean_reward(&self) -> f32 {
+        self.samples.iter().map(|s| s.reward).sum::<f32>() / self.samples.len().max(1) as f32
+    }
+}
+
+/// A batch for reward regression.
+///
+/// # Shapes
+/// - `latents`: `[B, C, F, H, W]`, `rewards`: `[B]`
+#[derive(Debug, Clone)]
+pub struct RegressionBatch<B: Backend> {
+    /// Normalised latents.
+    pub latents: Tensor<B, 5>,
+    /// Their prompts.
+    pub captions: Vec<Caption>,
+    /// Oracle rewards.
+    pub rewards: Tensor<B, 1>,
+}
+
+/// A batch of preference pairs.
+///
+/// # Shapes
+/// - `winners`, `losers`: `[B, C, F, H, W]`
+#[derive(Debug, Clone)]
+pub struct PairBatch<B: Backend> {
+    /// Preferred latents.
+    pub winners: Tensor<B, 5>,
+    /// Rejected latents.
+    pub losers: Tensor<B, 5>,
+    /// The shared prompts.
+    pub captions: Vec<Caption>,
+}
+
+/// The mean of a `[B]` tensor as `f64`.
+pub fn mean_of<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.mean().into_scalar().elem::<f64>()
+}

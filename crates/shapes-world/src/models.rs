@@ -1,0 +1,254 @@
+//! The world's small video models: a causal VAE, a token text encoder and a Wan-architecture
+//! DiT on the VAE's latents, saved together in one folder.
+
+use std::path::Path;
+
+use burn::{
+    config::Config,
+    module::Module,
+    record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder},
+    tensor::{backend::Backend, Tensor, TensorData},
+};
+use diffusion_core::{
+    checkpoint::{load_safetensors, save_safetensors, write_atomic},
+    rollout::randn,
+    text::{TextEncoder, TokenEncoder, TokenEncoderConfig},
+    vae::{CausalVae, CausalVaeConfig, VideoAutoencoder},
+    Conditioning, CoreError, EulerOde, FlowMatchScheduleConfig, Rollout, WanConfig, WanTransformer,
+};
+use rand::SeedableRng;
+
+use crate::{caption::Caption, error::WorldError, render::VideoConfig, vocab::Vocabulary};
+
+/// Shapes and normalisation of the world models.
+#[derive(Config, Debug)]
+pub struct WorldModelsConfig {
+    /// Video size the VAE was trained on.
+    pub video: VideoConfig,
+    /// The VAE.
+    pub vae: CausalVaeConfig,
+    /// The text encoder.
+    pub text: TokenEncoderConfig,
+    /// The DiT.
+    pub dit: WanConfig,
+    /// Per-channel mean of VAE latents (DiT latents are `(z - mean) / std`).
+    pub latent_mean: Vec<f32>,
+    /// Per-channel standard deviation of VAE latents.
+    pub latent_std: Vec<f32>,
+}
+
+impl WorldModelsConfig {
+    /// The default small models for 17 x 64 x 64 videos: VAE 4x spatial, 4x temporal
+    /// compression to 8-channel `5 x 16 x 16` latents; DiT width 128 (4 heads), 4 blocks, patch
+    /// 1x2x2 (320 tokens); text encoder width 64.
+    pub fn small() -> Self {
+        let vocab = Vocabulary::default();
+        Self::new(
+            VideoConfig::default(),
+            CausalVaeConfig::new(8, vec![24, 48]).with_temporal_stages(2),
+            TokenEncoderConfig::new(vocab.len(), 64)
+                .with_max_len(16)
+                .with_layers(1)
+                .with_heads(2),
+            WanConfig::new(4, 32, 384, 4)
+                .with_in_channels(8)
+                .with_out_channels(8)
+                .with_text_dim(64)
+                .with_freq_dim(64)
+                .with_rope_max_seq_len(64),
+            vec![0.0; 8],
+            vec![1.0; 8],
+        )
+    }
+
+    /// Latent shape `[C, F, H, W]` of one video.
+    pub fn latent_shape(&self) -> [usize; 4] {
+        let s = self.vae.spatial_factor();
+        let t = self.vae.temporal_factor();
+        let v = self.video;
+        [
+            self.vae.latent_channels,
+            1 + (v.frames - 1) / t,
+            v.height / s,
+            v.width / s,
+        ]
+    }
+
+    /// Randomly initialised models.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<WorldModels<B>, CoreError> {
+        Ok(WorldModels {
+            vae: self.vae.init(device)?,
+            text: self.text.init(device)?,
+            dit: self.dit.init(device)?,
+            config: self.clone(),
+        })
+    }
+}
+
+/// The VAE, text encoder and DiT of shapes-world.
+#[derive(Debug, Clone)]
+pub struct WorldModels<B: Backend> {
+    /// Causal video VAE.
+    pub vae: CausalVae<B>,
+    /// Prompt encoder.
+    pub text: TokenEncoder<B>,
+    /// Text-to-video DiT on normalised latents.
+    pub dit: WanTransformer<B>,
+    /// Their configuration and the latent normalisation.
+    pub config: WorldModelsConfig,
+}
+
+fn io(path: &Path, source: std::io::Error) -> CoreError {
+    CoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<(), CoreError> {
+    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+        .record(module.into_record(), ())
+        .map_err(|e| CoreError::InvalidConfig {
+            field: "record",
+            reason: e.to_string(),
+        })?;
+    write_atomic(path, &bytes)
+}
+
+fn load_record<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M, CoreError> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+        .load(bytes, device)
+        .map_err(|e| CoreError::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(module.load_record(record))
+}
+
+impl<B: Backend> WorldModels<B> {
+    /// Saves `config.json`, `vae.mpk`, `text.mpk` and `dit.safetensors` (diffusers layout) into
+    /// `dir`, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), CoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let json =
+            serde_json::to_vec_pretty(&self.config).map_err(|e| CoreError::InvalidConfig {
+                field: "config",
+                reason: e.to_string(),
+            })?;
+        write_atomic(&dir.join("config.json"), &json)?;
+        save_record(self.vae.clone(), &dir.join("vae.mpk"))?;
+        save_record(self.text.clone(), &dir.join("text.mpk"))?;
+        save_safetensors(&self.dit, dir.join("dit.safetensors"))
+    }
+
+    /// Loads what [`WorldModels::save`] wrote.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, CoreError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let config: WorldModelsConfig =
+            serde_json::from_str(&text).map_err(|e| CoreError::InvalidConfig {
+                field: "config.json",
+                reason: format!("{}: {e}", path.display()),
+            })?;
+        let fresh = config.init::<B>(device)?;
+        Ok(Self {
+            vae: load_record(fresh.vae, &dir.join("vae.mpk"), device)?,
+            text: load_record(fresh.text, &dir.join("text.mpk"), device)?,
+            dit: load_safetensors(fresh.dit, dir.join("dit.safetensors"), device)?,
+            config,
+        })
+    }
+
+    /// Text embeddings of captions.
+    ///
+    /// # Shapes
+    /// - output: `[B, S, D_text]`
+    pub fn embed(
+        &self,
+        captions: &[Caption],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 3>, WorldError> {
+        let vocab = Vocabulary::default();
+        let tokens = captions
+            .iter()
+            .map(|c| vocab.encode(&c.text()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = self
+            .text
+            .batch(&tokens, device)
+            .map_err(|e| WorldError::InvalidConfig(e.to_string()))?;
+        Ok(self.text.encode(ids))
+    }
+
+    fn stats(&self, device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
+        let c = self.config.latent_mean.len();
+        let t = |v: &Vec<f32>| {
+            Tensor::<B, 5>::from_data(TensorData::new(v.clone(), [1, c, 1, 1, 1]), device)
+        };
+        (t(&self.config.latent_mean), t(&self.config.latent_std))
+    }
+
+    /// VAE latents of videos, normalised for the DiT (posterior means).
+    ///
+    /// # Shapes
+    /// - `video`: `[B, 3, F, H, W]` in `[-1, 1]` -> `[B, C, F', H', W']`
+    pub fn encode(&self, video: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (mean, std) = self.stats(&video.device());
+        (self.vae.encode(video).mean - mean) / std
+    }
+
+    /// Videos from normalised latents.
+    ///
+    /// # Shapes
+    /// - `latent`: `[B, C, F', H', W']` -> `[B, 3, F, H, W]`
+    pub fn decode(&self, latent: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (mean, std) = self.stats(&latent.device());
+        self.vae.decode(latent * std + mean)
+    }
+
+    /// Samples normalised latents for captions with the Euler ODE sampler.
+    pub fn sample_latents(
+        &self,
+        captions: &[Caption],
+        steps: usize,
+        shift: f64,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 5>, WorldError> {
+        let werr = |e: CoreError| WorldError::InvalidConfig(e.to_string());
+        let schedule = FlowMatchScheduleConfig::new(steps)
+            .with_shift(shift)
+            .init()
+            .map_err(werr)?;
+        let [c, f, h, w] = self.config.latent_shape();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let noise = randn::<B, 5>([captions.len(), c, f, h, w], &mut rng, device);
+        let cond = Conditioning::new(self.embed(captions, device)?);
+        let traj = Rollout::new(&schedule, &EulerOde)
+            .sample(&self.dit, noise, &cond, seed)
+            .map_err(werr)?;
+        Ok(traj.last().clone())
+    }
+}
+
+/// PSNR (dB) of the VAE's reconstruction of a batch of videos in `[-1, 1]`.
+pub fn vae_psnr_batch<B: Backend>(models: &WorldModels<B>, video: Tensor<B, 5>) -> f64 {
+    use burn::tensor::ElementConversion;
+    let recon = models
+        .vae
+        .decode(models.vae.encode(video.clone()).mean)
+        .clamp(-1.0, 1.0);
+    // on [0, 1] pixels: mse01 = mse / 4
+    let mse = (recon - video)
+        .powi_scalar(2)
+        .mean()
+        .into_scalar()
+        .elem::<f64>()
+        / 4.0;
+    -10.0 * mse.max(1e-12).log10()
+}

@@ -38,14 +38,18 @@ pub struct WorldModelsConfig {
 }
 
 impl WorldModelsConfig {
-    /// The default small models for 17 x 64 x 64 videos: VAE 4x spatial, 4x temporal
+    /// The default small models for 17 x 64 x 64 videos: VAE with 4 x 4 pixel patches folded into
+    /// channels (4x spatial) and 4x temporal
     /// compression to 8-channel `5 x 16 x 16` latents; DiT width 128 (4 heads), 4 blocks, patch
     /// 1x2x2 (320 tokens); text encoder width 64.
     pub fn small() -> Self {
         let vocab = Vocabulary::default();
         Self::new(
             VideoConfig::default(),
-            CausalVaeConfig::new(8, vec![24, 48]).with_temporal_stages(2),
+            CausalVaeConfig::new(8, vec![48, 64])
+                .with_patch(4)
+                .with_spatial_stages(Some(0))
+                .with_temporal_stages(2),
             TokenEncoderConfig::new(vocab.len(), 64)
                 .with_max_len(16)
                 .with_layers(1)

@@ -91,6 +91,10 @@ fn models_save_and_load() {
         .to_vec()
         .unwrap();
     // equal up to the order of multithreaded float reductions
-    let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(err < 1e-4, "max difference {err}");
 }

@@ -1,8 +1,9 @@
 use burn::{
     module::Module,
+    module::Param,
     nn::{
         conv::{Conv3d, Conv3dConfig},
-        GroupNorm, GroupNormConfig, PaddingConfig3d,
+        PaddingConfig3d,
     },
     tensor::{activation::silu, backend::Backend, Tensor},
 };
@@ -52,26 +53,66 @@ impl<B: Backend> CausalConv3d<B> {
     }
 }
 
-/// GroupNorm applied to every frame on its own (statistics over channels-in-group, height and
-/// width), so normalisation never mixes frames and the network stays causal in time.
+/// GroupNorm applied to every frame on its own (statistics over the channels of a group, height
+/// and width), so normalisation never mixes frames and the network stays causal in time.
+/// Computed in place on `[B, G, C/G, F, H*W]` views, without transposes.
 ///
 /// # Shapes
 /// - `x`: `[B, C, F, H, W]` -> same
-pub fn frame_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
-    let [b, c, f, h, w] = x.dims();
-    let frames = x.swap_dims(1, 2).reshape([b * f, c, h, w]);
-    norm.forward(frames)
-        .reshape([b, f, c, h, w])
-        .swap_dims(1, 2)
+#[derive(Module, Debug)]
+pub struct FrameGroupNorm<B: Backend> {
+    /// Per-channel scale.
+    pub gamma: Param<Tensor<B, 1>>,
+    /// Per-channel shift.
+    pub beta: Param<Tensor<B, 1>>,
+    groups: usize,
+    eps: f64,
+}
+
+impl<B: Backend> FrameGroupNorm<B> {
+    /// `groups` is reduced to the largest divisor of `channels` not above it.
+    pub fn new(groups: usize, channels: usize, device: &B::Device) -> Self {
+        let groups = (1..=groups.min(channels))
+            .rev()
+            .find(|g| channels % g == 0)
+            .unwrap_or(1);
+        Self {
+            gamma: Param::from_tensor(Tensor::ones([channels], device)),
+            beta: Param::from_tensor(Tensor::zeros([channels], device)),
+            groups,
+            eps: 1e-5,
+        }
+    }
+
+    /// See the type docs.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [b, c, f, h, w] = x.dims();
+        let g = self.groups;
+        let v: Tensor<B, 5> = x.reshape([b, g, c / g, f, h * w]);
+        let n = ((c / g) * h * w) as f64;
+        let mean = v.clone().sum_dim(4).sum_dim(2).div_scalar(n);
+        let centered = v - mean;
+        let var = centered
+            .clone()
+            .powi_scalar(2)
+            .sum_dim(4)
+            .sum_dim(2)
+            .div_scalar(n);
+        let normed: Tensor<B, 5> =
+            (centered / var.add_scalar(self.eps).sqrt()).reshape([b, c, f, h, w]);
+        let gamma: Tensor<B, 5> = self.gamma.val().reshape([1, c, 1, 1, 1]);
+        let beta: Tensor<B, 5> = self.beta.val().reshape([1, c, 1, 1, 1]);
+        normed * gamma + beta
+    }
 }
 
 /// Residual block: `x + conv(silu(gn(conv(silu(gn(x))))))` with per-frame GroupNorm, with a 1x1x1 projection of the
 /// shortcut when the width changes.
 #[derive(Module, Debug)]
 pub struct ResBlock3d<B: Backend> {
-    norm1: GroupNorm<B>,
+    norm1: FrameGroupNorm<B>,
     conv1: CausalConv3d<B>,
-    norm2: GroupNorm<B>,
+    norm2: FrameGroupNorm<B>,
     conv2: CausalConv3d<B>,
     shortcut: Option<CausalConv3d<B>>,
 }
@@ -80,9 +121,9 @@ impl<B: Backend> ResBlock3d<B> {
     /// A block from `c_in` to `c_out` channels with `groups` GroupNorm groups.
     pub fn new(c_in: usize, c_out: usize, groups: usize, device: &B::Device) -> Self {
         Self {
-            norm1: GroupNormConfig::new(groups.min(c_in), c_in).init(device),
+            norm1: FrameGroupNorm::new(groups, c_in, device),
             conv1: CausalConv3d::new(c_in, c_out, 3, 3, 1, device),
-            norm2: GroupNormConfig::new(groups.min(c_out), c_out).init(device),
+            norm2: FrameGroupNorm::new(groups, c_out, device),
             conv2: CausalConv3d::new(c_out, c_out, 3, 3, 1, device),
             shortcut: (c_in != c_out).then(|| CausalConv3d::new(c_in, c_out, 1, 1, 1, device)),
         }
@@ -91,8 +132,8 @@ impl<B: Backend> ResBlock3d<B> {
     /// # Shapes
     /// - `[B, C_in, F, H, W]` -> `[B, C_out, F, H, W]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let h = self.conv1.forward(silu(frame_norm(&self.norm1, x.clone())));
-        let h = self.conv2.forward(silu(frame_norm(&self.norm2, h)));
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
         let skip = match &self.shortcut {
             Some(s) => s.forward(x),
             None => x,

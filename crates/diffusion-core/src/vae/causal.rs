@@ -1,30 +1,37 @@
 use burn::{
     config::Config,
     module::Module,
-    nn::{GroupNorm, GroupNormConfig},
     tensor::{activation::silu, backend::Backend, Tensor},
 };
 
 use super::{
-    blocks::frame_norm, CausalConv3d, LatentDist, ResBlock3d, TemporalDown, TemporalUp,
+    CausalConv3d, FrameGroupNorm, LatentDist, ResBlock3d, TemporalDown, TemporalUp,
     VideoAutoencoder,
 };
 use crate::error::{invalid, CoreError};
 
 /// Configuration of a [`CausalVae`].
 ///
-/// Spatial compression is `2^channels.len()`; temporal compression `2^temporal_stages`, applied
-/// in the deepest stages, with Wan's `1 + 2^t k` frame layout (the first frame is encoded on its
-/// own, like an image).
+/// Spatial compression is `patch * 2^spatial_stages`, temporal compression `2^temporal_stages`;
+/// both kinds of downsampling happen in the deepest stages, with Wan's `1 + 2^t k` frame layout
+/// (the first frame is encoded on its own, like an image). `patch > 1` folds `patch x patch`
+/// pixel blocks into channels before the first convolution (and unfolds them after the last),
+/// which makes the VAE cheap enough to train on a CPU.
 #[derive(Config, Debug, PartialEq)]
 pub struct CausalVaeConfig {
     /// Latent channels.
     pub latent_channels: usize,
     /// Width of each down/up stage, shallowest first.
     pub channels: Vec<usize>,
-    /// Number of stages that also halve the frame count.
+    /// Number of (deepest) stages that halve height and width; `None` means every stage.
+    #[config(default = "None")]
+    pub spatial_stages: Option<usize>,
+    /// Number of (deepest) stages that also halve the frame count.
     #[config(default = 2)]
     pub temporal_stages: usize,
+    /// Pixel-block size folded into channels at the input (1 = none).
+    #[config(default = 1)]
+    pub patch: usize,
     /// Video channels.
     #[config(default = 3)]
     pub video_channels: usize,
@@ -36,7 +43,11 @@ pub struct CausalVaeConfig {
 impl CausalVaeConfig {
     /// Spatial compression factor.
     pub fn spatial_factor(&self) -> usize {
-        1 << self.channels.len()
+        self.patch << self.num_spatial_stages()
+    }
+
+    fn num_spatial_stages(&self) -> usize {
+        self.spatial_stages.unwrap_or(self.channels.len())
     }
 
     /// Temporal compression factor.
@@ -62,6 +73,12 @@ impl CausalVaeConfig {
                 ),
             ));
         }
+        if self.num_spatial_stages() > self.channels.len() || self.patch == 0 {
+            return Err(invalid(
+                "spatial_stages/patch",
+                "spatial stages must not exceed the stages; patch must be > 0",
+            ));
+        }
         if self.latent_channels == 0 || self.video_channels == 0 || self.groups == 0 {
             return Err(invalid(
                 "latent_channels/video_channels/groups",
@@ -72,11 +89,13 @@ impl CausalVaeConfig {
         let n = ch.len();
         let g = self.groups;
         let temporal = |i: usize| i >= n - self.temporal_stages;
+        let spatial = |i: usize| i >= n - self.num_spatial_stages();
+        let video_in = self.video_channels * self.patch * self.patch;
         let last = ch[n - 1];
         let enc_stages = (0..n)
             .map(|i| EncoderStage {
                 res: ResBlock3d::new(if i == 0 { ch[0] } else { ch[i - 1] }, ch[i], g, device),
-                down: CausalConv3d::new(ch[i], ch[i], 1, 3, 2, device),
+                down: spatial(i).then(|| CausalConv3d::new(ch[i], ch[i], 1, 3, 2, device)),
                 time: temporal(i).then(|| TemporalDown::new(ch[i], device)),
             })
             .collect();
@@ -85,12 +104,12 @@ impl CausalVaeConfig {
             .map(|i| DecoderStage {
                 res: ResBlock3d::new(if i == n - 1 { last } else { ch[i + 1] }, ch[i], g, device),
                 time: temporal(i).then(|| TemporalUp::new(ch[i], device)),
-                up: CausalConv3d::new(ch[i], ch[i], 1, 3, 1, device),
+                up: spatial(i).then(|| CausalConv3d::new(ch[i], ch[i], 1, 3, 1, device)),
             })
             .collect();
-        let norm = |c: usize| GroupNormConfig::new(g.min(c), c).init(device);
+        let norm = |c: usize| FrameGroupNorm::new(g, c, device);
         Ok(crate::checkpoint::materialize(CausalVae {
-            enc_in: CausalConv3d::new(self.video_channels, ch[0], 3, 3, 1, device),
+            enc_in: CausalConv3d::new(video_in, ch[0], 3, 3, 1, device),
             enc_stages,
             enc_mid: ResBlock3d::new(last, last, g, device),
             enc_norm: norm(last),
@@ -99,10 +118,11 @@ impl CausalVaeConfig {
             dec_mid: ResBlock3d::new(last, last, g, device),
             dec_stages,
             dec_norm: norm(ch[0]),
-            dec_out: CausalConv3d::new(ch[0], self.video_channels, 3, 3, 1, device),
+            dec_out: CausalConv3d::new(ch[0], video_in, 3, 3, 1, device),
             latent_channels: self.latent_channels,
             video_channels: self.video_channels,
             spatial: self.spatial_factor(),
+            patch: self.patch,
             temporal: self.temporal_factor(),
         }))
     }
@@ -111,7 +131,7 @@ impl CausalVaeConfig {
 #[derive(Module, Debug)]
 struct EncoderStage<B: Backend> {
     res: ResBlock3d<B>,
-    down: CausalConv3d<B>,
+    down: Option<CausalConv3d<B>>,
     time: Option<TemporalDown<B>>,
 }
 
@@ -119,7 +139,7 @@ struct EncoderStage<B: Backend> {
 struct DecoderStage<B: Backend> {
     res: ResBlock3d<B>,
     time: Option<TemporalUp<B>>,
-    up: CausalConv3d<B>,
+    up: Option<CausalConv3d<B>>,
 }
 
 /// Nearest-neighbour 2x spatial upsampling.
@@ -142,17 +162,43 @@ pub struct CausalVae<B: Backend> {
     enc_in: CausalConv3d<B>,
     enc_stages: Vec<EncoderStage<B>>,
     enc_mid: ResBlock3d<B>,
-    enc_norm: GroupNorm<B>,
+    enc_norm: FrameGroupNorm<B>,
     enc_out: CausalConv3d<B>,
     dec_in: CausalConv3d<B>,
     dec_mid: ResBlock3d<B>,
     dec_stages: Vec<DecoderStage<B>>,
-    dec_norm: GroupNorm<B>,
+    dec_norm: FrameGroupNorm<B>,
     dec_out: CausalConv3d<B>,
     latent_channels: usize,
     video_channels: usize,
     spatial: usize,
     temporal: usize,
+    patch: usize,
+}
+
+/// Folds `p x p` pixel blocks into channels: `[B, C, F, H, W]` -> `[B, C p^2, F, H / p, W / p]`.
+fn fold<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
+    if p == 1 {
+        return x;
+    }
+    let [b, c, f, h, w] = x.dims();
+    let x: Tensor<B, 7> = x.reshape([b * c, f, h / p, p, w / p, p, 1]);
+    // -> [B C, p, p, F, H/p, W/p]
+    x.permute([0, 3, 5, 1, 2, 4, 6])
+        .reshape([b, c * p * p, f, h / p, w / p])
+}
+
+/// Inverse of [`fold`].
+fn unfold<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
+    if p == 1 {
+        return x;
+    }
+    let [b, cpp, f, hp, wp] = x.dims();
+    let c = cpp / (p * p);
+    let x: Tensor<B, 7> = x.reshape([b * c, p, p, f, hp, wp, 1]);
+    // -> [B C, F, H/p, p, W/p, p]
+    x.permute([0, 3, 4, 1, 5, 2, 6])
+        .reshape([b, c, f, hp * p, wp * p])
 }
 
 impl<B: Backend> CausalVae<B> {
@@ -169,15 +215,18 @@ impl<B: Backend> CausalVae<B> {
 
 impl<B: Backend> VideoAutoencoder<B> for CausalVae<B> {
     fn encode(&self, video: Tensor<B, 5>) -> LatentDist<B> {
-        let mut x = self.enc_in.forward(video);
+        let mut x = self.enc_in.forward(fold(video, self.patch));
         for s in &self.enc_stages {
-            x = s.down.forward(s.res.forward(x));
+            x = s.res.forward(x);
+            if let Some(d) = &s.down {
+                x = d.forward(x);
+            }
             if let Some(t) = &s.time {
                 x = t.forward(x);
             }
         }
         let x = self.enc_mid.forward(x);
-        let x = self.enc_out.forward(silu(frame_norm(&self.enc_norm, x)));
+        let x = self.enc_out.forward(silu(self.enc_norm.forward(x)));
         let z = self.latent_channels;
         LatentDist {
             mean: x.clone().narrow(1, 0, z),
@@ -192,9 +241,14 @@ impl<B: Backend> VideoAutoencoder<B> for CausalVae<B> {
             if let Some(t) = &s.time {
                 x = t.forward(x);
             }
-            x = s.up.forward(upsample2x(x));
+            if let Some(u) = &s.up {
+                x = u.forward(upsample2x(x));
+            }
         }
-        self.dec_out.forward(silu(frame_norm(&self.dec_norm, x)))
+        unfold(
+            self.dec_out.forward(silu(self.dec_norm.forward(x))),
+            self.patch,
+        )
     }
 
     fn latent_shape(&self, video: [usize; 5]) -> crate::Result<[usize; 5]> {
@@ -241,6 +295,29 @@ mod tests {
         assert_eq!(z.dims(), expect);
         assert_eq!(vae.decode(z).dims(), [1, 3, 9, 16, 16]);
         assert!(vae.latent_shape([1, 3, 8, 16, 16]).is_err());
+    }
+
+    #[test]
+    fn fold_unfold_round_trip_and_patch_layout() {
+        let dev = Default::default();
+        let x = Tensor::<B, 5>::random([2, 3, 5, 8, 12], burn::tensor::Distribution::Default, &dev);
+        let y = fold(x.clone(), 4);
+        assert_eq!(y.dims(), [2, 48, 5, 2, 3]);
+        x.clone()
+            .into_data()
+            .assert_eq(&unfold(y, 4).into_data(), true);
+        let vae = CausalVaeConfig::new(4, vec![8, 8])
+            .with_patch(4)
+            .with_spatial_stages(Some(0))
+            .init::<B>(&dev)
+            .unwrap();
+        assert_eq!(
+            vae.latent_shape([1, 3, 9, 16, 16]).unwrap(),
+            [1, 4, 3, 4, 4]
+        );
+        let z = vae.encode(Tensor::zeros([1, 3, 9, 16, 16], &dev)).mean;
+        assert_eq!(z.dims(), [1, 4, 3, 4, 4]);
+        assert_eq!(vae.decode(z).dims(), [1, 3, 9, 16, 16]);
     }
 
     #[test]

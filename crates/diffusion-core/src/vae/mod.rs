@@ -6,5 +6,5 @@ mod blocks;
 mod causal;
 
 pub use base::{LatentDist, VideoAutoencoder};
-pub use blocks::{CausalConv3d, ResBlock3d, TemporalDown, TemporalUp};
+pub use blocks::{CausalConv3d, FrameGroupNorm, ResBlock3d, TemporalDown, TemporalUp};
 pub use causal::{CausalVae, CausalVaeConfig};

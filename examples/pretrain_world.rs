@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Flags: `--vae-steps N`, `--dit-steps N`, `--batch N`, `--eval N` (captions per split),
-//! `--report PATH` (markdown, default docs/shapes_world.md).
+//! `--cache N` (videos encoded once for DiT training), `--report PATH` (markdown, default
+//! docs/shapes_world.md).
 
 use std::{path::PathBuf, time::Instant};
 
@@ -14,7 +15,7 @@ use burn::backend::Autodiff;
 use diffusion_core::backend::{DefaultBackend, DEFAULT_BACKEND_NAME};
 use shapes_world::{
     eval::{sample_reward, vae_psnr},
-    pretrain::{fit_latent_stats, train_dit, train_vae, StageConfig},
+    pretrain::{fit_latent_stats, train_dit, train_vae, LatentCache, StageConfig},
     Split, WorldModels, WorldModelsConfig,
 };
 
@@ -28,6 +29,7 @@ struct Args {
     dit_steps: usize,
     batch: usize,
     eval: usize,
+    cache: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -38,6 +40,7 @@ fn parse() -> Result<Args, String> {
         dit_steps: 3000,
         batch: 8,
         eval: 32,
+        cache: 3072,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +53,7 @@ fn parse() -> Result<Args, String> {
             "--dit-steps" => a.dit_steps = num(val()?)?,
             "--batch" => a.batch = num(val()?)?,
             "--eval" => a.eval = num(val()?)?,
+            "--cache" => a.cache = num(val()?)?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -75,8 +79,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vae_time = t0.elapsed();
     fit_latent_stats(&mut models, 256, 2, &dev)?;
     let t1 = Instant::now();
+    let cache = LatentCache::build(&models.valid(), args.cache, 4, &dev)?;
     train_dit(
         &mut models,
+        &cache,
         StageConfig {
             steps: args.dit_steps,
             batch: 2 * args.batch,
@@ -107,7 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let report = format!(
         "# shapes-world pretraining\n\nProduced by `cargo run --release --example pretrain_world -- --out {}` on the {} backend, 2 CPU cores.\n\n\
-         | stage | steps | batch | wall time |\n|---|---|---|---|\n| VAE | {} | {} | {:.1} min |\n| DiT + text encoder | {} | {} | {:.1} min |\n\n\
+         | stage | steps | batch | wall time |\n|---|---|---|---|\n| VAE | {} | {} | {:.1} min |\n| latent cache + DiT + text encoder | {} | {} | {:.1} min |\n\n\
          VAE reconstruction PSNR on 64 test videos: **{psnr:.2} dB**.\n\n\
          Mean oracle reward of 20-step Euler samples ({} captions per split):\n\n| split | base model | untrained DiT |\n|---|---|---|\n{}\n",
         args.out.display(),

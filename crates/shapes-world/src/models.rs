@@ -46,7 +46,7 @@ impl WorldModelsConfig {
         let vocab = Vocabulary::default();
         Self::new(
             VideoConfig::default(),
-            CausalVaeConfig::new(8, vec![48, 64])
+            CausalVaeConfig::new(8, vec![32, 48])
                 .with_patch(4)
                 .with_spatial_stages(Some(0))
                 .with_temporal_stages(2),
@@ -100,6 +100,19 @@ pub struct WorldModels<B: Backend> {
     pub dit: WanTransformer<B>,
     /// Their configuration and the latent normalisation.
     pub config: WorldModelsConfig,
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> WorldModels<B> {
+    /// The models on the inner (inference) backend.
+    pub fn valid(&self) -> WorldModels<B::InnerBackend> {
+        use burn::module::AutodiffModule;
+        WorldModels {
+            vae: self.vae.valid(),
+            text: self.text.valid(),
+            dit: self.dit.valid(),
+            config: self.config.clone(),
+        }
+    }
 }
 
 fn io(path: &Path, source: std::io::Error) -> CoreError {

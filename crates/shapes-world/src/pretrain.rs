@@ -78,6 +78,22 @@ fn bar(steps: usize, what: &str) -> ProgressBar {
     pb
 }
 
+/// Advances the bar; when stderr is not a terminal (the bar is hidden), prints a plain line
+/// every 5% so logs show progress.
+fn tick(pb: &ProgressBar, step: usize, steps: usize, msg: String) {
+    if pb.is_hidden() && (step % (steps / 20).max(1) == 0 || step + 1 == steps) {
+        eprintln!(
+            "{} {}/{} {msg} ({:.0?})",
+            pb.message(),
+            step + 1,
+            steps,
+            pb.elapsed()
+        );
+    }
+    pb.set_prefix(msg);
+    pb.inc(1);
+}
+
 fn check_finite(loss: f64, step: usize) -> Result<(), WorldError> {
     if loss.is_finite() {
         Ok(())
@@ -116,8 +132,7 @@ pub fn train_vae<B: AutodiffBackend>(
         let grads = GradientsParams::from_grads(loss.backward(), &models.vae);
         models.vae = optim.step(lr_at(&cfg, step), models.vae.clone(), grads);
         curve.push(value);
-        pb.set_prefix(format!("mse {value:.4}"));
-        pb.inc(1);
+        tick(&pb, step, cfg.steps, format!("mse {value:.4}"));
     }
     pb.finish();
     Ok(curve)
@@ -165,17 +180,70 @@ pub fn fit_latent_stats<B: AutodiffBackend>(
     Ok(())
 }
 
-/// Trains the DiT and the text encoder with the flow-matching loss on normalised VAE latents
-/// (logit-normal timesteps with shift 3). Returns the loss curve.
+/// Normalised VAE latents of rendered training videos, encoded once so DiT training does not
+/// pay for the VAE at every step.
+///
+/// # Shapes
+/// - `latents`: `[N, C, F, H, W]`
+#[derive(Debug, Clone)]
+pub struct LatentCache<B: burn::tensor::backend::Backend> {
+    /// Normalised posterior means.
+    pub latents: Tensor<B, 5>,
+    /// Captions of the videos.
+    pub captions: Vec<Caption>,
+}
+
+impl<B: burn::tensor::backend::Backend> LatentCache<B> {
+    /// Renders and encodes `n` videos of training captions (batches of 8).
+    pub fn build(
+        models: &WorldModels<B>,
+        n: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self, WorldError> {
+        let pool = captions(Split::Train);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut latents, mut caps) = (Vec::new(), Vec::new());
+        let pb = bar(n.div_ceil(8), "encode");
+        for i in 0..n.div_ceil(8) {
+            let (video, c) = video_batch(models, &pool, 8, &mut rng, device)?;
+            latents.push(models.encode(video));
+            caps.extend(c);
+            tick(&pb, i, n.div_ceil(8), String::new());
+        }
+        pb.finish();
+        Ok(Self {
+            latents: Tensor::cat(latents, 0),
+            captions: caps,
+        })
+    }
+
+    /// A random batch.
+    pub fn batch(&self, size: usize, rng: &mut StdRng) -> (Tensor<B, 5>, Vec<Caption>) {
+        let idx: Vec<usize> = (0..size)
+            .map(|_| rng.random_range(0..self.captions.len()))
+            .collect();
+        let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        let t = Tensor::<B, 1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(ids, [size]),
+            &self.latents.device(),
+        );
+        (
+            self.latents.clone().select(0, t),
+            idx.iter().map(|&i| self.captions[i]).collect(),
+        )
+    }
+}
+
+/// Trains the DiT and the text encoder with the flow-matching loss on cached, normalised VAE
+/// latents (logit-normal timesteps with shift 3). Returns the loss curve.
 pub fn train_dit<B: AutodiffBackend>(
     models: &mut WorldModels<B>,
+    cache: &LatentCache<B::InnerBackend>,
     cfg: StageConfig,
     device: &B::Device,
 ) -> Result<Vec<f64>, WorldError> {
-    let pool = captions(Split::Train);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let vae = models.vae.valid();
-    let stats = models.clone();
     let mut opt_dit = AdamWConfig::new()
         .with_weight_decay(0.01)
         .with_epsilon(1e-8)
@@ -192,18 +260,8 @@ pub fn train_dit<B: AutodiffBackend>(
     let pb = bar(cfg.steps, "dit");
     let mut curve = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
-        let (video, caps) = video_batch(models, &pool, cfg.batch, &mut rng, device)?;
-        let (mean, std) = {
-            let c = stats.config.latent_mean.len();
-            let t = |v: &Vec<f32>| {
-                Tensor::<B::InnerBackend, 5>::from_data(
-                    burn::tensor::TensorData::new(v.clone(), [1, c, 1, 1, 1]),
-                    device,
-                )
-            };
-            (t(&stats.config.latent_mean), t(&stats.config.latent_std))
-        };
-        let x0 = Tensor::<B, 5>::from_inner((vae.encode(video.inner()).mean - mean) / std);
+        let (x0, caps) = cache.batch(cfg.batch, &mut rng);
+        let x0 = Tensor::<B, 5>::from_inner(x0);
         let eps = randn(x0.dims(), &mut rng, device);
         let sigmas = sampling.sample(cfg.batch, &mut rng);
         let text = models.embed(&caps, device)?;
@@ -217,8 +275,7 @@ pub fn train_dit<B: AutodiffBackend>(
         models.dit = opt_dit.step(lr, models.dit.clone(), g_dit);
         models.text = opt_text.step(lr, models.text.clone(), g_text);
         curve.push(value);
-        pb.set_prefix(format!("loss {value:.4}"));
-        pb.inc(1);
+        tick(&pb, step, cfg.steps, format!("loss {value:.4}"));
     }
     pb.finish();
     Ok(curve)

@@ -94,39 +94,44 @@ pub trait WeightVisitor<B: Backend> {
         layout: ParamLayout,
     ) -> Result<()>;
 
+    /// Visits `{prefix}.weight` and, when present, `{prefix}.bias`.
+    fn weight_bias<const D: usize>(
+        &mut self,
+        prefix: &str,
+        weight: &mut Param<Tensor<B, D>>,
+        layout: ParamLayout,
+        bias: Option<&mut Param<Tensor<B, 1>>>,
+    ) -> Result<()> {
+        self.param(&format!("{prefix}.weight"), weight, layout)?;
+        match bias {
+            Some(bias) => self.param(&format!("{prefix}.bias"), bias, ParamLayout::Same),
+            None => Ok(()),
+        }
+    }
+
     /// Visits a linear layer (`{prefix}.weight`, `{prefix}.bias`).
     fn linear(&mut self, prefix: &str, linear: &mut Linear<B>) -> Result<()> {
-        self.param(
-            &format!("{prefix}.weight"),
+        self.weight_bias(
+            prefix,
             &mut linear.weight,
             ParamLayout::LinearWeight,
-        )?;
-        if let Some(bias) = linear.bias.as_mut() {
-            self.param(&format!("{prefix}.bias"), bias, ParamLayout::Same)?;
-        }
-        Ok(())
+            linear.bias.as_mut(),
+        )
     }
 
     /// Visits an RMS norm (`{prefix}.weight`).
     fn rms_norm(&mut self, prefix: &str, norm: &mut RmsNorm<B>) -> Result<()> {
-        self.param(
-            &format!("{prefix}.weight"),
-            &mut norm.gamma,
-            ParamLayout::Same,
-        )
+        self.weight_bias(prefix, &mut norm.gamma, ParamLayout::Same, None)
     }
 
     /// Visits an affine layer norm (`{prefix}.weight`, `{prefix}.bias`).
     fn layer_norm(&mut self, prefix: &str, norm: &mut LayerNorm<B>) -> Result<()> {
-        self.param(
-            &format!("{prefix}.weight"),
+        self.weight_bias(
+            prefix,
             &mut norm.gamma,
             ParamLayout::Same,
-        )?;
-        if let Some(beta) = norm.beta.as_mut() {
-            self.param(&format!("{prefix}.bias"), beta, ParamLayout::Same)?;
-        }
-        Ok(())
+            norm.beta.as_mut(),
+        )
     }
 }
 

@@ -12,16 +12,15 @@ impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
         let d = self.dim();
         let [pt, ph, pw] = self.patch_size();
         let c = self.patch_embedding.weight.dims()[0] / (pt * ph * pw);
-        v.param(
-            "patch_embedding.weight",
-            &mut self.patch_embedding.weight,
+        let patch = &mut self.patch_embedding;
+        v.weight_bias(
+            "patch_embedding",
+            &mut patch.weight,
             ParamLayout::Conv3dAsLinear {
                 torch: [d, c, pt, ph, pw],
             },
+            patch.bias.as_mut(),
         )?;
-        if let Some(bias) = self.patch_embedding.bias.as_mut() {
-            v.param("patch_embedding.bias", bias, ParamLayout::Same)?;
-        }
         let ce = &mut self.condition;
         v.linear(
             "condition_embedder.time_embedder.linear_1",

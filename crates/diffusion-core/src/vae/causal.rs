@@ -182,9 +182,9 @@ fn fold<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
         return x;
     }
     let [b, c, f, h, w] = x.dims();
-    let x: Tensor<B, 7> = x.reshape([b * c, f, h / p, p, w / p, p, 1]);
+    let x: Tensor<B, 6> = x.reshape([b * c, f, h / p, p, w / p, p]);
     // -> [B C, p, p, F, H/p, W/p]
-    x.permute([0, 3, 5, 1, 2, 4, 6])
+    x.permute([0, 3, 5, 1, 2, 4])
         .reshape([b, c * p * p, f, h / p, w / p])
 }
 
@@ -195,9 +195,9 @@ fn unfold<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
     }
     let [b, cpp, f, hp, wp] = x.dims();
     let c = cpp / (p * p);
-    let x: Tensor<B, 7> = x.reshape([b * c, p, p, f, hp, wp, 1]);
+    let x: Tensor<B, 6> = x.reshape([b * c, p, p, f, hp, wp]);
     // -> [B C, F, H/p, p, W/p, p]
-    x.permute([0, 3, 4, 1, 5, 2, 6])
+    x.permute([0, 3, 4, 1, 5, 2])
         .reshape([b, c, f, hp * p, wp * p])
 }
 

@@ -96,9 +96,13 @@ impl<B: Backend> WanTransformer<B> {
         let [b, c, f, h, w] = x.dims();
         let [pt, ph, pw] = self.patch;
         let [gf, gh, gw] = self.grid(f, h, w);
-        let x: Tensor<B, 8> = x.reshape([b, c, gf, pt, gh, ph, gw, pw]);
-        // -> [B, F', H', W', C, p_t, p_h, p_w], the Conv3d's flattening order per patch
-        let x = x.permute([0, 2, 4, 6, 1, 3, 5, 7]);
+        // at most 6 dimensions at a time, for backends such as ndarray
+        let x: Tensor<B, 6> = x.reshape([b * c * gf, pt, gh, ph, gw, pw]);
+        let x: Tensor<B, 5> = x
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, c, gf, gh * gw, pt * ph * pw]);
+        // -> [B, F', H' W', C, p_t p_h p_w], the Conv3d's flattening order per patch
+        let x = x.permute([0, 2, 3, 1, 4]);
         self.patch_embedding
             .forward(x.reshape([b, gf * gh * gw, c * pt * ph * pw]))
     }
@@ -155,10 +159,13 @@ impl<B: Backend> WanTransformer<B> {
         let [pt, ph, pw] = self.patch;
         let [gf, gh, gw] = self.grid(f, h, w);
         let c = self.out_channels;
-        let out: Tensor<B, 8> = out.reshape([b, gf, gh, gw, pt, ph, pw, c]);
-        // -> [B, C, F', p_t, H', p_h, W', p_w]
-        out.permute([0, 7, 1, 4, 2, 5, 3, 6])
-            .reshape([b, c, f, h, w])
+        // a token holds (p_t, p_h, p_w, C): [B, F', H' W', K, C] -> [B, C, F', H' W', K]
+        let out: Tensor<B, 5> = out.reshape([b, gf, gh * gw, pt * ph * pw, c]);
+        let out: Tensor<B, 6> = out
+            .permute([0, 4, 1, 2, 3])
+            .reshape([b * c * gf, gh, gw, pt, ph, pw]);
+        // -> [B C F', p_t, H', p_h, W', p_w]
+        out.permute([0, 3, 1, 4, 2, 5]).reshape([b, c, f, h, w])
     }
 }
 

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, ElementConversion, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use diffusion_core::checkpoint::write_atomic;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::{caption::Caption, error::WorldError, models::WorldModels, oracle::OracleReward};
+use crate::{caption::Caption, error::WorldError, models::WorldModels};
 
 /// One generated video latent with the oracle reward of its decoding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,10 +59,9 @@ impl RewardData {
         let mut pairs = Vec::new();
         for (ci, caption) in captions.iter().enumerate() {
             let batch = vec![*caption; per_prompt];
-            let z =
-                models.sample_latents(&batch, steps, 3.0, seed.wrapping_add(ci as u64), device)?;
-            let rewards: Vec<f32> = OracleReward
-                .score(models.decode(z.clone()), &batch)?
+            let (z, rewards) =
+                models.sample_scored(&batch, steps, seed.wrapping_add(ci as u64), device)?;
+            let rewards: Vec<f32> = rewards
                 .into_data()
                 .convert::<f32>()
                 .to_vec()
@@ -224,9 +223,4 @@ pub struct PairBatch<B: Backend> {
     pub losers: Tensor<B, 5>,
     /// The shared prompts.
     pub captions: Vec<Caption>,
-}
-
-/// The mean of a `[B]` tensor as `f64`.
-pub fn mean_of<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    t.mean().into_scalar().elem::<f64>()
 }

@@ -6,7 +6,6 @@ use rand::{rngs::StdRng, seq::IndexedRandom, SeedableRng};
 use crate::{
     error::WorldError,
     models::WorldModels,
-    oracle::OracleReward,
     pretrain::video_batch,
     splits::{captions, Split},
     vae_psnr_batch,
@@ -48,8 +47,7 @@ pub fn sample_reward<B: Backend>(
         .collect();
     let mut total = 0.0;
     for (i, chunk) in caps.chunks(8).enumerate() {
-        let z = models.sample_latents(chunk, steps, 3.0, seed + i as u64, device)?;
-        let r = OracleReward.score(models.decode(z), chunk)?;
+        let (_, r) = models.sample_scored(chunk, steps, seed + i as u64, device)?;
         total += r.sum().into_scalar().elem::<f64>();
     }
     Ok(total / n as f64)

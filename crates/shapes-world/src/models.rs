@@ -228,6 +228,23 @@ impl<B: Backend> WorldModels<B> {
         self.vae.decode(latent * std + mean)
     }
 
+    /// Samples normalised latents for captions (Euler, shift 3) and scores their decodings with
+    /// the oracle.
+    ///
+    /// # Shapes
+    /// - output: (`latents`: `[B, C, F', H', W']`, `rewards`: `[B]`)
+    pub fn sample_scored(
+        &self,
+        captions: &[Caption],
+        steps: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 5>, Tensor<B, 1>), WorldError> {
+        let z = self.sample_latents(captions, steps, 3.0, seed, device)?;
+        let rewards = crate::oracle::OracleReward.score(self.decode(z.clone()), captions)?;
+        Ok((z, rewards))
+    }
+
     /// Samples normalised latents for captions with the Euler ODE sampler.
     pub fn sample_latents(
         &self,

@@ -98,9 +98,9 @@ impl<B: Backend> WanTransformer<B> {
         let [gf, gh, gw] = self.grid(f, h, w);
         // at most 6 dimensions at a time, for backends such as ndarray
         let x: Tensor<B, 6> = x.reshape([b * c * gf, pt, gh, ph, gw, pw]);
-        let x: Tensor<B, 5> = x
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, c, gf, gh * gw, pt * ph * pw]);
+        let x: Tensor<B, 5> =
+            x.permute([0, 2, 4, 1, 3, 5])
+                .reshape([b, c, gf, gh * gw, pt * ph * pw]);
         // -> [B, F', H' W', C, p_t p_h p_w], the Conv3d's flattening order per patch
         let x = x.permute([0, 2, 3, 1, 4]);
         self.patch_embedding
@@ -161,9 +161,9 @@ impl<B: Backend> WanTransformer<B> {
         let c = self.out_channels;
         // a token holds (p_t, p_h, p_w, C): [B, F', H' W', K, C] -> [B, C, F', H' W', K]
         let out: Tensor<B, 5> = out.reshape([b, gf, gh * gw, pt * ph * pw, c]);
-        let out: Tensor<B, 6> = out
-            .permute([0, 4, 1, 2, 3])
-            .reshape([b * c * gf, gh, gw, pt, ph, pw]);
+        let out: Tensor<B, 6> =
+            out.permute([0, 4, 1, 2, 3])
+                .reshape([b * c * gf, gh, gw, pt, ph, pw]);
         // -> [B C F', p_t, H', p_h, W', p_w]
         out.permute([0, 3, 1, 4, 2, 5]).reshape([b, c, f, h, w])
     }

@@ -61,16 +61,8 @@ impl RewardData {
             let batch = vec![*caption; per_prompt];
             let (z, rewards) =
                 models.sample_scored(&batch, steps, seed.wrapping_add(ci as u64), device)?;
-            let rewards: Vec<f32> = rewards
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .map_err(|e| WorldError::InvalidConfig(format!("{e:?}")))?;
-            let flat: Vec<f32> = z
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .map_err(|e| WorldError::InvalidConfig(format!("{e:?}")))?;
+            let rewards: Vec<f32> = crate::error::host_f32(rewards)?;
+            let flat: Vec<f32> = crate::error::host_f32(z)?;
             let per: usize = shape.iter().product();
             let base = samples.len();
             for (k, r) in rewards.iter().enumerate() {

@@ -23,3 +23,13 @@ pub enum WorldError {
         found: Vec<usize>,
     },
 }
+
+/// The values of a tensor as `f32`s on the host.
+pub(crate) fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> Result<Vec<f32>, WorldError> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| WorldError::InvalidConfig(format!("{e:?}")))
+}

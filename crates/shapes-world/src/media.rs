@@ -23,14 +23,8 @@ impl Video {
                 found: video.dims().to_vec(),
             });
         }
-        let data: Vec<f32> = video
-            .add_scalar(1.0)
-            .div_scalar(2.0)
-            .clamp(0.0, 1.0)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| WorldError::InvalidConfig(format!("{e:?}")))?;
+        let data: Vec<f32> =
+            crate::error::host_f32(video.add_scalar(1.0).div_scalar(2.0).clamp(0.0, 1.0))?;
         Ok(Video {
             config: VideoConfig {
                 frames,

@@ -154,11 +154,7 @@ pub fn fit_latent_stats<B: AutodiffBackend>(
         let (video, _) = video_batch(models, &pool, 8, &mut rng, device)?;
         let z = inner.encode(video.inner()).mean;
         let [b, _, f, h, w] = z.dims();
-        let vals: Vec<f32> = z
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| WorldError::InvalidConfig(format!("{e:?}")))?;
+        let vals: Vec<f32> = crate::error::host_f32(z)?;
         let per = f * h * w;
         for bi in 0..b {
             for ci in 0..c {

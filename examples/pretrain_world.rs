@@ -36,8 +36,8 @@ fn parse() -> Result<Args, String> {
     let mut a = Args {
         out: "assets/shapes-world".into(),
         report: "docs/shapes_world.md".into(),
-        vae_steps: 800,
-        dit_steps: 3000,
+        vae_steps: 1200,
+        dit_steps: 4000,
         batch: 8,
         eval: 32,
         cache: 3072,
@@ -77,6 +77,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &dev,
     )?;
     let vae_time = t0.elapsed();
+    let psnr = vae_psnr(&models.valid(), Split::Test, 64, 9, &dev)?;
+    println!(
+        "VAE test PSNR {psnr:.2} dB after {:.1} min",
+        vae_time.as_secs_f64() / 60.0
+    );
     fit_latent_stats(&mut models, 256, 2, &dev)?;
     let t1 = Instant::now();
     let cache = LatentCache::build(&models.valid(), args.cache, 4, &dev)?;
@@ -99,7 +104,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trained = WorldModels::<B>::load(&args.out, &dev)?;
     let mut untrained = trained.clone();
     untrained.dit = trained.config.dit.init(&dev)?;
-    let psnr = vae_psnr(&trained, Split::Test, 64, 9, &dev)?;
     let mut rows = Vec::new();
     for (name, split) in [
         ("train", Split::Train),

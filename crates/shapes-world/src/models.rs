@@ -38,16 +38,16 @@ pub struct WorldModelsConfig {
 }
 
 impl WorldModelsConfig {
-    /// The default small models for 17 x 64 x 64 videos: VAE with 4 x 4 pixel patches folded into
-    /// channels (4x spatial) and 4x temporal
-    /// compression to 8-channel `5 x 16 x 16` latents; DiT width 128 (4 heads), 4 blocks, patch
-    /// 1x2x2 (320 tokens); text encoder width 64.
+    /// The default small models for 17 x 64 x 64 videos: VAE with 8 x 8 pixel patches folded into
+    /// channels (8x spatial) and 4x temporal compression to 16-channel `5 x 8 x 8` latents (Wan's
+    /// 4x8x8 compression and channel count); DiT width 128 (4 heads), 4 blocks, patch 1x2x2
+    /// (80 tokens); text encoder width 64.
     pub fn small() -> Self {
         let vocab = Vocabulary::default();
         Self::new(
             VideoConfig::default(),
-            CausalVaeConfig::new(8, vec![32, 48])
-                .with_patch(4)
+            CausalVaeConfig::new(16, vec![48, 64])
+                .with_patch(8)
                 .with_spatial_stages(Some(0))
                 .with_temporal_stages(2),
             TokenEncoderConfig::new(vocab.len(), 64)
@@ -55,13 +55,13 @@ impl WorldModelsConfig {
                 .with_layers(1)
                 .with_heads(2),
             WanConfig::new(4, 32, 384, 4)
-                .with_in_channels(8)
-                .with_out_channels(8)
+                .with_in_channels(16)
+                .with_out_channels(16)
                 .with_text_dim(64)
                 .with_freq_dim(64)
                 .with_rope_max_seq_len(64),
-            vec![0.0; 8],
-            vec![1.0; 8],
+            vec![0.0; 16],
+            vec![1.0; 16],
         )
     }
 

@@ -16,7 +16,7 @@ fn generated_data_pairs_and_batches() {
     let caps: Vec<Caption> = captions(Split::Train).into_iter().take(2).collect();
     let data = RewardData::generate(&models, &caps, 3, 2, 0.0, 5, &dev).unwrap();
     assert_eq!(data.samples.len(), 6);
-    assert_eq!(data.latent_shape, [8, 5, 16, 16]);
+    assert_eq!(data.latent_shape, [16, 5, 8, 8]);
     // margin 0: every pair of a prompt with distinct rewards, winner first
     assert!(data.pairs.len() <= 6 && !data.pairs.is_empty());
     for p in &data.pairs {
@@ -37,7 +37,7 @@ fn generated_data_pairs_and_batches() {
         batches.iter().map(|b| b.captions.len()).collect::<Vec<_>>(),
         vec![4, 2]
     );
-    assert_eq!(batches[0].latents.dims(), [4, 8, 5, 16, 16]);
+    assert_eq!(batches[0].latents.dims(), [4, 16, 5, 8, 8]);
     let total: f32 = batches
         .iter()
         .map(|b| b.rewards.clone().sum().into_scalar())

@@ -40,6 +40,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Saves a module's record (named MessagePack, full precision) atomically. For models without a
+/// reference layout of their own (reward heads, encoders); DiTs use [`save_safetensors`].
+pub fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<()> {
+    use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+        .record(module.into_record(), ())
+        .map_err(|e| CoreError::InvalidConfig {
+            field: "record",
+            reason: e.to_string(),
+        })?;
+    write_atomic(path, &bytes)
+}
+
+/// Loads a record written by [`save_record`] into `module` (built with the same config).
+///
+/// # Errors
+/// `Io` when the file cannot be read; `Safetensors` (naming the file) when it does not decode
+/// into this module's structure.
+pub fn load_record<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M> {
+    use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+    let bytes = std::fs::read(path).map_err(|source| CoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+        .load(bytes, device)
+        .map_err(|e| CoreError::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(module.load_record(record))
+}
+
 /// Initialises every lazily-initialised parameter of `module` in place.
 ///
 /// burn 0.21 initialises parameters on first use, and `clone()` of a module whose parameters

@@ -5,12 +5,10 @@ use std::path::Path;
 
 use burn::{
     config::Config,
-    module::Module,
-    record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder},
     tensor::{backend::Backend, Tensor, TensorData},
 };
 use diffusion_core::{
-    checkpoint::{load_safetensors, save_safetensors, write_atomic},
+    checkpoint::{load_record, load_safetensors, save_record, save_safetensors, write_atomic},
     rollout::randn,
     text::{TextEncoder, TokenEncoder, TokenEncoderConfig},
     vae::{CausalVae, CausalVaeConfig, VideoAutoencoder},
@@ -120,31 +118,6 @@ fn io(path: &Path, source: std::io::Error) -> CoreError {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<(), CoreError> {
-    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
-        .record(module.into_record(), ())
-        .map_err(|e| CoreError::InvalidConfig {
-            field: "record",
-            reason: e.to_string(),
-        })?;
-    write_atomic(path, &bytes)
-}
-
-fn load_record<B: Backend, M: Module<B>>(
-    module: M,
-    path: &Path,
-    device: &B::Device,
-) -> Result<M, CoreError> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
-        .load(bytes, device)
-        .map_err(|e| CoreError::Safetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    Ok(module.load_record(record))
 }
 
 impl<B: Backend> WorldModels<B> {

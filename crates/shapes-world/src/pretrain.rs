@@ -8,10 +8,10 @@ use burn::{
 };
 use diffusion_core::{
     loss::{flow_matching_loss, TimestepSampling},
+    progress::Progress,
     rollout::randn,
     vae::VideoAutoencoder,
 };
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, seq::IndexedRandom, Rng, SeedableRng};
 
 use crate::{
@@ -66,34 +66,6 @@ pub fn video_batch<B: burn::tensor::backend::Backend>(
     Ok((Tensor::stack(videos, 0), caps))
 }
 
-fn bar(steps: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(steps as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{msg:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta}) {prefix}",
-        )
-        .expect("valid template"),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
-
-/// Advances the bar; when stderr is not a terminal (the bar is hidden), prints a plain line
-/// every 5% so logs show progress.
-fn tick(pb: &ProgressBar, step: usize, steps: usize, msg: String) {
-    if pb.is_hidden() && (step % (steps / 20).max(1) == 0 || step + 1 == steps) {
-        eprintln!(
-            "{} {}/{} {msg} ({:.0?})",
-            pb.message(),
-            step + 1,
-            steps,
-            pb.elapsed()
-        );
-    }
-    pb.set_prefix(msg);
-    pb.inc(1);
-}
-
 fn check_finite(loss: f64, step: usize) -> Result<(), WorldError> {
     if loss.is_finite() {
         Ok(())
@@ -118,7 +90,7 @@ pub fn train_vae<B: AutodiffBackend>(
         .with_weight_decay(0.0)
         .with_epsilon(1e-8)
         .init();
-    let pb = bar(cfg.steps, "vae");
+    let mut pb = Progress::new(cfg.steps, "vae");
     let mut curve = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
         let (video, _) = video_batch(models, &pool, cfg.batch, &mut rng, device)?;
@@ -132,9 +104,8 @@ pub fn train_vae<B: AutodiffBackend>(
         let grads = GradientsParams::from_grads(loss.backward(), &models.vae);
         models.vae = optim.step(lr_at(&cfg, step), models.vae.clone(), grads);
         curve.push(value);
-        tick(&pb, step, cfg.steps, format!("mse {value:.4}"));
+        pb.tick(format!("mse {value:.4}"));
     }
-    pb.finish();
     Ok(curve)
 }
 
@@ -200,14 +171,13 @@ impl<B: burn::tensor::backend::Backend> LatentCache<B> {
         let pool = captions(Split::Train);
         let mut rng = StdRng::seed_from_u64(seed);
         let (mut latents, mut caps) = (Vec::new(), Vec::new());
-        let pb = bar(n.div_ceil(8), "encode");
-        for i in 0..n.div_ceil(8) {
+        let mut pb = Progress::new(n.div_ceil(8), "encode");
+        for _ in 0..n.div_ceil(8) {
             let (video, c) = video_batch(models, &pool, 8, &mut rng, device)?;
             latents.push(models.encode(video));
             caps.extend(c);
-            tick(&pb, i, n.div_ceil(8), String::new());
+            pb.tick(String::new());
         }
-        pb.finish();
         Ok(Self {
             latents: Tensor::cat(latents, 0),
             captions: caps,
@@ -253,7 +223,7 @@ pub fn train_dit<B: AutodiffBackend>(
         std: 1.0,
         shift: 3.0,
     };
-    let pb = bar(cfg.steps, "dit");
+    let mut pb = Progress::new(cfg.steps, "dit");
     let mut curve = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
         let (x0, caps) = cache.batch(cfg.batch, &mut rng);
@@ -271,9 +241,8 @@ pub fn train_dit<B: AutodiffBackend>(
         models.dit = opt_dit.step(lr, models.dit.clone(), g_dit);
         models.text = opt_text.step(lr, models.text.clone(), g_text);
         curve.push(value);
-        tick(&pb, step, cfg.steps, format!("loss {value:.4}"));
+        pb.tick(format!("loss {value:.4}"));
     }
-    pb.finish();
     Ok(curve)
 }
 

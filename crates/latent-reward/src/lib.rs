@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod base;
+pub mod data;
+pub mod error;
+pub mod loss;
+pub mod metrics;
+pub mod mlp;
+pub mod process;
+pub mod query_pool;
+pub mod res_block;
+pub mod train;
+pub mod velr;
+
+pub use base::{LatentReward, PixelReward, RewardRange};
+pub use data::{PairBatch, PairSet, RegressionBatch, RegressionSet};
+pub use error::{Result, RewardError};
+pub use loss::{PreferenceLoss, RegressionLoss};
+pub use metrics::{mse, pairwise_accuracy, pearson, RegressionMetrics};
+pub use mlp::{MlpReward, MlpRewardConfig};
+pub use process::{ProcessReward, ProcessRewardConfig};
+pub use train::{
+    evaluate_pairs, evaluate_regression, fit_preference, fit_regression, predict, FitConfig,
+    FitReport,
+};
+pub use velr::{TextKeys, VelrReward, VelrRewardConfig};

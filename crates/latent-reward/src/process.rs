@@ -1,0 +1,158 @@
+//! The process-aware video reward model of PRFL (PAVRM).
+
+use burn::{
+    config::Config,
+    module::Module,
+    nn::{Linear, LinearConfig},
+    tensor::{activation, backend::Backend, Tensor},
+};
+use diffusion_core::{VelocityModel, WanTransformer};
+
+use crate::{
+    base::{LatentReward, RewardRange},
+    error::invalid,
+    query_pool::{QueryPool, QueryPoolConfig},
+};
+
+/// Configuration of a [`ProcessReward`].
+#[derive(Config, Debug)]
+pub struct ProcessRewardConfig {
+    /// DiT blocks copied into the trunk (release: 8 of 40).
+    pub depth: usize,
+    /// Heads of the query-attention pool (must divide the DiT width).
+    #[config(default = 4)]
+    pub pool_heads: usize,
+    /// Hidden widths of the MLP head (release: 1024, 512 for width 1536).
+    #[config(default = "vec![256, 128]")]
+    pub head: Vec<usize>,
+}
+
+impl ProcessRewardConfig {
+    /// Builds the reward model from a pretrained DiT: copies its patch, time and text embeddings
+    /// (frozen) and its first `depth` blocks (trained), adds a fresh query pool and MLP head.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when `depth` is 0 or exceeds the DiT's blocks, or `pool_heads` does not
+    /// divide the width.
+    pub fn init<B: Backend>(
+        &self,
+        dit: &WanTransformer<B>,
+        device: &B::Device,
+    ) -> crate::Result<ProcessReward<B>> {
+        let d = dit.dim();
+        if self.depth == 0 || self.depth > dit.blocks.len() {
+            return Err(invalid(
+                "depth",
+                format!("{} not in 1..={}", self.depth, dit.blocks.len()),
+            ));
+        }
+        if self.pool_heads == 0 || d % self.pool_heads != 0 {
+            return Err(invalid(
+                "pool_heads",
+                format!("{} must divide the DiT width {d}", self.pool_heads),
+            ));
+        }
+        if self.head.contains(&0) {
+            return Err(invalid("head", "widths must be positive"));
+        }
+        let mut trunk = dit.clone();
+        trunk.blocks.truncate(self.depth);
+        let mut widths = vec![d];
+        widths.extend(&self.head);
+        widths.push(1);
+        let model = ProcessReward {
+            trunk,
+            pool: QueryPoolConfig::new(d, self.pool_heads).init(device),
+            head: widths
+                .windows(2)
+                .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+                .collect(),
+        };
+        Ok(diffusion_core::checkpoint::materialize(
+            model.freeze_embeddings(),
+        ))
+    }
+}
+
+/// PAVRM (PRFL, seed 001, section 3.2): the first blocks of the video DiT read a noisy latent at
+/// its timestep, a learnable query pools their tokens, an MLP maps the pooled vector to a logit,
+/// and a sigmoid turns it into a reward in `(0, 1)`.
+///
+/// Because the trunk is the generator's own network at the same timestep convention, the model
+/// scores `x_sigma` directly: no VAE decoding, and supervision at early, structural steps.
+///
+/// # Shapes
+/// - `latents`: `[B, C, F, H, W]` (the DiT's latent layout), `sigma`: `[B]`,
+///   `text`: `[B, S, D_text]` -> `[B]` in `(0, 1)`
+#[derive(Module, Debug)]
+pub struct ProcessReward<B: Backend> {
+    /// The DiT copy: embeddings frozen, `depth` blocks trained. Its output head is unused and
+    /// frozen.
+    pub trunk: WanTransformer<B>,
+    /// Query-attention pooling.
+    pub pool: QueryPool<B>,
+    /// MLP head `D -> ... -> 1` with ReLU between layers.
+    pub head: Vec<Linear<B>>,
+}
+
+impl<B: Backend> ProcessReward<B> {
+    /// Marks the copied embeddings and the unused DiT head as not trainable. Call again after
+    /// loading a record, which restores parameters as trainable.
+    pub fn freeze_embeddings(mut self) -> Self {
+        self.trunk.patch_embedding = self.trunk.patch_embedding.no_grad();
+        self.trunk.condition = self.trunk.condition.no_grad();
+        self.trunk.proj_out = self.trunk.proj_out.no_grad();
+        self.trunk.scale_shift_table = self.trunk.scale_shift_table.no_grad();
+        self
+    }
+
+    /// Number of DiT blocks in the trunk.
+    pub fn depth(&self) -> usize {
+        self.trunk.blocks.len()
+    }
+
+    /// The pre-sigmoid logit.
+    ///
+    /// # Shapes
+    /// - as [`LatentReward::score`], output `[B]`
+    pub fn logit(
+        &self,
+        latents: Tensor<B, 5>,
+        sigma: Tensor<B, 1>,
+        text: Tensor<B, 3>,
+    ) -> Tensor<B, 1> {
+        let b = latents.dims()[0];
+        let timestep = sigma.mul_scalar(1000.0);
+        let (tokens, _) = self
+            .trunk
+            .forward_trunk(latents, timestep, text, self.depth());
+        let mut x = self.pool.forward(tokens); // [B, D]
+        let last = self.head.len() - 1;
+        for (i, layer) in self.head.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = activation::relu(x);
+            }
+        }
+        x.reshape([b])
+    }
+}
+
+impl<B: Backend> LatentReward<B> for ProcessReward<B> {
+    fn score(
+        &self,
+        latents: Tensor<B, 5>,
+        sigma: Tensor<B, 1>,
+        text: Tensor<B, 3>,
+    ) -> Tensor<B, 1> {
+        activation::sigmoid(self.logit(latents, sigma, text))
+    }
+
+    fn range(&self) -> RewardRange {
+        RewardRange::Unit
+    }
+
+    fn check_input(&self, latents: [usize; 5], text: [usize; 3]) -> crate::Result<()> {
+        Ok(self.trunk.check_input(latents, text)?)
+    }
+}

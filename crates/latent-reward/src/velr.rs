@@ -1,0 +1,222 @@
+//! The VELR latent reward model.
+
+use burn::{
+    config::Config,
+    module::{Module, Param},
+    nn::{
+        attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig},
+        transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput},
+        LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    },
+    tensor::{backend::Backend, Distribution, Tensor},
+};
+
+use crate::{
+    base::{check_shapes, LatentReward, RewardRange},
+    error::invalid,
+    res_block::{ResBlock, ResBlockConfig},
+};
+
+/// Which text tokens the video tokens cross-attend to.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum TextKeys {
+    /// Only the last token (VELR: the last hidden state of a causal LLM summarises the prompt).
+    Last,
+    /// Every token (suits bidirectional text encoders, whose padding positions carry no
+    /// summary).
+    All,
+}
+
+/// Configuration of a [`VelrReward`].
+#[derive(Config, Debug)]
+pub struct VelrRewardConfig {
+    /// Latent shape `[C, F, H, W]` the model reads (fixes the position-embedding table).
+    pub latent_shape: [usize; 4],
+    /// Width of the text embeddings.
+    pub text_dim: usize,
+    /// Output channels of the residual blocks (VELR: 3 blocks).
+    #[config(default = "vec![32, 64, 64]")]
+    pub channels: Vec<usize>,
+    /// Stride `(F, H, W)` of each residual block.
+    #[config(default = "vec![[1, 2, 2], [1, 2, 2], [1, 1, 1]]")]
+    pub strides: Vec<[usize; 3]>,
+    /// GroupNorm groups.
+    #[config(default = 8)]
+    pub groups: usize,
+    /// Attention heads (cross-attention and encoder).
+    #[config(default = 4)]
+    pub heads: usize,
+    /// Transformer encoder layers.
+    #[config(default = 2)]
+    pub layers: usize,
+    /// Text tokens used as keys.
+    #[config(default = "TextKeys::All")]
+    pub text_keys: TextKeys,
+}
+
+impl VelrRewardConfig {
+    /// Token grid `[F', H', W']` after the residual blocks.
+    pub fn grid(&self) -> [usize; 3] {
+        let [_, mut f, mut h, mut w] = self.latent_shape;
+        for s in &self.strides {
+            f = f.div_ceil(s[0]);
+            h = h.div_ceil(s[1]);
+            w = w.div_ceil(s[2]);
+        }
+        [f, h, w]
+    }
+
+    /// A randomly initialised model.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when `channels` and `strides` differ in length or are empty, a width is
+    /// not divisible by `groups`/`heads`, or a dimension is 0.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<VelrReward<B>> {
+        if self.channels.is_empty() || self.channels.len() != self.strides.len() {
+            return Err(invalid(
+                "channels/strides",
+                format!(
+                    "need one stride per block, got {} and {}",
+                    self.channels.len(),
+                    self.strides.len()
+                ),
+            ));
+        }
+        if self
+            .channels
+            .iter()
+            .any(|c| *c == 0 || c % self.groups.max(1) != 0)
+            || self.groups == 0
+        {
+            return Err(invalid(
+                "groups",
+                format!(
+                    "{} must divide every channel count {:?}",
+                    self.groups, self.channels
+                ),
+            ));
+        }
+        if self.strides.iter().flatten().any(|s| *s == 0)
+            || self.latent_shape.contains(&0)
+            || self.text_dim == 0
+        {
+            return Err(invalid("strides/latent_shape/text_dim", "must be positive"));
+        }
+        let width = *self.channels.last().expect("non-empty");
+        if self.heads == 0 || width % self.heads != 0 {
+            return Err(invalid(
+                "heads",
+                format!("{} must divide the width {width}", self.heads),
+            ));
+        }
+        let mut cin = self.latent_shape[0];
+        let blocks = self
+            .channels
+            .iter()
+            .zip(&self.strides)
+            .map(|(&cout, &stride)| {
+                let block = ResBlockConfig::new(cin, cout, stride, self.groups).init(device);
+                cin = cout;
+                block
+            })
+            .collect();
+        let [f, h, w] = self.grid();
+        let model = VelrReward {
+            blocks,
+            positions: Param::from_tensor(Tensor::random(
+                [1, f * h * w, width],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            )),
+            text_proj: LinearConfig::new(self.text_dim, width).init(device),
+            cross: MultiHeadAttentionConfig::new(width, self.heads)
+                .with_dropout(0.0)
+                .init(device),
+            cross_norm: LayerNormConfig::new(width).init(device),
+            encoder: TransformerEncoderConfig::new(width, 4 * width, self.heads, self.layers)
+                .with_norm_first(true)
+                .with_dropout(0.0)
+                .init(device),
+            out_norm: LayerNormConfig::new(width).init(device),
+            out: LinearConfig::new(width, 1).init(device),
+            latent_shape: self.latent_shape,
+            text_dim: self.text_dim,
+            last_token_only: self.text_keys == TextKeys::Last,
+        };
+        Ok(diffusion_core::checkpoint::materialize(model))
+    }
+}
+
+/// VELR's latent reward model (seed 002, section 4.1, appendix C): three residual 3D-conv blocks
+/// with GroupNorm, SiLU and downsampling; the feature map becomes tokens with learnable
+/// spatio-temporal position embeddings; the tokens cross-attend to the projected prompt; a
+/// transformer encoder mixes them; the mean token goes through a linear head to a scalar that
+/// regresses the pixel-space reward of the decoded video. Scores clean latents (`sigma` is
+/// ignored).
+///
+/// # Shapes
+/// - `latents`: `[B, C, F, H, W]` = the configured `latent_shape`; `text`: `[B, S, D_text]`
+/// - output `[B]`
+#[derive(Module, Debug)]
+pub struct VelrReward<B: Backend> {
+    /// Residual 3D-conv blocks.
+    pub blocks: Vec<ResBlock<B>>,
+    /// Learnable position embeddings, `[1, L, D]`.
+    pub positions: Param<Tensor<B, 3>>,
+    /// Text projection to the video width.
+    pub text_proj: Linear<B>,
+    /// Cross-attention from video tokens to text.
+    pub cross: MultiHeadAttention<B>,
+    /// Norm after the cross-attention residual.
+    pub cross_norm: LayerNorm<B>,
+    /// Transformer encoder (pre-norm).
+    pub encoder: TransformerEncoder<B>,
+    /// Norm before the head.
+    pub out_norm: LayerNorm<B>,
+    /// Scalar head.
+    pub out: Linear<B>,
+    latent_shape: [usize; 4],
+    text_dim: usize,
+    last_token_only: bool,
+}
+
+impl<B: Backend> LatentReward<B> for VelrReward<B> {
+    fn score(
+        &self,
+        latents: Tensor<B, 5>,
+        _sigma: Tensor<B, 1>,
+        text: Tensor<B, 3>,
+    ) -> Tensor<B, 1> {
+        let b = latents.dims()[0];
+        let mut x = latents;
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let [_, d, f, h, w] = x.dims();
+        // [B, D, F', H', W'] -> [B, L, D]
+        let tokens = x.reshape([b, d, f * h * w]).swap_dims(1, 2) + self.positions.val();
+        let text = if self.last_token_only {
+            let [_, s, _] = text.dims();
+            text.narrow(1, s - 1, 1)
+        } else {
+            text
+        };
+        let text = self.text_proj.forward(text);
+        let attended = self
+            .cross
+            .forward(MhaInput::new(tokens.clone(), text.clone(), text))
+            .context;
+        let tokens = self.cross_norm.forward(tokens + attended);
+        let tokens = self.encoder.forward(TransformerEncoderInput::new(tokens));
+        let pooled = self.out_norm.forward(tokens.mean_dim(1)); // [B, 1, D]
+        self.out.forward(pooled).reshape([b])
+    }
+
+    fn range(&self) -> RewardRange {
+        RewardRange::Real
+    }
+
+    fn check_input(&self, latents: [usize; 5], text: [usize; 3]) -> crate::Result<()> {
+        check_shapes(latents, self.latent_shape.map(Some), text, self.text_dim)
+    }
+}

@@ -1,0 +1,286 @@
+//! Smoke tests of the reward models and their training loops on tiny problems.
+
+use std::collections::HashMap;
+
+use burn::{
+    backend::Autodiff,
+    module::{AutodiffModule, Module, ModuleVisitor, Param},
+    tensor::{backend::Backend, Distribution, Tensor},
+};
+use diffusion_core::{backend::DefaultBackend, loss::TimestepSampling, WanConfig};
+use latent_reward::*;
+
+type B = DefaultBackend;
+type AD = Autodiff<B>;
+
+/// Every float parameter's values and whether it is trainable, by parameter id.
+fn snapshot<Bk: Backend, M: Module<Bk>>(m: &M) -> HashMap<String, (Vec<f32>, bool)> {
+    struct Snap(HashMap<String, (Vec<f32>, bool)>);
+    impl<Bk: Backend> ModuleVisitor<Bk> for Snap {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
+            let v = p.val().into_data().convert::<f32>().to_vec().unwrap();
+            self.0.insert(p.id.to_string(), (v, p.is_require_grad()));
+        }
+    }
+    let mut s = Snap(HashMap::new());
+    m.visit(&mut s);
+    s.0
+}
+
+/// Ids of attention key biases: softmax is invariant to adding the same score to every key,
+/// so `q . b_k` cancels and their gradient is exactly zero (a property of attention, not of the
+/// training loop); they are exempt from the "every trainable parameter moved" check.
+fn key_biases<'a>(
+    biases: impl IntoIterator<Item = &'a Option<Param<Tensor<AD, 1>>>>,
+) -> Vec<String> {
+    biases
+        .into_iter()
+        .flatten()
+        .map(|p| p.id.to_string())
+        .collect()
+}
+
+fn assert_trainable_moved_frozen_kept(
+    before: &HashMap<String, (Vec<f32>, bool)>,
+    after: &HashMap<String, (Vec<f32>, bool)>,
+    exempt: &[String],
+) -> (usize, usize) {
+    let (mut moved, mut frozen) = (0, 0);
+    for (id, (v0, trainable)) in before {
+        let (v1, _) = &after[id];
+        if exempt.contains(id) {
+            continue;
+        }
+        if *trainable {
+            assert!(
+                v0 != v1,
+                "trainable parameter {id} ({} values) did not move",
+                v0.len()
+            );
+            moved += 1;
+        } else {
+            assert_eq!(v0, v1, "frozen parameter {id} moved");
+            frozen += 1;
+        }
+    }
+    (moved, frozen)
+}
+
+/// Pairs whose winners carry a +1 offset in channel 0.
+fn offset_pairs(n: usize, shape: [usize; 4], text_dim: usize) -> PairSet<AD> {
+    let dev = Default::default();
+    let [c, f, h, w] = shape;
+    let base = Tensor::<AD, 5>::random([n, c, f, h, w], Distribution::Normal(0.0, 1.0), &dev);
+    let mut offset = vec![0f32; c * f * h * w];
+    offset[..f * h * w].iter_mut().for_each(|v| *v = 1.0);
+    let offset =
+        Tensor::<AD, 5>::from_data(burn::tensor::TensorData::new(offset, [1, c, f, h, w]), &dev);
+    let losers = Tensor::<AD, 5>::random([n, c, f, h, w], Distribution::Normal(0.0, 1.0), &dev);
+    let text = Tensor::<AD, 3>::random([n, 3, text_dim], Distribution::Normal(0.0, 1.0), &dev);
+    PairSet::new(base + offset, losers, text).unwrap()
+}
+
+#[test]
+fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
+    let dev = Default::default();
+    let dit = WanConfig::tiny().init::<AD>(&dev).unwrap();
+    let prm = ProcessRewardConfig::new(1)
+        .with_pool_heads(2)
+        .with_head(vec![16])
+        .init(&dit, &dev)
+        .unwrap();
+    assert_eq!(prm.depth(), 1);
+    assert_eq!(prm.range(), RewardRange::Unit);
+    let pairs = offset_pairs(32, [4, 1, 4, 4], 16);
+    let before = snapshot(&prm);
+    let acc0 = evaluate_pairs(&prm.valid(), &valid(&pairs), 0.2, 1, 16).unwrap();
+    let cfg = FitConfig {
+        steps: 60,
+        batch: 16,
+        lr: 3e-3,
+        weight_decay: 0.0,
+        grad_clip: Some(1.0),
+        seed: 0,
+    };
+    let noise = TimestepSampling::Uniform { shift: 1.0 };
+    let (prm, report) = fit_preference(
+        prm,
+        &pairs,
+        PreferenceLoss::BradleyTerry,
+        Some(noise),
+        &cfg,
+        "prm",
+    )
+    .unwrap();
+    let mut exempt = key_biases([&prm.pool.attention.key.bias]);
+    exempt.extend(key_biases(
+        prm.trunk
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.attn1.to_k.bias, &b.attn2.to_k.bias]),
+    ));
+    let (moved, frozen) = assert_trainable_moved_frozen_kept(&before, &snapshot(&prm), &exempt);
+    assert!(moved > 10 && frozen >= 8, "moved {moved}, frozen {frozen}");
+    assert!(report.grad_norms.iter().all(|n| n.is_finite()));
+    let acc = evaluate_pairs(&prm.valid(), &valid(&pairs), 0.2, 1, 16).unwrap();
+    assert!(acc >= 0.9 && acc > acc0, "accuracy {acc0} -> {acc}");
+    let s = prm.valid().score(
+        valid(&pairs).winners,
+        Tensor::zeros([32], &dev),
+        valid(&pairs).text,
+    );
+    let s: Vec<f32> = s.into_data().to_vec().unwrap();
+    assert!(s.iter().all(|v| (0.0..=1.0).contains(v)));
+}
+
+fn valid(p: &PairSet<AD>) -> PairSet<B> {
+    PairSet::new(
+        p.winners.clone().inner(),
+        p.losers.clone().inner(),
+        p.text.clone().inner(),
+    )
+    .unwrap()
+}
+
+/// Targets that depend on the latent's spatial structure (a bright top half in channel 0)
+/// and on the prompt.
+fn structured_set(n: usize, shape: [usize; 4], text_dim: usize, seed: u64) -> RegressionSet<AD> {
+    use rand::{Rng, SeedableRng};
+    let dev = Default::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let [c, f, h, w] = shape;
+    let per = c * f * h * w;
+    let (mut lat, mut text, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let a: f32 = rng.random_range(-1.0..1.0);
+        let t: f32 = rng.random_range(-1.0..1.0);
+        for i in 0..per {
+            let (ch, y) = (i / (f * h * w), (i / w) % h);
+            let signal = if ch == 0 && y < h / 2 { a } else { 0.0 };
+            lat.push(signal + 0.3 * rng.random_range(-1.0f32..1.0));
+        }
+        // token 0 carries t, token 1 a constant: distinct keys
+        text.extend((0..2 * text_dim).map(|k| match k {
+            0 => t,
+            k if k == text_dim + 1 => 0.5,
+            _ => 0.0,
+        }));
+        targets.push(a + 0.5 * t);
+    }
+    let data = |v: Vec<f32>, s: Vec<usize>| burn::tensor::TensorData::new(v, s);
+    RegressionSet::new(
+        Tensor::from_data(data(lat, vec![n, c, f, h, w]), &dev),
+        Tensor::from_data(data(text, vec![n, 2, text_dim]), &dev),
+        targets,
+    )
+    .unwrap()
+}
+
+fn valid_set(s: &RegressionSet<AD>) -> RegressionSet<B> {
+    RegressionSet::new(
+        s.latents.clone().inner(),
+        s.text.clone().inner(),
+        s.targets.clone(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn velr_and_mlp_regress_a_structured_target() {
+    let dev = Default::default();
+    let shape = [4, 2, 8, 8];
+    let train = structured_set(96, shape, 8, 0);
+    let test = valid_set(&structured_set(48, shape, 8, 1));
+    let cfg = FitConfig {
+        steps: 120,
+        batch: 16,
+        lr: 2e-3,
+        weight_decay: 0.0,
+        grad_clip: Some(1.0),
+        seed: 0,
+    };
+    let velr = VelrRewardConfig::new(shape, 8)
+        .with_channels(vec![8, 16, 16])
+        .with_groups(4)
+        .with_heads(2)
+        .with_layers(1)
+        .init::<AD>(&dev)
+        .unwrap();
+    let before = snapshot(&velr);
+    let (velr, report) = fit_regression(
+        velr,
+        &train,
+        RegressionLoss::Huber { delta: 1.0 },
+        &cfg,
+        "velr",
+    )
+    .unwrap();
+    let exempt = key_biases(
+        std::iter::once(&velr.cross.key.bias)
+            .chain(velr.encoder.layers.iter().map(|l| &l.mha.key.bias)),
+    );
+    assert_trainable_moved_frozen_kept(&before, &snapshot(&velr), &exempt);
+    assert!(report.losses.last().unwrap() < &report.losses[0]);
+    let m = evaluate_regression(&velr.valid(), &test, 16).unwrap();
+    assert!(m.pearson > 0.8, "VELR test {m:?}");
+
+    let mlp = MlpRewardConfig::new(4, 8)
+        .with_hidden(vec![32])
+        .init::<AD>(&dev)
+        .unwrap();
+    let (mlp, _) = fit_regression(mlp, &train, RegressionLoss::Mse, &cfg, "mlp").unwrap();
+    let m = evaluate_regression(&mlp.valid(), &test, 16).unwrap();
+    assert!(m.pearson.is_finite(), "MLP test {m:?}");
+}
+
+#[test]
+fn bad_shapes_and_nan_losses_are_typed_errors() {
+    let dev = Default::default();
+    let velr = VelrRewardConfig::new([4, 2, 8, 8], 8)
+        .with_channels(vec![8, 16, 16])
+        .with_groups(4)
+        .with_heads(2)
+        .init::<B>(&dev)
+        .unwrap();
+    let wrong = RegressionSet::new(
+        Tensor::<B, 5>::zeros([2, 3, 2, 8, 8], &dev),
+        Tensor::zeros([2, 2, 8], &dev),
+        vec![0.0, 1.0],
+    )
+    .unwrap();
+    let err = predict(&velr, &wrong, 4).unwrap_err().to_string();
+    assert!(
+        err.contains("latents") && err.contains("[2, 4, 2, 8, 8]"),
+        "{err}"
+    );
+    assert!(VelrRewardConfig::new([4, 2, 8, 8], 8)
+        .with_groups(3)
+        .init::<B>(&dev)
+        .is_err());
+    assert!(ProcessRewardConfig::new(5)
+        .init(&WanConfig::tiny().init::<B>(&dev).unwrap(), &dev)
+        .unwrap_err()
+        .to_string()
+        .contains("depth"));
+
+    let mlp = MlpRewardConfig::new(4, 8).init::<AD>(&dev).unwrap();
+    let huge = RegressionSet::new(
+        Tensor::<AD, 5>::full([2, 4, 1, 2, 2], 1e30, &dev),
+        Tensor::zeros([2, 2, 8], &dev),
+        vec![0.0, 1.0],
+    )
+    .unwrap();
+    let cfg = FitConfig {
+        steps: 3,
+        batch: 2,
+        lr: 1e-3,
+        weight_decay: 0.0,
+        grad_clip: None,
+        seed: 0,
+    };
+    let err = fit_regression(mlp, &huge, RegressionLoss::Mse, &cfg, "nan").unwrap_err();
+    assert!(
+        matches!(err, RewardError::NonFinite { step: 0, .. }),
+        "{err}"
+    );
+}

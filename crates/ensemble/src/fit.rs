@@ -1,0 +1,70 @@
+//! Training the members of an ensemble.
+
+use burn::{module::AutodiffModule, tensor::backend::AutodiffBackend};
+use latent_reward::{
+    fit_regression, FitConfig, FitReport, LatentReward, RegressionLoss, RegressionSet,
+};
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Ensemble;
+
+/// What data each member trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bootstrap {
+    /// Every member sees the whole set (diversity from initialisation and batch order only).
+    None,
+    /// Each member trains on its own resample of `N` samples drawn with replacement.
+    Resample,
+}
+
+/// Trains `n` members independently: member `i` is built by `init(seed + i)` (after seeding the
+/// backend's generator with the same number, so initialisations differ and are reproducible) and
+/// trained with
+/// `fit_regression` using seed `seed + i` for its batch order (and its bootstrap resample).
+/// Returns the ensemble and each member's report.
+///
+/// # Errors
+/// Whatever `init` or a member's training returns (a NaN loss names its step).
+pub fn fit_members<B, M, F>(
+    n: usize,
+    mut init: F,
+    data: &RegressionSet<B>,
+    loss: RegressionLoss,
+    cfg: &FitConfig,
+    bootstrap: Bootstrap,
+) -> latent_reward::Result<(Ensemble<M>, Vec<FitReport>)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + LatentReward<B>,
+    F: FnMut(u64) -> latent_reward::Result<M>,
+{
+    let mut members = Vec::with_capacity(n);
+    let mut reports = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let seed = cfg.seed.wrapping_add(i);
+        let member_cfg = FitConfig {
+            seed,
+            ..cfg.clone()
+        };
+        let resampled;
+        let set = match bootstrap {
+            Bootstrap::None => data,
+            Bootstrap::Resample => {
+                resampled = data.bootstrap(&mut StdRng::seed_from_u64(seed ^ 0xB007));
+                &resampled
+            }
+        };
+        B::seed(&data.latents.device(), seed);
+        let (m, r) = fit_regression(
+            init(seed)?,
+            set,
+            loss,
+            &member_cfg,
+            &format!("member {}", i + 1),
+        )?;
+        members.push(m);
+        reports.push(r);
+    }
+    Ok((Ensemble::new(members)?, reports))
+}

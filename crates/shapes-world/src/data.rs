@@ -93,6 +93,112 @@ impl RewardData {
         })
     }
 
+    /// Renders a video for each of `videos`, encodes it with the VAE (posterior mean, normalised)
+    /// and scores it with the oracle against `prompts[i]` (pass `videos` again for ground
+    /// truth, other captions for mismatched, low-reward samples). VELR trains its reward models on
+    /// real videos as well as generated ones. No pairs are formed.
+    ///
+    /// # Errors
+    /// `Shape` when the two lists differ in length.
+    pub fn real<B: Backend>(
+        models: &WorldModels<B>,
+        videos: &[Caption],
+        prompts: &[Caption],
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self, WorldError> {
+        if videos.len() != prompts.len() {
+            return Err(WorldError::Shape {
+                what: "prompts for real videos".into(),
+                expected: vec![videos.len()],
+                found: vec![prompts.len()],
+            });
+        }
+        let shape = models.config.latent_shape();
+        let per: usize = shape.iter().product();
+        let mut samples = Vec::with_capacity(videos.len());
+        for (k, (v, p)) in videos.chunks(8).zip(prompts.chunks(8)).enumerate() {
+            let clips = v
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let s = seed.wrapping_add((8 * k + i) as u64);
+                    Ok(crate::render::render(c, models.config.video, s)?.to_tensor::<B>(device))
+                })
+                .collect::<Result<Vec<_>, WorldError>>()?;
+            let video = Tensor::stack(clips, 0);
+            let rewards = crate::error::host_f32(crate::oracle::OracleReward.score(video.clone(), p)?)?;
+            let z = crate::error::host_f32(models.encode(video))?;
+            for (i, (caption, reward)) in p.iter().zip(rewards).enumerate() {
+                samples.push(ScoredSample {
+                    caption: *caption,
+                    latent: z[i * per..(i + 1) * per].to_vec(),
+                    reward,
+                });
+            }
+        }
+        Ok(Self {
+            latent_shape: shape,
+            samples,
+            pairs: Vec::new(),
+        })
+    }
+
+    /// Appends another data set of the same latent shape (its pair indices are shifted).
+    ///
+    /// # Errors
+    /// `Shape` when the latent shapes differ.
+    pub fn extend(&mut self, other: Self) -> Result<(), WorldError> {
+        if other.latent_shape != self.latent_shape {
+            return Err(WorldError::Shape {
+                what: "latents of merged reward data".into(),
+                expected: self.latent_shape.to_vec(),
+                found: other.latent_shape.to_vec(),
+            });
+        }
+        let base = self.samples.len();
+        self.samples.extend(other.samples);
+        self.pairs.extend(other.pairs.into_iter().map(|p| PreferencePair {
+            winner: p.winner + base,
+            loser: p.loser + base,
+        }));
+        Ok(())
+    }
+
+    /// All samples as a `latent_reward` regression set, prompts embedded by the world's text
+    /// encoder.
+    pub fn regression_set<B: Backend>(
+        &self,
+        models: &WorldModels<B>,
+        device: &B::Device,
+    ) -> Result<latent_reward::RegressionSet<B>, WorldError> {
+        let idx: Vec<usize> = (0..self.samples.len()).collect();
+        let caps: Vec<Caption> = self.samples.iter().map(|s| s.caption).collect();
+        latent_reward::RegressionSet::new(
+            self.stack(&idx, device),
+            models.embed(&caps, device)?,
+            self.samples.iter().map(|s| s.reward).collect(),
+        )
+        .map_err(|e| WorldError::InvalidConfig(e.to_string()))
+    }
+
+    /// All pairs as a `latent_reward` pair set, prompts embedded by the world's text encoder.
+    pub fn pair_set<B: Backend>(
+        &self,
+        models: &WorldModels<B>,
+        device: &B::Device,
+    ) -> Result<latent_reward::PairSet<B>, WorldError> {
+        let w: Vec<usize> = self.pairs.iter().map(|p| p.winner).collect();
+        let l: Vec<usize> = self.pairs.iter().map(|p| p.loser).collect();
+        let caps: Vec<Caption> = w.iter().map(|&i| self.samples[i].caption).collect();
+        latent_reward::PairSet::new(
+            self.stack(&w, device),
+            self.stack(&l, device),
+            models.embed(&caps, device)?,
+        )
+        .map_err(|e| WorldError::InvalidConfig(e.to_string()))
+    }
+
     /// Writes the data as JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<(), WorldError> {
         let bytes =

@@ -313,3 +313,16 @@ impl OracleReward {
         Ok(self.scores(video, captions)?.reward)
     }
 }
+
+impl<B: Backend> latent_reward::PixelReward<B> for OracleReward {
+    type Prompt = Caption;
+
+    fn score_pixels(
+        &self,
+        video: Tensor<B, 5>,
+        prompts: &[Caption],
+    ) -> latent_reward::Result<Tensor<B, 1>> {
+        self.score(video, prompts)
+            .map_err(|e| latent_reward::RewardError::Pixel(Box::new(e)))
+    }
+}

@@ -98,3 +98,32 @@ fn models_save_and_load() {
         .fold(0f32, f32::max);
     assert!(err < 1e-4, "max difference {err}");
 }
+
+#[test]
+fn real_video_data_and_merging() {
+    let dev = Default::default();
+    let models = tiny_models();
+    let caps: Vec<Caption> = captions(Split::Train).into_iter().step_by(97).take(3).collect();
+    let own = RewardData::real(&models, &caps, &caps, 0, &dev).unwrap();
+    let shuffled = [caps[1], caps[2], caps[0]];
+    let wrong = RewardData::real(&models, &caps, &shuffled, 0, &dev).unwrap();
+    // the same videos: latents agree, the oracle reads the prompt
+    assert_eq!(own.samples[0].latent, wrong.samples[0].latent);
+    for (o, w) in own.samples.iter().zip(&wrong.samples) {
+        assert!(o.reward >= 0.9 && o.reward > w.reward + 0.2, "{} vs {}", o.reward, w.reward);
+    }
+    assert!(RewardData::real(&models, &caps, &caps[..2], 0, &dev).is_err());
+
+    let mut gen = RewardData::generate(&models, &caps[..1], 2, 2, 0.0, 5, &dev).unwrap();
+    let n_pairs = gen.pairs.len();
+    let mut merged = own.clone();
+    merged.extend(gen.clone()).unwrap();
+    assert_eq!(merged.samples.len(), 5);
+    assert!(merged.pairs.iter().all(|p| p.winner >= 3 && p.loser >= 3));
+    assert_eq!(merged.pairs.len(), n_pairs);
+    let set = merged.regression_set(&models, &dev).unwrap();
+    assert_eq!(set.latents.dims(), [5, 16, 5, 8, 8]);
+    assert_eq!(set.text.dims()[0], 5);
+    gen.latent_shape = [1, 1, 1, 1];
+    assert!(merged.extend(gen).is_err());
+}

@@ -1,0 +1,328 @@
+//! Trains the latent reward models on shapes-world and compares them: the PRFL process reward
+//! model's pairwise accuracy across noise levels; the VELR latent reward model, ensembles of 1,
+//! 3, 5 and 10 members and the MLP baseline regressing the pixel oracle (MSE, Pearson on train /
+//! test / out-of-distribution prompts); and the cost of one reward forward+backward in latent
+//! space against decoding with the VAE and scoring pixels.
+//!
+//! ```text
+//! cargo run --release --example train_rewards
+//! cargo run --release --example train_rewards --features wgpu -- --report docs/rewards_wgpu.md
+//! ```
+//!
+//! Writes the tables to `--report` (default docs/rewards.md) and the trained models to
+//! `--save` (default assets/shapes-world/rewards). Generated data is cached in `--data`
+//! (default out/reward-data). Sizes: `--train-prompts`, `--eval-prompts`, `--per-prompt`,
+//! `--prm-steps`, `--lrm-steps`, `--members`.
+
+use std::{path::PathBuf, time::Instant};
+
+use burn::{
+    backend::Autodiff,
+    config::Config,
+    module::AutodiffModule,
+    tensor::{backend::Backend, Tensor},
+};
+use diffusion_core::{
+    backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
+    checkpoint::save_record,
+    loss::TimestepSampling,
+    probe::{measure, PeakAlloc},
+};
+use ensemble::{fit_members, Bootstrap, Ensemble};
+use latent_reward::{
+    evaluate_pairs, evaluate_regression, fit_preference, fit_regression, FitConfig, LatentReward,
+    MlpRewardConfig, PairSet, PreferenceLoss, ProcessRewardConfig, RegressionLoss,
+    RegressionMetrics, RegressionSet, VelrRewardConfig,
+};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldModels};
+
+#[global_allocator]
+static ALLOC: PeakAlloc = PeakAlloc;
+
+type B = DefaultBackend;
+type AD = Autodiff<B>;
+
+struct Args {
+    models: PathBuf,
+    data: PathBuf,
+    save: PathBuf,
+    report: PathBuf,
+    train_prompts: usize,
+    eval_prompts: usize,
+    per_prompt: usize,
+    prm_steps: usize,
+    lrm_steps: usize,
+    members: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        models: "assets/shapes-world".into(),
+        data: "out/reward-data".into(),
+        save: "assets/shapes-world/rewards".into(),
+        report: "docs/rewards.md".into(),
+        train_prompts: 192,
+        eval_prompts: 48,
+        per_prompt: 4,
+        prm_steps: 400,
+        lrm_steps: 400,
+        members: 10,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--models" => a.models = val()?.into(),
+            "--data" => a.data = val()?.into(),
+            "--save" => a.save = val()?.into(),
+            "--report" => a.report = val()?.into(),
+            "--train-prompts" => a.train_prompts = num(val()?)?,
+            "--eval-prompts" => a.eval_prompts = num(val()?)?,
+            "--per-prompt" => a.per_prompt = num(val()?)?,
+            "--prm-steps" => a.prm_steps = num(val()?)?,
+            "--lrm-steps" => a.lrm_steps = num(val()?)?,
+            "--members" => a.members = num(val()?)?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if a.members == 0 || a.per_prompt < 2 {
+        return Err("--members must be >= 1 and --per-prompt >= 2".into());
+    }
+    Ok(a)
+}
+
+/// Generated samples (with same-prompt preference pairs) plus rendered videos scored against
+/// their own caption and against another caption of the split, cached as JSON.
+fn split_data(
+    models: &WorldModels<B>,
+    split: Split,
+    prompts: usize,
+    args: &Args,
+    dev: &burn::tensor::Device<B>,
+) -> Result<RewardData, Box<dyn std::error::Error>> {
+    let path = args
+        .data
+        .join(format!("{split:?}_{prompts}x{}.json", args.per_prompt).to_lowercase());
+    if let Ok(data) = RewardData::load(&path) {
+        println!("{split:?}: {} samples from {}", data.samples.len(), path.display());
+        return Ok(data);
+    }
+    let mut pool = captions(split);
+    let seed = split as u64 * 1000;
+    pool.shuffle(&mut StdRng::seed_from_u64(seed));
+    let caps: Vec<Caption> = pool.iter().copied().take(prompts).collect();
+    let others: Vec<Caption> = pool.iter().copied().cycle().skip(prompts / 2 + 1).take(prompts).collect();
+    let t = Instant::now();
+    let mut data = RewardData::generate(models, &caps, args.per_prompt, 20, 0.05, seed, dev)?;
+    data.extend(RewardData::real(models, &caps, &caps, seed + 1, dev)?)?;
+    data.extend(RewardData::real(models, &caps, &others, seed + 2, dev)?)?;
+    println!(
+        "{split:?}: {} samples, {} pairs, mean reward {:.3} ({:.0} s)",
+        data.samples.len(),
+        data.pairs.len(),
+        data.mean_reward(),
+        t.elapsed().as_secs_f64()
+    );
+    data.save(&path)?;
+    Ok(data)
+}
+
+fn to_ad_reg(s: &RegressionSet<B>) -> RegressionSet<AD> {
+    RegressionSet::new(
+        Tensor::from_inner(s.latents.clone()),
+        Tensor::from_inner(s.text.clone()),
+        s.targets.clone(),
+    )
+    .expect("same sizes")
+}
+
+fn to_ad_pairs(s: &PairSet<B>) -> PairSet<AD> {
+    PairSet::new(
+        Tensor::from_inner(s.winners.clone()),
+        Tensor::from_inner(s.losers.clone()),
+        Tensor::from_inner(s.text.clone()),
+    )
+    .expect("same sizes")
+}
+
+fn mb(bytes: Option<u64>) -> f64 {
+    bytes.unwrap_or(0) as f64 / 1e6
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse()?;
+    let dev = Default::default();
+    let t_all = Instant::now();
+    let models = WorldModels::<B>::load(&args.models, &dev)
+        .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
+    let splits = [("train", Split::Train, args.train_prompts), ("test", Split::Test, args.eval_prompts), ("ood", Split::Ood, args.eval_prompts)];
+    let mut regs = Vec::new();
+    let mut pairs = Vec::new();
+    for (_, split, n) in splits {
+        let data = split_data(&models, split, n, &args, &dev)?;
+        regs.push(data.regression_set(&models, &dev)?);
+        pairs.push(data.pair_set(&models, &dev)?);
+    }
+    let mut md = format!(
+        "# Latent reward models on shapes-world\n\nProduced by `cargo run --release --example train_rewards` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
+         Data: for each prompt, {} base-model samples (20 Euler steps) scored by the pixel oracle, the rendered ground-truth video, and a rendered video of another caption; \
+         preference pairs are same-prompt samples whose rewards differ by at least 0.05. Prompts: {} train, {} test, {} out-of-distribution (colour-shape pairs never seen in training).\n\n\
+         | split | samples | pairs | mean reward |\n|---|---|---|---|\n",
+        args.per_prompt, args.train_prompts, args.eval_prompts, args.eval_prompts
+    );
+    for ((name, _, _), (r, p)) in splits.iter().zip(regs.iter().zip(&pairs)) {
+        let mean = r.targets.iter().sum::<f32>() / r.len() as f32;
+        md += &format!("| {name} | {} | {} | {mean:.3} |\n", r.len(), p.len());
+    }
+    std::fs::create_dir_all(&args.save)?;
+
+    // ---- PRFL process reward model ----
+    let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
+    let prm_cfg = ProcessRewardConfig::new(2).with_pool_heads(4).with_head(vec![256, 128]);
+    let prm = prm_cfg.init(&models_ad.dit, &dev)?;
+    let fit = FitConfig { steps: args.prm_steps, batch: 16, lr: 1e-4, weight_decay: 0.01, grad_clip: Some(1.0), seed: 0 };
+    let noise = TimestepSampling::Uniform { shift: 3.0 };
+    let (prm, prm_report) = fit_preference(prm, &to_ad_pairs(&pairs[0]), PreferenceLoss::BradleyTerry, Some(noise), &fit, "prm")?;
+    save_record(prm.clone(), &args.save.join("prm.mpk"))?;
+    prm_cfg.save(args.save.join("prm.json"))?;
+    let prm_valid = prm.valid();
+    md += &format!(
+        "\n## Process reward model (PRFL)\n\nFirst 2 of the DiT's 4 blocks + query-attention pool + MLP (256, 128), Bradley-Terry loss on train pairs noised at `sigma ~ shift_3(U(0, 1))` (same `eps` for both videos of a pair), {} steps of 16 pairs, AdamW lr 1e-4, clip 1.0 ({:.0} s). \
+         Pairwise accuracy at fixed noise levels (`t/T = sigma`; at 1.0 both videos of a pair are the same noise, so chance is exact):\n\n| t/T | train | test | ood |\n|---|---|---|---|\n",
+        args.prm_steps, prm_report.seconds
+    );
+    println!("\nprocess reward model, pairwise accuracy");
+    for sigma in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] {
+        let acc: Vec<f64> = pairs
+            .iter()
+            .map(|p| evaluate_pairs(&prm_valid, p, sigma, 17, 32))
+            .collect::<latent_reward::Result<_>>()?;
+        println!("  t/T {sigma:.1}: train {:.3} test {:.3} ood {:.3}", acc[0], acc[1], acc[2]);
+        md += &format!("| {sigma:.1} | {:.3} | {:.3} | {:.3} |\n", acc[0], acc[1], acc[2]);
+    }
+
+    // ---- regression: MLP baseline, single VELR LRM, ensembles ----
+    let shape = models.config.latent_shape();
+    let text_dim = models.config.text.dim;
+    let train = to_ad_reg(&regs[0]);
+    let loss = RegressionLoss::Huber { delta: 0.1 };
+    let fit = FitConfig { steps: args.lrm_steps, batch: 32, lr: 1e-3, weight_decay: 0.01, grad_clip: Some(1.0), seed: 100 };
+    let velr_cfg = VelrRewardConfig::new(shape, text_dim);
+    velr_cfg.save(args.save.join("velr.json"))?;
+    let mut rows: Vec<(String, Vec<RegressionMetrics>)> = Vec::new();
+    let eval = |m: &dyn Fn(&RegressionSet<B>) -> latent_reward::Result<RegressionMetrics>| -> latent_reward::Result<Vec<RegressionMetrics>> {
+        regs.iter().map(m).collect()
+    };
+    let t = Instant::now();
+    B::seed(&dev, 100);
+    let mlp = MlpRewardConfig::new(shape[0], text_dim).init::<AD>(&dev)?;
+    let (mlp, _) = fit_regression(mlp, &train, loss, &fit, "mlp")?;
+    let mlp = mlp.valid();
+    rows.push(("MLP baseline (pooled latents)".into(), eval(&|s| evaluate_regression(&mlp, s, 64))?));
+    B::seed(&dev, 100);
+    let single = velr_cfg.init::<AD>(&dev)?;
+    let (single, _) = fit_regression(single, &train, loss, &fit, "velr")?;
+    let single = single.valid();
+    rows.push(("VELR LRM (all data)".into(), eval(&|s| evaluate_regression(&single, s, 64))?));
+    let (members, _) = fit_members(args.members, |_| velr_cfg.init::<AD>(&dev), &train, loss, &FitConfig { seed: 1, ..fit.clone() }, Bootstrap::Resample)?;
+    for (i, m) in members.members.iter().enumerate() {
+        save_record(m.clone(), &args.save.join(format!("velr_{i}.mpk")))?;
+    }
+    let members = members.valid();
+    let sizes: Vec<usize> = [1, 3, 5, 10].into_iter().filter(|n| *n <= args.members).collect();
+    for &n in &sizes {
+        let e = members.truncated(n)?;
+        rows.push((format!("ensemble of {n} (bootstrap, mean)"), eval(&|s| evaluate_regression(&e, s, 64))?));
+    }
+    let lrm_seconds = t.elapsed().as_secs_f64();
+    md += &format!(
+        "\n## Regressing the pixel oracle (VELR)\n\nHuber loss (delta 0.1), {} steps of 32, AdamW lr 1e-3; ensemble members trained on bootstrap resamples with their own seeds ({:.0} s for all models). \
+         MSE and Pearson correlation (PCC) of predicted against oracle reward:\n\n| model | train MSE | train PCC | test MSE | test PCC | ood MSE | ood PCC |\n|---|---|---|---|---|---|---|\n",
+        args.lrm_steps, lrm_seconds
+    );
+    println!("\nregression (MSE / Pearson): train, test, ood");
+    for (name, m) in &rows {
+        println!("  {name:<36} {:.4}/{:.3}  {:.4}/{:.3}  {:.4}/{:.3}", m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson);
+        md += &format!("| {name} | {:.4} | {:.3} | {:.4} | {:.3} | {:.4} | {:.3} |\n", m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson);
+    }
+
+    // ---- cost of a reward gradient: latent models vs decode + pixel oracle ----
+    let n = 4;
+    let batch = regs[1].batch(&(0..n).collect::<Vec<_>>());
+    let caps: Vec<Caption> = {
+        let data = split_data(&models, Split::Test, args.eval_prompts, &args, &dev)?;
+        data.samples[..n].iter().map(|s| s.caption).collect()
+    };
+    let z = || Tensor::<AD, 5>::from_inner(batch.latents.clone()).require_grad();
+    let text = || Tensor::<AD, 3>::from_inner(batch.text.clone());
+    let sigma = || Tensor::<AD, 1>::zeros([n], &dev);
+    let ens5 = Ensemble::new(
+        (0..5.min(args.members))
+            .map(|i| {
+                let m = velr_cfg.init::<AD>(&dev)?;
+                Ok(diffusion_core::checkpoint::load_record(m, &args.save.join(format!("velr_{i}.mpk")), &dev)?)
+            })
+            .collect::<latent_reward::Result<Vec<_>>>()?,
+    )?;
+    let mlp_ad = MlpRewardConfig::new(shape[0], text_dim).init::<AD>(&dev)?;
+    let single_ad = velr_cfg.init::<AD>(&dev)?;
+    let reps = 5;
+    let time = |label: &str, f: &dyn Fn() -> f64| {
+        f(); // warm-up
+        let (_, m) = measure::<B, _>(&dev, || f());
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        let secs = t0.elapsed().as_secs_f64() / reps as f64;
+        println!("  {label:<40} {:>8.1} ms {:>8.1} MB", secs * 1e3, mb(m.peak_bytes));
+        (label.to_string(), secs, mb(m.peak_bytes))
+    };
+    use burn::tensor::ElementConversion;
+    println!("\nreward gradient d r / d z, batch {n}");
+    let grad_norm = |z: Tensor<AD, 5>, r: Tensor<AD, 1>| -> f64 {
+        let g = r.sum().backward();
+        z.grad(&g).map(|g| g.abs().sum().into_scalar().elem::<f64>()).unwrap_or(f64::NAN)
+    };
+    let costs = vec![
+        time("VAE decode + pixel oracle (RGB ReFL)", &|| {
+            let z = z();
+            let video = models_ad.decode(z.clone());
+            let r = OracleReward.score(video, &caps).expect("valid captions");
+            grad_norm(z, r)
+        }),
+        time("process reward model (PRFL)", &|| {
+            let z = z();
+            grad_norm(z.clone(), prm.score(z, sigma(), text()))
+        }),
+        time("VELR LRM", &|| {
+            let z = z();
+            grad_norm(z.clone(), single_ad.score(z, sigma(), text()))
+        }),
+        time("VELR ensemble of 5", &|| {
+            let z = z();
+            grad_norm(z.clone(), ens5.score(z, sigma(), text()))
+        }),
+        time("MLP baseline", &|| {
+            let z = z();
+            grad_norm(z.clone(), mlp_ad.score(z, sigma(), text()))
+        }),
+    ];
+    md += &format!(
+        "\n## Cost of one reward gradient\n\n`d reward / d latent` for a batch of {n} latents `[{n}, {}, {}, {}, {}]`: forward + backward, mean of {reps} runs after a warm-up; peak heap above the start of one run. Ratios are to decoding with the VAE and scoring pixels.\n\n| reward | time (ms) | time ratio | peak memory (MB) | memory ratio |\n|---|---|---|---|---|\n",
+        shape[0], shape[1], shape[2], shape[3]
+    );
+    let (base_t, base_m) = (costs[0].1, costs[0].2);
+    for (label, secs, mem) in &costs {
+        md += &format!("| {label} | {:.1} | {:.3} | {mem:.1} | {:.3} |\n", secs * 1e3, secs / base_t, mem / base_m.max(1e-9));
+    }
+    md += &format!("\nTotal run time {:.1} min.\n", t_all.elapsed().as_secs_f64() / 60.0);
+    if let Some(dir) = args.report.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.report, md)?;
+    println!("\nreport written to {}, models to {}", args.report.display(), args.save.display());
+    Ok(())
+}

@@ -12,7 +12,7 @@
 //! Writes the tables to `--report` (default docs/rewards.md) and the trained models to
 //! `--save` (default assets/shapes-world/rewards). Generated data is cached in `--data`
 //! (default out/reward-data). Sizes: `--train-prompts`, `--eval-prompts`, `--per-prompt`,
-//! `--prm-steps`, `--lrm-steps`, `--members`.
+//! `--prm-steps`, `--lrm-steps`, `--members`, `--margin` (least reward gap of a preference pair).
 
 use std::{path::PathBuf, time::Instant};
 
@@ -54,6 +54,7 @@ struct Args {
     prm_steps: usize,
     lrm_steps: usize,
     members: usize,
+    margin: f32,
 }
 
 fn parse() -> Result<Args, String> {
@@ -68,6 +69,7 @@ fn parse() -> Result<Args, String> {
         prm_steps: 400,
         lrm_steps: 400,
         members: 10,
+        margin: 0.05,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +86,7 @@ fn parse() -> Result<Args, String> {
             "--prm-steps" => a.prm_steps = num(val()?)?,
             "--lrm-steps" => a.lrm_steps = num(val()?)?,
             "--members" => a.members = num(val()?)?,
+            "--margin" => a.margin = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -104,7 +107,7 @@ fn split_data(
 ) -> Result<RewardData, Box<dyn std::error::Error>> {
     let path = args
         .data
-        .join(format!("{split:?}_{prompts}x{}.json", args.per_prompt).to_lowercase());
+        .join(format!("{split:?}_{prompts}x{}_m{}.json", args.per_prompt, args.margin).to_lowercase());
     if let Ok(data) = RewardData::load(&path) {
         println!("{split:?}: {} samples from {}", data.samples.len(), path.display());
         return Ok(data);
@@ -115,7 +118,7 @@ fn split_data(
     let caps: Vec<Caption> = pool.iter().copied().take(prompts).collect();
     let others: Vec<Caption> = pool.iter().copied().cycle().skip(prompts / 2 + 1).take(prompts).collect();
     let t = Instant::now();
-    let mut data = RewardData::generate(models, &caps, args.per_prompt, 20, 0.05, seed, dev)?;
+    let mut data = RewardData::generate(models, &caps, args.per_prompt, 20, args.margin, seed, dev)?;
     data.extend(RewardData::real(models, &caps, &caps, seed + 1, dev)?)?;
     data.extend(RewardData::real(models, &caps, &others, seed + 2, dev)?)?;
     println!(
@@ -168,9 +171,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut md = format!(
         "# Latent reward models on shapes-world\n\nProduced by `cargo run --release --example train_rewards` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
          Data: for each prompt, {} base-model samples (20 Euler steps) scored by the pixel oracle, the rendered ground-truth video, and a rendered video of another caption; \
-         preference pairs are same-prompt samples whose rewards differ by at least 0.05. Prompts: {} train, {} test, {} out-of-distribution (colour-shape pairs never seen in training).\n\n\
+         preference pairs are same-prompt samples whose rewards differ by at least {}. Prompts: {} train, {} test, {} out-of-distribution (colour-shape pairs never seen in training).\n\n\
          | split | samples | pairs | mean reward |\n|---|---|---|---|\n",
-        args.per_prompt, args.train_prompts, args.eval_prompts, args.eval_prompts
+        args.per_prompt, args.margin, args.train_prompts, args.eval_prompts, args.eval_prompts
     );
     for ((name, _, _), (r, p)) in splits.iter().zip(regs.iter().zip(&pairs)) {
         let mean = r.targets.iter().sum::<f32>() / r.len() as f32;
@@ -258,8 +261,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let z = || Tensor::<AD, 5>::from_inner(batch.latents.clone()).require_grad();
     let text = || Tensor::<AD, 3>::from_inner(batch.text.clone());
     let sigma = || Tensor::<AD, 1>::zeros([n], &dev);
+    let n_ens = 5.min(args.members);
     let ens5 = Ensemble::new(
-        (0..5.min(args.members))
+        (0..n_ens)
             .map(|i| {
                 let m = velr_cfg.init::<AD>(&dev)?;
                 Ok(diffusion_core::checkpoint::load_record(m, &args.save.join(format!("velr_{i}.mpk")), &dev)?)
@@ -301,9 +305,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let z = z();
             grad_norm(z.clone(), single_ad.score(z, sigma(), text()))
         }),
-        time("VELR ensemble of 5", &|| {
+        time(&format!("VELR ensemble of {n_ens}"), &|| {
             let z = z();
             grad_norm(z.clone(), ens5.score(z, sigma(), text()))
+        }),
+        time(&format!("VELR ensemble of {n_ens}, threaded members"), &|| {
+            let z = z();
+            let threaded = ens5.clone().with_evaluation(ensemble::Evaluation::Threaded);
+            grad_norm(z.clone(), threaded.score(z, sigma(), text()))
         }),
         time("MLP baseline", &|| {
             let z = z();

@@ -188,6 +188,11 @@ impl RewardData {
         models: &WorldModels<B>,
         device: &B::Device,
     ) -> Result<latent_reward::PairSet<B>, WorldError> {
+        if self.pairs.is_empty() {
+            return Err(WorldError::InvalidConfig(
+                "no preference pairs (more samples per prompt, or a smaller margin)".into(),
+            ));
+        }
         let w: Vec<usize> = self.pairs.iter().map(|p| p.winner).collect();
         let l: Vec<usize> = self.pairs.iter().map(|p| p.loser).collect();
         let caps: Vec<Caption> = w.iter().map(|&i| self.samples[i].caption).collect();

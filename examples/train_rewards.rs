@@ -105,20 +105,35 @@ fn split_data(
     args: &Args,
     dev: &burn::tensor::Device<B>,
 ) -> Result<RewardData, Box<dyn std::error::Error>> {
-    let path = args
-        .data
-        .join(format!("{split:?}_{prompts}x{}_m{}.json", args.per_prompt, args.margin).to_lowercase());
+    let path = args.data.join(
+        format!(
+            "{split:?}_{prompts}x{}_m{}.json",
+            args.per_prompt, args.margin
+        )
+        .to_lowercase(),
+    );
     if let Ok(data) = RewardData::load(&path) {
-        println!("{split:?}: {} samples from {}", data.samples.len(), path.display());
+        println!(
+            "{split:?}: {} samples from {}",
+            data.samples.len(),
+            path.display()
+        );
         return Ok(data);
     }
     let mut pool = captions(split);
     let seed = split as u64 * 1000;
     pool.shuffle(&mut StdRng::seed_from_u64(seed));
     let caps: Vec<Caption> = pool.iter().copied().take(prompts).collect();
-    let others: Vec<Caption> = pool.iter().copied().cycle().skip(prompts / 2 + 1).take(prompts).collect();
+    let others: Vec<Caption> = pool
+        .iter()
+        .copied()
+        .cycle()
+        .skip(prompts / 2 + 1)
+        .take(prompts)
+        .collect();
     let t = Instant::now();
-    let mut data = RewardData::generate(models, &caps, args.per_prompt, 20, args.margin, seed, dev)?;
+    let mut data =
+        RewardData::generate(models, &caps, args.per_prompt, 20, args.margin, seed, dev)?;
     data.extend(RewardData::real(models, &caps, &caps, seed + 1, dev)?)?;
     data.extend(RewardData::real(models, &caps, &others, seed + 2, dev)?)?;
     println!(
@@ -160,7 +175,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t_all = Instant::now();
     let models = WorldModels::<B>::load(&args.models, &dev)
         .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
-    let splits = [("train", Split::Train, args.train_prompts), ("test", Split::Test, args.eval_prompts), ("ood", Split::Ood, args.eval_prompts)];
+    let splits = [
+        ("train", Split::Train, args.train_prompts),
+        ("test", Split::Test, args.eval_prompts),
+        ("ood", Split::Ood, args.eval_prompts),
+    ];
     let mut regs = Vec::new();
     let mut pairs = Vec::new();
     for (_, split, n) in splits {
@@ -183,11 +202,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ---- PRFL process reward model ----
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
-    let prm_cfg = ProcessRewardConfig::new(2).with_pool_heads(4).with_head(vec![256, 128]);
+    let prm_cfg = ProcessRewardConfig::new(2)
+        .with_pool_heads(4)
+        .with_head(vec![256, 128]);
     let prm = prm_cfg.init(&models_ad.dit, &dev)?;
-    let fit = FitConfig { steps: args.prm_steps, batch: 16, lr: 1e-4, weight_decay: 0.01, grad_clip: Some(1.0), seed: 0 };
+    let fit = FitConfig {
+        steps: args.prm_steps,
+        batch: 16,
+        lr: 1e-4,
+        weight_decay: 0.01,
+        grad_clip: Some(1.0),
+        seed: 0,
+    };
     let noise = TimestepSampling::Uniform { shift: 3.0 };
-    let (prm, prm_report) = fit_preference(prm, &to_ad_pairs(&pairs[0]), PreferenceLoss::BradleyTerry, Some(noise), &fit, "prm")?;
+    let (prm, prm_report) = fit_preference(
+        prm,
+        &to_ad_pairs(&pairs[0]),
+        PreferenceLoss::BradleyTerry,
+        Some(noise),
+        &fit,
+        "prm",
+    )?;
     save_record(prm.clone(), &args.save.join("prm.mpk"))?;
     prm_cfg.save(args.save.join("prm.json"))?;
     let prm_valid = prm.valid();
@@ -202,8 +237,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|p| evaluate_pairs(&prm_valid, p, sigma, 17, 32))
             .collect::<latent_reward::Result<_>>()?;
-        println!("  t/T {sigma:.1}: train {:.3} test {:.3} ood {:.3}", acc[0], acc[1], acc[2]);
-        md += &format!("| {sigma:.1} | {:.3} | {:.3} | {:.3} |\n", acc[0], acc[1], acc[2]);
+        println!(
+            "  t/T {sigma:.1}: train {:.3} test {:.3} ood {:.3}",
+            acc[0], acc[1], acc[2]
+        );
+        md += &format!(
+            "| {sigma:.1} | {:.3} | {:.3} | {:.3} |\n",
+            acc[0], acc[1], acc[2]
+        );
     }
 
     // ---- regression: MLP baseline, single VELR LRM, ensembles ----
@@ -211,7 +252,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let text_dim = models.config.text.dim;
     let train = to_ad_reg(&regs[0]);
     let loss = RegressionLoss::Huber { delta: 0.1 };
-    let fit = FitConfig { steps: args.lrm_steps, batch: 32, lr: 1e-3, weight_decay: 0.01, grad_clip: Some(1.0), seed: 100 };
+    let fit = FitConfig {
+        steps: args.lrm_steps,
+        batch: 32,
+        lr: 1e-3,
+        weight_decay: 0.01,
+        grad_clip: Some(1.0),
+        seed: 100,
+    };
     let velr_cfg = VelrRewardConfig::new(shape, text_dim);
     velr_cfg.save(args.save.join("velr.json"))?;
     let mut rows: Vec<(String, Vec<RegressionMetrics>)> = Vec::new();
@@ -223,21 +271,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mlp = MlpRewardConfig::new(shape[0], text_dim).init::<AD>(&dev)?;
     let (mlp, _) = fit_regression(mlp, &train, loss, &fit, "mlp")?;
     let mlp = mlp.valid();
-    rows.push(("MLP baseline (pooled latents)".into(), eval(&|s| evaluate_regression(&mlp, s, 64))?));
+    rows.push((
+        "MLP baseline (pooled latents)".into(),
+        eval(&|s| evaluate_regression(&mlp, s, 64))?,
+    ));
     B::seed(&dev, 100);
     let single = velr_cfg.init::<AD>(&dev)?;
     let (single, _) = fit_regression(single, &train, loss, &fit, "velr")?;
     let single = single.valid();
-    rows.push(("VELR LRM (all data)".into(), eval(&|s| evaluate_regression(&single, s, 64))?));
-    let (members, _) = fit_members(args.members, |_| velr_cfg.init::<AD>(&dev), &train, loss, &FitConfig { seed: 1, ..fit.clone() }, Bootstrap::Resample)?;
+    rows.push((
+        "VELR LRM (all data)".into(),
+        eval(&|s| evaluate_regression(&single, s, 64))?,
+    ));
+    let (members, _) = fit_members(
+        args.members,
+        |_| velr_cfg.init::<AD>(&dev),
+        &train,
+        loss,
+        &FitConfig {
+            seed: 1,
+            ..fit.clone()
+        },
+        Bootstrap::Resample,
+    )?;
     for (i, m) in members.members.iter().enumerate() {
         save_record(m.clone(), &args.save.join(format!("velr_{i}.mpk")))?;
     }
     let members = members.valid();
-    let sizes: Vec<usize> = [1, 3, 5, 10].into_iter().filter(|n| *n <= args.members).collect();
+    let sizes: Vec<usize> = [1, 3, 5, 10]
+        .into_iter()
+        .filter(|n| *n <= args.members)
+        .collect();
     for &n in &sizes {
         let e = members.truncated(n)?;
-        rows.push((format!("ensemble of {n} (bootstrap, mean)"), eval(&|s| evaluate_regression(&e, s, 64))?));
+        rows.push((
+            format!("ensemble of {n} (bootstrap, mean)"),
+            eval(&|s| evaluate_regression(&e, s, 64))?,
+        ));
     }
     let lrm_seconds = t.elapsed().as_secs_f64();
     md += &format!(
@@ -247,8 +317,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("\nregression (MSE / Pearson): train, test, ood");
     for (name, m) in &rows {
-        println!("  {name:<36} {:.4}/{:.3}  {:.4}/{:.3}  {:.4}/{:.3}", m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson);
-        md += &format!("| {name} | {:.4} | {:.3} | {:.4} | {:.3} | {:.4} | {:.3} |\n", m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson);
+        println!(
+            "  {name:<36} {:.4}/{:.3}  {:.4}/{:.3}  {:.4}/{:.3}",
+            m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson
+        );
+        md += &format!(
+            "| {name} | {:.4} | {:.3} | {:.4} | {:.3} | {:.4} | {:.3} |\n",
+            m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson
+        );
     }
 
     // ---- cost of a reward gradient: latent models vs decode + pixel oracle ----
@@ -266,7 +342,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (0..n_ens)
             .map(|i| {
                 let m = velr_cfg.init::<AD>(&dev)?;
-                Ok(diffusion_core::checkpoint::load_record(m, &args.save.join(format!("velr_{i}.mpk")), &dev)?)
+                Ok(diffusion_core::checkpoint::load_record(
+                    m,
+                    &args.save.join(format!("velr_{i}.mpk")),
+                    &dev,
+                )?)
             })
             .collect::<latent_reward::Result<Vec<_>>>()?,
     )?;
@@ -281,14 +361,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             f();
         }
         let secs = t0.elapsed().as_secs_f64() / reps as f64;
-        println!("  {label:<40} {:>8.1} ms {:>8.1} MB", secs * 1e3, mb(m.peak_bytes));
+        println!(
+            "  {label:<40} {:>8.1} ms {:>8.1} MB",
+            secs * 1e3,
+            mb(m.peak_bytes)
+        );
         (label.to_string(), secs, mb(m.peak_bytes))
     };
     use burn::tensor::ElementConversion;
     println!("\nreward gradient d r / d z, batch {n}");
     let grad_norm = |z: Tensor<AD, 5>, r: Tensor<AD, 1>| -> f64 {
         let g = r.sum().backward();
-        z.grad(&g).map(|g| g.abs().sum().into_scalar().elem::<f64>()).unwrap_or(f64::NAN)
+        z.grad(&g)
+            .map(|g| g.abs().sum().into_scalar().elem::<f64>())
+            .unwrap_or(f64::NAN)
     };
     let costs = vec![
         time("VAE decode + pixel oracle (RGB ReFL)", &|| {
@@ -309,11 +395,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let z = z();
             grad_norm(z.clone(), ens5.score(z, sigma(), text()))
         }),
-        time(&format!("VELR ensemble of {n_ens}, threaded members"), &|| {
-            let z = z();
-            let threaded = ens5.clone().with_evaluation(ensemble::Evaluation::Threaded);
-            grad_norm(z.clone(), threaded.score(z, sigma(), text()))
-        }),
+        time(
+            &format!("VELR ensemble of {n_ens}, threaded members"),
+            &|| {
+                let z = z();
+                let threaded = ens5.clone().with_evaluation(ensemble::Evaluation::Threaded);
+                grad_norm(z.clone(), threaded.score(z, sigma(), text()))
+            },
+        ),
         time("MLP baseline", &|| {
             let z = z();
             grad_norm(z.clone(), mlp_ad.score(z, sigma(), text()))
@@ -325,13 +414,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let (base_t, base_m) = (costs[0].1, costs[0].2);
     for (label, secs, mem) in &costs {
-        md += &format!("| {label} | {:.1} | {:.3} | {mem:.1} | {:.3} |\n", secs * 1e3, secs / base_t, mem / base_m.max(1e-9));
+        md += &format!(
+            "| {label} | {:.1} | {:.3} | {mem:.1} | {:.3} |\n",
+            secs * 1e3,
+            secs / base_t,
+            mem / base_m.max(1e-9)
+        );
     }
-    md += &format!("\nTotal run time {:.1} min.\n", t_all.elapsed().as_secs_f64() / 60.0);
+    md += &format!(
+        "\nTotal run time {:.1} min.\n",
+        t_all.elapsed().as_secs_f64() / 60.0
+    );
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.report, md)?;
-    println!("\nreport written to {}, models to {}", args.report.display(), args.save.display());
+    println!(
+        "\nreport written to {}, models to {}",
+        args.report.display(),
+        args.save.display()
+    );
     Ok(())
 }

@@ -127,7 +127,8 @@ impl RewardData {
                 })
                 .collect::<Result<Vec<_>, WorldError>>()?;
             let video = Tensor::stack(clips, 0);
-            let rewards = crate::error::host_f32(crate::oracle::OracleReward.score(video.clone(), p)?)?;
+            let rewards =
+                crate::error::host_f32(crate::oracle::OracleReward.score(video.clone(), p)?)?;
             let z = crate::error::host_f32(models.encode(video))?;
             for (i, (caption, reward)) in p.iter().zip(rewards).enumerate() {
                 samples.push(ScoredSample {
@@ -158,10 +159,11 @@ impl RewardData {
         }
         let base = self.samples.len();
         self.samples.extend(other.samples);
-        self.pairs.extend(other.pairs.into_iter().map(|p| PreferencePair {
-            winner: p.winner + base,
-            loser: p.loser + base,
-        }));
+        self.pairs
+            .extend(other.pairs.into_iter().map(|p| PreferencePair {
+                winner: p.winner + base,
+                loser: p.loser + base,
+            }));
         Ok(())
     }
 

@@ -103,14 +103,23 @@ fn models_save_and_load() {
 fn real_video_data_and_merging() {
     let dev = Default::default();
     let models = tiny_models();
-    let caps: Vec<Caption> = captions(Split::Train).into_iter().step_by(97).take(3).collect();
+    let caps: Vec<Caption> = captions(Split::Train)
+        .into_iter()
+        .step_by(97)
+        .take(3)
+        .collect();
     let own = RewardData::real(&models, &caps, &caps, 0, &dev).unwrap();
     let shuffled = [caps[1], caps[2], caps[0]];
     let wrong = RewardData::real(&models, &caps, &shuffled, 0, &dev).unwrap();
     // the same videos: latents agree, the oracle reads the prompt
     assert_eq!(own.samples[0].latent, wrong.samples[0].latent);
     for (o, w) in own.samples.iter().zip(&wrong.samples) {
-        assert!(o.reward >= 0.9 && o.reward > w.reward + 0.2, "{} vs {}", o.reward, w.reward);
+        assert!(
+            o.reward >= 0.9 && o.reward > w.reward + 0.2,
+            "{} vs {}",
+            o.reward,
+            w.reward
+        );
     }
     assert!(RewardData::real(&models, &caps, &caps[..2], 0, &dev).is_err());
 

@@ -166,6 +166,10 @@ impl<B: Backend> TemporalDown<B> {
         let m = (f - 1) / 2;
         let first = x.clone().narrow(2, 0, 1);
         let first = Tensor::cat(vec![first.clone(), first], 1);
+        if m == 0 {
+            // a single frame (an image) stays one frame
+            return self.mix.forward(first);
+        }
         // [B, C, 2m, H, W] -> [B, C, m, 2, H, W] -> [B, 2C, m, H, W] with (pair-member, channel) order
         let rest: Tensor<B, 6> = x.narrow(2, 1, 2 * m).reshape([b, c, m, 2, h, w]);
         let rest = rest
@@ -199,6 +203,9 @@ impl<B: Backend> TemporalUp<B> {
         let m = f - 1;
         let y = self.split.forward(x);
         let first = y.clone().narrow(2, 0, 1).narrow(1, 0, c);
+        if m == 0 {
+            return first;
+        }
         // [B, 2C, m, H, W] -> [B, 2, C, m, H, W] -> [B, C, m, 2, H, W] -> [B, C, 2m, H, W]
         let rest: Tensor<B, 6> = y.narrow(2, 1, m).reshape([b, 2, c, m, h, w]);
         let rest = rest

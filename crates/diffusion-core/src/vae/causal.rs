@@ -295,6 +295,19 @@ mod tests {
         assert_eq!(z.dims(), expect);
         assert_eq!(vae.decode(z).dims(), [1, 3, 9, 16, 16]);
         assert!(vae.latent_shape([1, 3, 8, 16, 16]).is_err());
+        // one frame (an image) is one latent frame, and decoding the first latent frame alone
+        // gives the first frame of the full decoding (the decoder is causal too)
+        let video =
+            Tensor::<B, 5>::random([1, 3, 9, 16, 16], burn::tensor::Distribution::Default, &dev);
+        let z = vae.encode(video.clone().narrow(2, 0, 1)).mean;
+        assert_eq!(z.dims(), [1, 4, 1, 4, 4]);
+        let full = vae.decode(vae.encode(video).mean);
+        let first = vae.decode(z);
+        assert_eq!(first.dims(), [1, 3, 1, 16, 16]);
+        first.into_data().assert_approx_eq::<f32>(
+            &full.narrow(2, 0, 1).into_data(),
+            burn::tensor::Tolerance::absolute(1e-5),
+        );
     }
 
     #[test]

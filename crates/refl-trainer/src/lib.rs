@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod guard;
+pub mod metrics;
+pub mod prompts;
+pub mod trainer;
+
+pub use config::{
+    FrameSelection, LrSchedule, Method, OptimConfig, PrflConfig, RgbReflConfig, RunConfig,
+    SamplingConfig, VelrConfig,
+};
+pub use decode::LatentNorm;
+pub use error::{Result, TrainError};
+pub use guard::NanGuard;
+pub use metrics::{MetricsLog, StepMetrics};
+pub use prompts::PromptSet;
+pub use trainer::{BufferItem, LatentRewards, SftData, Trainer, TrainerParts};

@@ -1,0 +1,725 @@
+//! The training loop shared by the RGB ReFL baseline, PRFL and VELR.
+
+use std::{path::PathBuf, time::Instant};
+
+use burn::{
+    module::{AutodiffModule, Module},
+    optim::{adaptor::OptimizerAdaptor, AdamW, GradientsParams, Optimizer},
+    record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder},
+    tensor::{
+        activation,
+        backend::{AutodiffBackend, Backend},
+        ElementConversion, Tensor,
+    },
+};
+use diffusion_core::{
+    checkpoint::{load_record, save_record, write_atomic},
+    loss::{flow_matching_loss, TimestepSampling},
+    optim::{adamw, clip_grad_norm},
+    probe::{device_reserved_bytes, HeapProbe},
+    progress::Progress,
+    rollout::{predict_x0, randn, step_rng},
+    vae::VideoAutoencoder,
+    Conditioning, EulerOde, FlowMatchScheduleConfig, GradWindow, Rollout, Schedule, VelocityModel,
+    WanTransformer,
+};
+use ensemble::Ensemble;
+use latent_reward::{
+    fit_regression, FitConfig, LatentReward, PixelReward, ProcessReward, RegressionLoss,
+    RegressionSet, VelrReward,
+};
+use rand::{Rng, SeedableRng};
+use replay_buffer::{PrioritisedBuffer, ReplayBuffer};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{FrameSelection, Method, RunConfig},
+    decode::LatentNorm,
+    error::{config_error, Result, TrainError},
+    guard::NanGuard,
+    metrics::{MetricsLog, StepMetrics},
+    prompts::PromptSet,
+};
+
+/// The reward model a method trains against.
+#[derive(Debug, Clone)]
+pub enum LatentRewards<B: AutodiffBackend> {
+    /// RGB ReFL: no latent model, the pixel reward of the decoded video.
+    Pixel,
+    /// PRFL's process reward model (kept frozen).
+    Process(ProcessReward<B>),
+    /// VELR's ensemble (frozen for the policy; fine-tuned by online alignment).
+    Ensemble(Ensemble<VelrReward<B>>),
+}
+
+/// Real latents for PRFL's alternating SFT steps.
+///
+/// # Shapes
+/// - `latents`: `[N, C, F, H, W]` normalised, `text`: `[N, S, D]`
+#[derive(Debug, Clone)]
+pub struct SftData<B: Backend> {
+    /// Clean latents.
+    pub latents: Tensor<B, 5>,
+    /// Their prompts' embeddings.
+    pub text: Tensor<B, 3>,
+}
+
+/// One replay-buffer entry of VELR's online alignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BufferItem {
+    /// Generated latent `x0_hat`, `[C, F, H, W]` row-major.
+    pub latent: Vec<f32>,
+    /// Index of its prompt in the training prompts.
+    pub prompt: usize,
+    /// Pixel reward of its decoding.
+    pub reward: f32,
+}
+
+/// Progress saved in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrainState {
+    step: usize,
+    guard: NanGuard,
+    config: RunConfig,
+}
+
+type Policy<B> = WanTransformer<B>;
+
+/// What a method's loss produced on one step.
+struct MethodLoss<B: AutodiffBackend> {
+    loss: Tensor<B, 1>,
+    reward: f64,
+    kl: Option<f64>,
+    uncertainty: Option<f64>,
+    /// VELR: the graded latents and the ensemble's variance on each, for the replay buffer.
+    graded: Option<(Tensor<B::InnerBackend, 5>, Vec<f32>)>,
+}
+
+/// A reward fine-tuning run of a Wan-architecture DiT: the loop services (AdamW with a schedule,
+/// global gradient clipping, a NaN guard, JSONL metrics, atomic checkpoints, exact resume)
+/// around one of three methods chosen by [`RunConfig::method`].
+///
+/// The per-step randomness (prompts, noise, windows) is a function of `(seed, step)`, and the
+/// optimiser state is checkpointed, so a resumed run reproduces an uninterrupted one.
+pub struct Trainer<B, V, R, P>
+where
+    B: AutodiffBackend,
+    V: VideoAutoencoder<B> + AutodiffModule<B>,
+    V::InnerModule: VideoAutoencoder<B::InnerBackend>,
+    R: PixelReward<B, Prompt = P> + PixelReward<B::InnerBackend, Prompt = P>,
+    P: Clone,
+{
+    config: RunConfig,
+    /// The model being fine-tuned.
+    pub policy: Policy<B>,
+    reference: Policy<B::InnerBackend>,
+    optim: OptimizerAdaptor<AdamW, Policy<B>, B>,
+    vae: V,
+    norm: LatentNorm,
+    pixel: R,
+    /// The reward model.
+    pub reward: LatentRewards<B>,
+    train: PromptSet<B::InnerBackend, P>,
+    heldout: PromptSet<B::InnerBackend, P>,
+    sft: Option<SftData<B::InnerBackend>>,
+    buffer: PrioritisedBuffer<BufferItem>,
+    latent_shape: [usize; 4],
+    schedule: Schedule,
+    guard: NanGuard,
+    step: usize,
+    log: MetricsLog,
+}
+
+/// Everything a [`Trainer`] is built from.
+pub struct TrainerParts<B, V, R, P>
+where
+    B: AutodiffBackend,
+{
+    /// The run.
+    pub config: RunConfig,
+    /// The pretrained DiT (a frozen copy becomes the KL reference).
+    pub policy: Policy<B>,
+    /// The VAE (frozen), for RGB ReFL, VELR's pixel labels and evaluation.
+    pub vae: V,
+    /// Latent normalisation of the DiT.
+    pub norm: LatentNorm,
+    /// The pixel reward (the held-out metric; RGB ReFL's reward; VELR's labels).
+    pub pixel: R,
+    /// The latent reward model, matching the method.
+    pub reward: LatentRewards<B>,
+    /// Training prompts.
+    pub train: PromptSet<B::InnerBackend, P>,
+    /// Held-out prompts for evaluation.
+    pub heldout: PromptSet<B::InnerBackend, P>,
+    /// Real latents for PRFL's SFT steps.
+    pub sft: Option<SftData<B::InnerBackend>>,
+    /// Latent shape `[C, F, H, W]` of one video.
+    pub latent_shape: [usize; 4],
+}
+
+impl<B, V, R, P> Trainer<B, V, R, P>
+where
+    B: AutodiffBackend,
+    V: VideoAutoencoder<B> + AutodiffModule<B>,
+    V::InnerModule: VideoAutoencoder<B::InnerBackend>,
+    R: PixelReward<B, Prompt = P> + PixelReward<B::InnerBackend, Prompt = P>,
+    P: Clone,
+{
+    /// Builds a trainer, resuming from `config.out/checkpoint` when a checkpoint of the same
+    /// config is there.
+    ///
+    /// # Errors
+    /// `Config` when the reward model does not match the method or the config is invalid;
+    /// `Checkpoint` when a checkpoint exists for a different config.
+    pub fn new(parts: TrainerParts<B, V, R, P>) -> Result<Self> {
+        let TrainerParts {
+            config,
+            policy,
+            vae,
+            norm,
+            pixel,
+            reward,
+            train,
+            heldout,
+            sft,
+            latent_shape,
+        } = parts;
+        config.validate()?;
+        let matches = matches!(
+            (&config.method, &reward),
+            (Method::RgbRefl(_), LatentRewards::Pixel)
+                | (Method::Prfl(_), LatentRewards::Process(_))
+                | (Method::Velr(_), LatentRewards::Ensemble(_))
+        );
+        if !matches {
+            return Err(config_error(
+                "method",
+                "the reward model does not match the method",
+            ));
+        }
+        if let (Method::Prfl(p), None) = (&config.method, &sft) {
+            if p.sft_every > 0 {
+                return Err(config_error(
+                    "method.prfl.sft_every",
+                    "SFT steps need real latents (`sft`)",
+                ));
+            }
+        }
+        let reward = match reward {
+            LatentRewards::Process(m) => LatentRewards::Process(m.no_grad()),
+            other => other,
+        };
+        let schedule = FlowMatchScheduleConfig::new(config.sampling.steps)
+            .with_shift(config.sampling.shift)
+            .init()?;
+        let buffer_capacity = match &config.method {
+            Method::Velr(v) => v.buffer,
+            _ => 1,
+        };
+        let log = MetricsLog::open(&config.out.join("metrics.jsonl"))?;
+        let mut trainer = Self {
+            reference: policy.valid(),
+            policy,
+            optim: adamw(config.optim.weight_decay).init(),
+            vae: vae.no_grad(),
+            norm,
+            pixel,
+            reward,
+            train,
+            heldout,
+            sft,
+            buffer: PrioritisedBuffer::new(buffer_capacity)?,
+            latent_shape,
+            schedule,
+            guard: NanGuard::new(config.max_skipped),
+            step: 0,
+            log,
+            config,
+        };
+        trainer.resume()?;
+        Ok(trainer)
+    }
+
+    /// The next step to run (the number of steps done).
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Steps skipped by the NaN guard.
+    pub fn skipped(&self) -> usize {
+        self.guard.skipped
+    }
+
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.config.out.join("checkpoint")
+    }
+
+    /// Writes the policy, the optimiser state, VELR's ensemble and buffer, and the step into
+    /// `out/checkpoint`. Every file is written atomically and `state.json` last, naming the
+    /// step its files belong to, so a crash mid-save leaves the previous checkpoint usable.
+    pub fn save_checkpoint(&self) -> Result<()> {
+        let dir = self.checkpoint_dir();
+        let tag = format!("{:08}", self.step);
+        save_record(self.policy.clone(), &dir.join(format!("policy-{tag}.mpk")))?;
+        let optim = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+            .record(self.optim.to_record(), ())
+            .map_err(|e| self.ckpt_error(e.to_string()))?;
+        write_atomic(&dir.join(format!("optim-{tag}.mpk")), &optim)?;
+        if let LatentRewards::Ensemble(e) = &self.reward {
+            for (i, m) in e.members.iter().enumerate() {
+                save_record(m.clone(), &dir.join(format!("member{i}-{tag}.mpk")))?;
+            }
+            replay_buffer::save(&self.buffer, &dir.join(format!("buffer-{tag}.json")))?;
+        }
+        let state = TrainState {
+            step: self.step,
+            guard: self.guard,
+            config: self.config.clone(),
+        };
+        write_atomic(
+            &dir.join("state.json"),
+            &serde_json::to_vec_pretty(&state).expect("state serialises"),
+        )?;
+        // older files are no longer referenced
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".mpk") || name.starts_with("buffer-") {
+                    if !name.contains(&tag) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ckpt_error(&self, reason: String) -> TrainError {
+        TrainError::Checkpoint {
+            path: self.checkpoint_dir(),
+            reason,
+        }
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        let dir = self.checkpoint_dir();
+        let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+            return Ok(());
+        };
+        let state: TrainState =
+            serde_json::from_str(&text).map_err(|e| self.ckpt_error(format!("state.json: {e}")))?;
+        if state.config != self.config {
+            return Err(self.ckpt_error(
+                "was written by a different run config; use another `out` folder or delete it"
+                    .into(),
+            ));
+        }
+        let tag = format!("{:08}", state.step);
+        let device = self.policy.devices()[0].clone();
+        self.policy = load_record(
+            self.policy.clone(),
+            &dir.join(format!("policy-{tag}.mpk")),
+            &device,
+        )?;
+        let path = dir.join(format!("optim-{tag}.mpk"));
+        let bytes = std::fs::read(&path)
+            .map_err(|e| self.ckpt_error(format!("{}: {e}", path.display())))?;
+        let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+            .load(bytes, &device)
+            .map_err(|e| self.ckpt_error(format!("{}: {e}", path.display())))?;
+        self.optim = std::mem::replace(&mut self.optim, adamw(0.0).init()).load_record(record);
+        if let LatentRewards::Ensemble(e) = &mut self.reward {
+            for (i, m) in e.members.iter_mut().enumerate() {
+                *m = load_record(
+                    m.clone(),
+                    &dir.join(format!("member{i}-{tag}.mpk")),
+                    &device,
+                )?;
+            }
+            self.buffer = replay_buffer::load(&dir.join(format!("buffer-{tag}.json")))?;
+        }
+        self.step = state.step;
+        self.guard = state.guard;
+        Ok(())
+    }
+
+    /// Runs the remaining steps with a progress bar, logging every step and checkpointing as
+    /// configured (and after the last step). Returns the metrics of the steps run.
+    pub fn run(&mut self) -> Result<Vec<StepMetrics>> {
+        let total = self.config.steps;
+        let mut pb = Progress::new(total - self.step.min(total), "refl");
+        let mut out = Vec::new();
+        while self.step < total {
+            let m = self.train_step()?;
+            pb.tick(format!(
+                "reward {:.3}{}",
+                m.latent_reward.unwrap_or(f64::NAN),
+                m.heldout_reward
+                    .map(|r| format!(" held-out {r:.3}"))
+                    .unwrap_or_default()
+            ));
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Runs one step: the method's loss, backward, clipping, the guarded update, PRFL's SFT
+    /// step or VELR's buffer and alignment, evaluation and checkpoint when due.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        let step = self.step;
+        let device = self.policy.devices()[0].clone();
+        let lr = self
+            .config
+            .optim
+            .schedule
+            .at(self.config.optim.lr, step, self.config.steps);
+        let heap = HeapProbe::start();
+        let _ = B::sync(&device);
+        let base_reserved = device_reserved_bytes::<B>(&device);
+        let t0 = Instant::now();
+
+        let mut rng = step_rng(self.config.seed, step);
+        let idx: Vec<usize> = (0..self.config.batch)
+            .map(|_| rng.random_range(0..self.train.len()))
+            .collect();
+        let (prompts, text) = self.train.batch(&idx);
+        let text = Tensor::<B, 3>::from_inner(text);
+        let [c, f, h, w] = self.latent_shape;
+        let noise = randn::<B, 5>([idx.len(), c, f, h, w], &mut rng, &device);
+        let rollout_seed = rng.random::<u64>();
+
+        let out = match self.config.method.clone() {
+            Method::RgbRefl(m) => self.rgb_loss(&m, noise, text, &prompts, rollout_seed)?,
+            Method::Prfl(m) => self.prfl_loss(&m, noise, text, &mut rng, rollout_seed)?,
+            Method::Velr(m) => self.velr_loss(&m, noise, text, &mut rng, rollout_seed)?,
+        };
+        let loss_value = out.loss.clone().into_scalar().elem::<f64>();
+        let grads = GradientsParams::from_grads(out.loss.backward(), &self.policy);
+        let clip = self.config.optim.grad_clip.unwrap_or(f64::INFINITY);
+        let (grads, norm) = clip_grad_norm(&self.policy, grads, clip);
+        let admitted = self.guard.admit(step, &[loss_value, norm])?;
+        if admitted {
+            self.policy = self.optim.step(lr, self.policy.clone(), grads);
+        }
+
+        let mut sft_loss = None;
+        if let Method::Prfl(m) = &self.config.method {
+            if m.sft_every > 0 && step % m.sft_every == 0 {
+                sft_loss = self.sft_step(lr, &mut rng)?;
+            }
+        }
+        if let (Method::Velr(m), Some((graded, variance))) =
+            (self.config.method.clone(), out.graded)
+        {
+            if admitted {
+                self.fill_buffer(graded, &idx, variance, &prompts)?;
+                if m.align_every > 0 && (step + 1) % m.align_every == 0 {
+                    self.align(&m, &mut rng)?;
+                }
+            }
+        }
+        let _ = B::sync(&device);
+        let step_seconds = t0.elapsed().as_secs_f64();
+        let peak_bytes = match (base_reserved, device_reserved_bytes::<B>(&device)) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => heap.peak().map(|p| p as u64),
+        };
+        self.step += 1;
+        let every = self.config.eval_every;
+        let heldout_reward =
+            if (every > 0 && self.step % every == 0) || self.step == self.config.steps {
+                Some(self.heldout_reward()?)
+            } else {
+                None
+            };
+        let metrics = StepMetrics {
+            step,
+            loss: admitted.then_some(loss_value),
+            latent_reward: Some(out.reward),
+            kl: out.kl,
+            sft_loss,
+            grad_norm: Some(norm),
+            lr,
+            heldout_reward,
+            uncertainty: out.uncertainty,
+            step_seconds,
+            peak_bytes,
+            skipped: self.guard.skipped,
+        };
+        self.log.write(&metrics)?;
+        let ck = self.config.checkpoint_every;
+        if (ck > 0 && self.step % ck == 0) || self.step == self.config.steps {
+            self.save_checkpoint()?;
+        }
+        Ok(metrics)
+    }
+
+    /// Mean pixel reward of samples (Euler, the run's sampler, fixed seeds) for the held-out
+    /// prompts: the metric the trainer never optimises directly in latent methods.
+    pub fn heldout_reward(&self) -> Result<f64> {
+        let policy = self.policy.valid();
+        let vae = self.vae.valid();
+        let device = self.policy.devices()[0].clone();
+        let [c, f, h, w] = self.latent_shape;
+        let mut total = 0.0;
+        let all: Vec<usize> = (0..self.heldout.len()).collect();
+        for (k, chunk) in all.chunks(8).enumerate() {
+            let (prompts, text) = self.heldout.batch(chunk);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0xE7A1 + k as u64);
+            let noise = randn([chunk.len(), c, f, h, w], &mut rng, &device);
+            let traj = Rollout::new(&self.schedule, &EulerOde).sample(
+                &policy,
+                noise,
+                &Conditioning::new(text),
+                0,
+            )?;
+            let video = self.norm.decode(&vae, traj.last().clone());
+            let r = PixelReward::<B::InnerBackend>::score_pixels(&self.pixel, video, &prompts)?;
+            total += r.sum().into_scalar().elem::<f64>();
+        }
+        Ok(total / self.heldout.len() as f64)
+    }
+
+    /// RGB ReFL (ImageReward ReFL; VADER): the full chain with the last `window` steps under
+    /// gradient, the final latent decoded (all frames, or the first latent frame alone) and
+    /// scored by the pixel reward; `L = -lambda * r`.
+    fn rgb_loss(
+        &self,
+        m: &crate::config::RgbReflConfig,
+        noise: Tensor<B, 5>,
+        text: Tensor<B, 3>,
+        prompts: &[P],
+        seed: u64,
+    ) -> Result<MethodLoss<B>> {
+        let traj = Rollout::new(&self.schedule, &EulerOde)
+            .with_window(GradWindow::LastK(m.window))
+            .run(&self.policy, noise, &Conditioning::new(text), seed)?;
+        let z0 = traj.last().clone();
+        let z = match m.frames {
+            FrameSelection::All => z0,
+            FrameSelection::First => z0.narrow(2, 0, 1),
+        };
+        let video = self.norm.decode(&self.vae, z);
+        let r = PixelReward::<B>::score_pixels(&self.pixel, video, prompts)?;
+        let reward = r.clone().mean().into_scalar().elem::<f64>();
+        Ok(MethodLoss {
+            loss: r.mean().mul_scalar(-m.lambda),
+            reward,
+            kl: None,
+            uncertainty: None,
+            graded: None,
+        })
+    }
+
+    /// PRFL (seed 001, section 3.3): roll out steps `0..s` without gradients (`s` uniform in
+    /// `[0, S - 1 - K]`), `K` steps with gradients, score the noisy latent `z_{s+K}` at its noise
+    /// level with the process reward model, `L = lambda * relu(margin - r)`.
+    fn prfl_loss(
+        &self,
+        m: &crate::config::PrflConfig,
+        noise: Tensor<B, 5>,
+        text: Tensor<B, 3>,
+        rng: &mut rand::rngs::StdRng,
+        seed: u64,
+    ) -> Result<MethodLoss<B>> {
+        let LatentRewards::Process(prm) = &self.reward else {
+            unreachable!("checked in Trainer::new")
+        };
+        let steps = self.config.sampling.steps;
+        let s = rng.random_range(0..steps - m.window);
+        let traj = Rollout::new(&self.schedule, &EulerOde)
+            .with_steps(0..s + m.window)
+            .with_window(GradWindow::Range {
+                start: s,
+                len: m.window,
+            })
+            .run(&self.policy, noise, &Conditioning::new(text.clone()), seed)?;
+        let b = text.dims()[0];
+        let sigma = *traj.sigmas.last().expect("non-empty");
+        let device = text.device();
+        let r = prm.score(traj.last().clone(), Tensor::full([b], sigma, &device), text);
+        let reward = r.clone().mean().into_scalar().elem::<f64>();
+        let loss = activation::relu(r.neg().add_scalar(m.margin))
+            .mean()
+            .mul_scalar(m.lambda);
+        Ok(MethodLoss {
+            loss,
+            reward,
+            kl: None,
+            uncertainty: None,
+            graded: None,
+        })
+    }
+
+    /// VELR (seed 002, section 4.3): roll out to a random mid-noise start step without
+    /// gradients, `K` steps with gradients, jump to `x0_hat = z - sigma v`, score it with the
+    /// ensemble; `L = -r + beta * KL`, with KL the squared velocity difference to the initial
+    /// model at the graded latent (the KL of the two models' Gaussian transitions up to a
+    /// per-step constant).
+    fn velr_loss(
+        &self,
+        m: &crate::config::VelrConfig,
+        noise: Tensor<B, 5>,
+        text: Tensor<B, 3>,
+        rng: &mut rand::rngs::StdRng,
+        seed: u64,
+    ) -> Result<MethodLoss<B>> {
+        let LatentRewards::Ensemble(ens) = &self.reward else {
+            unreachable!("checked in Trainer::new")
+        };
+        let start = rng.random_range(m.start[0]..m.start[1]);
+        let end = start + m.window;
+        let traj = Rollout::new(&self.schedule, &EulerOde)
+            .with_steps(0..end)
+            .with_window(GradWindow::Range {
+                start,
+                len: m.window,
+            })
+            .run(&self.policy, noise, &Conditioning::new(text.clone()), seed)?;
+        let z = traj.last().clone();
+        let b = text.dims()[0];
+        let device = text.device();
+        let (x0, kl) = if end < self.config.sampling.steps {
+            let sigma = self.schedule.sigmas()[end];
+            let t = Tensor::<B, 1>::full([b], self.schedule.timesteps()[end], &device);
+            let v = self.policy.velocity(z.clone(), t.clone(), text.clone());
+            let v_ref = self
+                .reference
+                .velocity(z.clone().inner(), t.inner(), text.clone().inner());
+            let kl = (v.clone() - Tensor::from_inner(v_ref))
+                .powi_scalar(2)
+                .mean();
+            (predict_x0(z, v, sigma), kl)
+        } else {
+            (z, Tensor::zeros([1], &device))
+        };
+        let frozen = ens.clone();
+        let frozen = Ensemble {
+            members: frozen.members.into_iter().map(Module::no_grad).collect(),
+            ..frozen
+        };
+        let scores = frozen.score_members(x0.clone(), Tensor::zeros([b], &device), text);
+        let r = scores.aggregate(m.aggregation);
+        let var = scores.variance();
+        let reward = r.clone().mean().into_scalar().elem::<f64>();
+        let kl_value = kl.clone().into_scalar().elem::<f64>();
+        let var_values = latent_reward::error::host_f32(var.inner())?;
+        Ok(MethodLoss {
+            loss: r.mean().neg() + kl.mul_scalar(m.kl_beta),
+            reward,
+            kl: Some(kl_value),
+            uncertainty: Some(var_values.iter().map(|v| *v as f64).sum::<f64>() / b as f64),
+            graded: Some((x0.inner(), var_values)),
+        })
+    }
+
+    /// PRFL's SFT step: flow matching on a batch of real latents.
+    fn sft_step(&mut self, lr: f64, rng: &mut rand::rngs::StdRng) -> Result<Option<f64>> {
+        let Some(sft) = &self.sft else {
+            return Ok(None);
+        };
+        let n = sft.latents.dims()[0];
+        let idx: Vec<usize> = (0..self.config.batch)
+            .map(|_| rng.random_range(0..n))
+            .collect();
+        let set = RegressionSet::new(sft.latents.clone(), sft.text.clone(), vec![0.0; n])?;
+        let batch = set.batch(&idx);
+        let x0 = Tensor::<B, 5>::from_inner(batch.latents);
+        let eps = randn(x0.dims(), rng, &x0.device());
+        let sigmas = TimestepSampling::Uniform {
+            shift: self.config.sampling.shift,
+        }
+        .sample(idx.len(), rng);
+        let loss = flow_matching_loss(
+            &self.policy,
+            x0,
+            eps,
+            &sigmas,
+            1000,
+            Tensor::from_inner(batch.text),
+        )
+        .mean();
+        let value = loss.clone().into_scalar().elem::<f64>();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.policy);
+        let clip = self.config.optim.grad_clip.unwrap_or(f64::INFINITY);
+        let (grads, norm) = clip_grad_norm(&self.policy, grads, clip);
+        if self.guard.admit(self.step, &[value, norm])? {
+            self.policy = self.optim.step(lr, self.policy.clone(), grads);
+        }
+        Ok(Some(value))
+    }
+
+    /// VELR's buffer: each graded latent with its pixel reward, prioritised by the ensemble's
+    /// variance on it.
+    fn fill_buffer(
+        &mut self,
+        graded: Tensor<B::InnerBackend, 5>,
+        idx: &[usize],
+        variance: Vec<f32>,
+        prompts: &[P],
+    ) -> Result<()> {
+        let vae = self.vae.valid();
+        let video = self.norm.decode(&vae, graded.clone());
+        let rewards = latent_reward::error::host_f32(
+            PixelReward::<B::InnerBackend>::score_pixels(&self.pixel, video, prompts)?,
+        )?;
+        let flat = latent_reward::error::host_f32(graded)?;
+        let per: usize = self.latent_shape.iter().product();
+        for (k, (&prompt, reward)) in idx.iter().zip(rewards).enumerate() {
+            let item = BufferItem {
+                latent: flat[k * per..(k + 1) * per].to_vec(),
+                prompt,
+                reward,
+            };
+            self.buffer.push(item, variance[k] as f64)?;
+        }
+        Ok(())
+    }
+
+    /// VELR's online alignment: every member is fine-tuned on a variance-weighted draw from the
+    /// buffer (Huber on the pixel reward).
+    fn align(&mut self, m: &crate::config::VelrConfig, rng: &mut rand::rngs::StdRng) -> Result<()> {
+        let LatentRewards::Ensemble(ens) = &mut self.reward else {
+            return Ok(());
+        };
+        let n = m.align_steps * self.config.batch;
+        let items: Vec<BufferItem> = self.buffer.sample(n, rng)?.into_iter().cloned().collect();
+        let [c, f, h, w] = self.latent_shape;
+        let device = self.policy.devices()[0].clone();
+        let flat: Vec<f32> = items
+            .iter()
+            .flat_map(|i| i.latent.iter().copied())
+            .collect();
+        let latents = Tensor::<B, 5>::from_data(
+            burn::tensor::TensorData::new(flat, [n, c, f, h, w]),
+            &device,
+        );
+        let (_, text) = self
+            .train
+            .batch(&items.iter().map(|i| i.prompt).collect::<Vec<_>>());
+        let set = RegressionSet::new(
+            latents,
+            Tensor::from_inner(text),
+            items.iter().map(|i| i.reward).collect(),
+        )?;
+        let cfg = FitConfig {
+            steps: m.align_steps,
+            batch: self.config.batch,
+            lr: m.align_lr,
+            weight_decay: 0.0,
+            grad_clip: Some(1.0),
+            seed: rng.random(),
+        };
+        for member in ens.members.iter_mut() {
+            let (trained, _) = fit_regression(
+                member.clone(),
+                &set,
+                RegressionLoss::Huber { delta: 0.1 },
+                &cfg,
+                "align",
+            )?;
+            *member = trained;
+        }
+        Ok(())
+    }
+}

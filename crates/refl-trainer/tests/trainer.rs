@@ -1,0 +1,318 @@
+//! The trainer on tiny models: every method runs, trainable parameters move, the NaN guard
+//! skips and aborts, and a resumed run equals an uninterrupted one.
+
+use std::collections::HashMap;
+
+use burn::{
+    backend::Autodiff,
+    module::{Module, ModuleVisitor, Param},
+    tensor::{backend::Backend, Distribution, Tensor},
+};
+use diffusion_core::{backend::DefaultBackend, vae::CausalVaeConfig, WanConfig};
+use ensemble::{Aggregation, Ensemble};
+use latent_reward::{PixelReward, ProcessRewardConfig, VelrRewardConfig};
+use refl_trainer::*;
+
+type B = DefaultBackend;
+type AD = Autodiff<B>;
+type Inner = B;
+
+/// Mean brightness of the video, or NaN when `poison` is set.
+#[derive(Debug, Clone, Copy)]
+struct Brightness {
+    poison: bool,
+}
+
+impl<Bk: Backend> PixelReward<Bk> for Brightness {
+    type Prompt = usize;
+    fn score_pixels(
+        &self,
+        video: Tensor<Bk, 5>,
+        _: &[usize],
+    ) -> latent_reward::Result<Tensor<Bk, 1>> {
+        let b = video.dims()[0];
+        let r = video.reshape([b as i32, -1]).mean_dim(1).reshape([b]);
+        Ok(if self.poison {
+            r.mul_scalar(f32::NAN)
+        } else {
+            r
+        })
+    }
+}
+
+const SHAPE: [usize; 4] = [4, 3, 4, 4];
+
+fn config(method: Method, out: &str) -> RunConfig {
+    RunConfig {
+        method,
+        steps: 4,
+        batch: 2,
+        sampling: SamplingConfig {
+            steps: 6,
+            shift: 3.0,
+        },
+        optim: OptimConfig {
+            lr: 1e-3,
+            weight_decay: 0.01,
+            grad_clip: Some(1.0),
+            schedule: LrSchedule::Warmup { warmup: 2 },
+        },
+        max_skipped: 1,
+        seed: 5,
+        eval_every: 2,
+        checkpoint_every: 2,
+        out: std::env::temp_dir().join(format!("refl_{out}_{}", std::process::id())),
+    }
+}
+
+fn prfl(sft_every: usize) -> Method {
+    Method::Prfl(PrflConfig {
+        window: 1,
+        lambda: 0.1,
+        margin: 2.0,
+        sft_every,
+    })
+}
+
+struct World {
+    dit: diffusion_core::WanTransformer<AD>,
+    vae: diffusion_core::vae::CausalVae<AD>,
+}
+
+fn world() -> World {
+    let dev = Default::default();
+    AD::seed(&dev, 3);
+    World {
+        dit: WanConfig::tiny().init(&dev).unwrap(),
+        vae: CausalVaeConfig::new(4, vec![8])
+            .with_temporal_stages(1)
+            .with_groups(4)
+            .init(&dev)
+            .unwrap(),
+    }
+}
+
+fn parts(
+    w: &World,
+    config: RunConfig,
+    reward: LatentRewards<AD>,
+    pixel: Brightness,
+) -> TrainerParts<AD, diffusion_core::vae::CausalVae<AD>, Brightness, usize> {
+    let dev = Default::default();
+    // the same prompts and SFT data for every trainer built from these parts
+    Inner::seed(&dev, 42);
+    let text = |n| Tensor::<Inner, 3>::random([n, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let [c, f, h, ww] = SHAPE;
+    TrainerParts {
+        config,
+        policy: w.dit.clone(),
+        vae: w.vae.clone(),
+        norm: LatentNorm {
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+        },
+        pixel,
+        reward,
+        train: PromptSet::new((0..6).collect(), text(6)).unwrap(),
+        heldout: PromptSet::new((0..3).collect(), text(3)).unwrap(),
+        sft: Some(SftData {
+            latents: Tensor::random([5, c, f, h, ww], Distribution::Normal(0.0, 1.0), &dev),
+            text: text(5),
+        }),
+        latent_shape: SHAPE,
+    }
+}
+
+fn prm(w: &World) -> LatentRewards<AD> {
+    let prm = ProcessRewardConfig::new(1)
+        .with_pool_heads(2)
+        .with_head(vec![8])
+        .init(&w.dit, &Default::default())
+        .unwrap();
+    LatentRewards::Process(prm)
+}
+
+fn values<M: Module<AD>>(m: &M) -> HashMap<String, Vec<f32>> {
+    struct V(HashMap<String, Vec<f32>>);
+    impl ModuleVisitor<AD> for V {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<AD, D>>) {
+            self.0.insert(
+                p.id.to_string(),
+                p.val().into_data().convert::<f32>().to_vec().unwrap(),
+            );
+        }
+    }
+    let mut v = V(HashMap::new());
+    m.visit(&mut v);
+    v.0
+}
+
+#[test]
+fn prfl_moves_the_policy_logs_and_resumes_exactly() {
+    let w = world();
+    let cfg = config(prfl(2), "prfl_full");
+    let _ = std::fs::remove_dir_all(&cfg.out);
+    let prm = prm(&w);
+    let before = values(&w.dit);
+    let mut full = Trainer::new(parts(
+        &w,
+        cfg.clone(),
+        prm.clone(),
+        Brightness { poison: false },
+    ))
+    .unwrap();
+    let metrics = full.run().unwrap();
+    assert_eq!(metrics.len(), 4);
+    assert!(metrics
+        .iter()
+        .all(|m| m.loss.is_some() && m.grad_norm.unwrap().is_finite()));
+    assert!(metrics[0].sft_loss.is_some() && metrics[1].sft_loss.is_none());
+    assert!(metrics[1].heldout_reward.is_some() && metrics[2].heldout_reward.is_none());
+    let after = values(&full.policy);
+    let moved = before.iter().filter(|(id, v)| &after[*id] != *v).count();
+    // every policy parameter gets a gradient from the reward step or the SFT step
+    assert_eq!(moved, before.len(), "{moved} of {} moved", before.len());
+    let log = MetricsLog::read(&cfg.out.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.iter().map(|m| m.step).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+
+    // interrupted after 2 steps, resumed by a fresh trainer from the checkpoint
+    let cfg2 = config(prfl(2), "prfl_resumed");
+    let _ = std::fs::remove_dir_all(&cfg2.out);
+    let mut first = Trainer::new(parts(
+        &w,
+        cfg2.clone(),
+        prm.clone(),
+        Brightness { poison: false },
+    ))
+    .unwrap();
+    first.train_step().unwrap();
+    first.train_step().unwrap();
+    drop(first);
+    let mut resumed = Trainer::new(parts(
+        &w,
+        cfg2.clone(),
+        prm.clone(),
+        Brightness { poison: false },
+    ))
+    .unwrap();
+    assert_eq!(resumed.step(), 2);
+    resumed.run().unwrap();
+    let resumed_values = values(&resumed.policy);
+    for (id, v) in &after {
+        assert_eq!(
+            &resumed_values[id], v,
+            "parameter {id} differs after resume"
+        );
+    }
+    // a different config refuses the checkpoint
+    let mut other = cfg2.clone();
+    other.seed = 6;
+    assert!(matches!(
+        Trainer::new(parts(&w, other, prm.clone(), Brightness { poison: false })),
+        Err(TrainError::Checkpoint { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&cfg.out);
+    let _ = std::fs::remove_dir_all(&cfg2.out);
+}
+
+#[test]
+fn nan_rewards_are_skipped_then_abort() {
+    let w = world();
+    let cfg = config(
+        Method::RgbRefl(RgbReflConfig {
+            window: 1,
+            frames: FrameSelection::All,
+            lambda: 1.0,
+        }),
+        "nan",
+    );
+    let _ = std::fs::remove_dir_all(&cfg.out);
+    let before = values(&w.dit);
+    let mut t = Trainer::new(parts(
+        &w,
+        cfg.clone(),
+        LatentRewards::Pixel,
+        Brightness { poison: true },
+    ))
+    .unwrap();
+    let m = t.train_step().unwrap();
+    assert_eq!((m.loss, m.skipped), (None, 1));
+    assert_eq!(values(&t.policy), before, "a skipped step must not update");
+    assert!(matches!(t.train_step(), Err(TrainError::Diverged { .. })));
+    let _ = std::fs::remove_dir_all(&cfg.out);
+}
+
+#[test]
+fn rgb_refl_and_velr_steps_run() {
+    let w = world();
+    let dev = Default::default();
+    for frames in [FrameSelection::All, FrameSelection::First] {
+        let cfg = config(
+            Method::RgbRefl(RgbReflConfig {
+                window: 2,
+                frames,
+                lambda: 1.0,
+            }),
+            "rgb",
+        );
+        let _ = std::fs::remove_dir_all(&cfg.out);
+        let mut t = Trainer::new(parts(
+            &w,
+            cfg.clone(),
+            LatentRewards::Pixel,
+            Brightness { poison: false },
+        ))
+        .unwrap();
+        let m = t.train_step().unwrap();
+        assert!(m.loss.is_some() && m.grad_norm.unwrap() > 0.0);
+        let _ = std::fs::remove_dir_all(&cfg.out);
+    }
+    let members = (0..2)
+        .map(|_| {
+            VelrRewardConfig::new(SHAPE, 16)
+                .with_channels(vec![8, 8, 8])
+                .with_groups(4)
+                .with_heads(2)
+                .with_layers(1)
+                .init::<AD>(&dev)
+                .unwrap()
+        })
+        .collect();
+    let ens = Ensemble::new(members).unwrap();
+    let cfg = config(
+        Method::Velr(VelrConfig {
+            start: [1, 3],
+            window: 2,
+            kl_beta: 10.0,
+            aggregation: Aggregation::Mean,
+            buffer: 3,
+            align_every: 2,
+            align_steps: 2,
+            align_lr: 1e-3,
+        }),
+        "velr",
+    );
+    let _ = std::fs::remove_dir_all(&cfg.out);
+    let mut t = Trainer::new(parts(
+        &w,
+        cfg.clone(),
+        LatentRewards::Ensemble(ens.clone()),
+        Brightness { poison: false },
+    ))
+    .unwrap();
+    let metrics = t.run().unwrap();
+    assert!(metrics
+        .iter()
+        .all(|m| m.kl.is_some() && m.uncertainty.unwrap() >= 0.0));
+    // KL starts at zero (policy == reference) and grows once the policy moved
+    assert!(metrics[0].kl.unwrap() < 1e-10 && metrics[3].kl.unwrap() > 0.0);
+    // online alignment changed the ensemble
+    let LatentRewards::Ensemble(aligned) = &t.reward else {
+        unreachable!()
+    };
+    assert_ne!(values(&aligned.members[0]), values(&ens.members[0]));
+    let _ = std::fs::remove_dir_all(&cfg.out);
+}

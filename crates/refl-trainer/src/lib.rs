@@ -6,6 +6,7 @@ pub mod decode;
 pub mod error;
 pub mod guard;
 pub mod metrics;
+pub mod plot;
 pub mod prompts;
 pub mod trainer;
 
@@ -17,5 +18,6 @@ pub use decode::LatentNorm;
 pub use error::{Result, TrainError};
 pub use guard::NanGuard;
 pub use metrics::{MetricsLog, StepMetrics};
+pub use plot::{write_curves_png, Series};
 pub use prompts::PromptSet;
 pub use trainer::{BufferItem, LatentRewards, SftData, Trainer, TrainerParts};

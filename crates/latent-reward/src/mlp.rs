@@ -65,6 +65,21 @@ pub struct MlpReward<B: Backend> {
     text_dim: usize,
 }
 
+/// Linear layers with ReLU between them (none after the last).
+///
+/// # Shapes
+/// - `[B, D_in]` -> `[B, D_out]`
+pub(crate) fn mlp_forward<B: Backend>(layers: &[Linear<B>], mut x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let last = layers.len().saturating_sub(1);
+    for (i, layer) in layers.iter().enumerate() {
+        x = layer.forward(x);
+        if i < last {
+            x = activation::relu(x);
+        }
+    }
+    x
+}
+
 impl<B: Backend> LatentReward<B> for MlpReward<B> {
     fn score(
         &self,
@@ -81,15 +96,8 @@ impl<B: Backend> LatentReward<B> for MlpReward<B> {
             .add_scalar(1e-6)
             .sqrt();
         let text = text.mean_dim(1).reshape([b, self.text_dim]);
-        let mut x = Tensor::cat(vec![mean.reshape([b, c]), std.reshape([b, c]), text], 1);
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = activation::relu(x);
-            }
-        }
-        x.reshape([b])
+        let x = Tensor::cat(vec![mean.reshape([b, c]), std.reshape([b, c]), text], 1);
+        mlp_forward(&self.layers, x).reshape([b])
     }
 
     fn range(&self) -> RewardRange {

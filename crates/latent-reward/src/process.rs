@@ -126,15 +126,8 @@ impl<B: Backend> ProcessReward<B> {
         let (tokens, _) = self
             .trunk
             .forward_trunk(latents, timestep, text, self.depth());
-        let mut x = self.pool.forward(tokens); // [B, D]
-        let last = self.head.len() - 1;
-        for (i, layer) in self.head.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = activation::relu(x);
-            }
-        }
-        x.reshape([b])
+        let pooled = self.pool.forward(tokens); // [B, D]
+        crate::mlp::mlp_forward(&self.head, pooled).reshape([b])
     }
 }
 

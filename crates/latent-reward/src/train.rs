@@ -80,24 +80,50 @@ fn sigmas<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
-/// One optimiser step with optional clipping; returns the new model and the gradient norm.
-fn step<B, M, O>(model: M, loss: Tensor<B, 1>, optim: &mut O, cfg: &FitConfig) -> (M, f64)
-where
-    B: AutodiffBackend,
-    M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
-{
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let (grads, norm) = clip_grad_norm(&model, grads, cfg.grad_clip.unwrap_or(f64::INFINITY));
-    (optim.step(cfg.lr, model, grads), norm)
-}
-
 fn finite(value: f64, what: &'static str, step: usize) -> Result<f64> {
     if value.is_finite() {
         Ok(value)
     } else {
         Err(RewardError::NonFinite { what, step })
     }
+}
+
+/// The loop both objectives share: `cfg.steps` AdamW steps over shuffled epochs of `n` items,
+/// `loss(model, batch indices, rng)` per step, clipping, the NaN check and a progress bar.
+fn fit<B, M, F>(
+    mut model: M,
+    n: usize,
+    cfg: &FitConfig,
+    label: &str,
+    mut loss: F,
+) -> Result<(M, FitReport)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    F: FnMut(&M, &[usize], &mut StdRng) -> Tensor<B, 1>,
+{
+    cfg.validate()?;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut optim = adamw(cfg.weight_decay).init();
+    let mut report = FitReport::default();
+    let mut pb = Progress::new(cfg.steps, label);
+    let mut queue = Vec::new();
+    for i in 0..cfg.steps {
+        if queue.is_empty() {
+            queue = epoch_batches(n, cfg.batch, &mut rng);
+        }
+        let idx = queue.pop().expect("refilled");
+        let loss = loss(&model, &idx, &mut rng);
+        let value = finite(loss.clone().into_scalar().elem::<f64>(), "loss", i)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (grads, norm) = clip_grad_norm(&model, grads, cfg.grad_clip.unwrap_or(f64::INFINITY));
+        report.grad_norms.push(finite(norm, "gradient norm", i)?);
+        model = optim.step(cfg.lr, model, grads);
+        report.losses.push(value);
+        pb.tick(format!("loss {value:.4}"));
+    }
+    report.seconds = pb.elapsed_secs();
+    Ok((model, report))
 }
 
 /// Trains a reward model to regress targets on clean latents (VELR's LRM objective, seed 002,
@@ -107,7 +133,7 @@ fn finite(value: f64, what: &'static str, step: usize) -> Result<f64> {
 /// `InvalidConfig` for a bad [`FitConfig`]; `NonFinite` when a loss or gradient norm is NaN or
 /// infinite (the model of the failed step is not returned).
 pub fn fit_regression<B, M>(
-    mut model: M,
+    model: M,
     data: &RegressionSet<B>,
     loss_fn: RegressionLoss,
     cfg: &FitConfig,
@@ -117,30 +143,16 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B> + LatentReward<B>,
 {
-    cfg.validate()?;
     let device = data.latents.device();
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut optim = adamw(cfg.weight_decay).init();
-    let mut report = FitReport::default();
-    let mut pb = Progress::new(cfg.steps, label);
-    let mut queue = Vec::new();
-    for i in 0..cfg.steps {
-        if queue.is_empty() {
-            queue = epoch_batches(data.len(), cfg.batch, &mut rng);
-        }
-        let batch = data.batch(&queue.pop().expect("refilled"));
-        let b = batch.targets.dims()[0];
-        let pred = model.score(batch.latents, Tensor::zeros([b], &device), batch.text);
-        let loss = loss_fn.forward(pred, batch.targets).mean();
-        let value = finite(loss.clone().into_scalar().elem::<f64>(), "loss", i)?;
-        let (next, norm) = step(model, loss, &mut optim, cfg);
-        model = next;
-        report.grad_norms.push(finite(norm, "gradient norm", i)?);
-        report.losses.push(value);
-        pb.tick(format!("loss {value:.4}"));
-    }
-    report.seconds = pb.elapsed_secs();
-    Ok((model, report))
+    fit(model, data.len(), cfg, label, |model, idx, _| {
+        let batch = data.batch(idx);
+        let pred = model.score(
+            batch.latents,
+            Tensor::zeros([idx.len()], &device),
+            batch.text,
+        );
+        loss_fn.forward(pred, batch.targets).mean()
+    })
 }
 
 /// Trains a reward model on preference pairs at random noise levels (PRFL, seed 001,
@@ -150,7 +162,7 @@ where
 /// # Errors
 /// As [`fit_regression`].
 pub fn fit_preference<B, M>(
-    mut model: M,
+    model: M,
     pairs: &PairSet<B>,
     loss_fn: PreferenceLoss,
     noise: Option<TimestepSampling>,
@@ -161,43 +173,22 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B> + LatentReward<B>,
 {
-    cfg.validate()?;
     let device = pairs.winners.device();
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut optim = adamw(cfg.weight_decay).init();
-    let mut report = FitReport::default();
-    let mut pb = Progress::new(cfg.steps, label);
-    let mut queue = Vec::new();
-    for i in 0..cfg.steps {
-        if queue.is_empty() {
-            queue = epoch_batches(pairs.len(), cfg.batch, &mut rng);
-        }
-        let batch = pairs.batch(&queue.pop().expect("refilled"));
-        let b = batch.winners.dims()[0];
+    fit(model, pairs.len(), cfg, label, |model, idx, rng| {
+        let batch = pairs.batch(idx);
+        let b = idx.len();
         let s: Vec<f32> = match noise {
-            Some(n) => n
-                .sample(b, &mut rng)
-                .into_iter()
-                .map(|v| v as f32)
-                .collect(),
+            Some(n) => n.sample(b, rng).into_iter().map(|v| v as f32).collect(),
             None => vec![0.0; b],
         };
         let sigma = sigmas::<B>(s, &device);
-        let eps = randn(batch.winners.dims(), &mut rng, &device);
+        let eps = randn(batch.winners.dims(), rng, &device);
         let w = noisy(batch.winners, eps.clone(), sigma.clone());
         let l = noisy(batch.losers, eps, sigma.clone());
         let score_w = model.score(w, sigma.clone(), batch.text.clone());
         let score_l = model.score(l, sigma, batch.text);
-        let loss = loss_fn.forward(score_w, score_l).mean();
-        let value = finite(loss.clone().into_scalar().elem::<f64>(), "loss", i)?;
-        let (next, norm) = step(model, loss, &mut optim, cfg);
-        model = next;
-        report.grad_norms.push(finite(norm, "gradient norm", i)?);
-        report.losses.push(value);
-        pb.tick(format!("loss {value:.4}"));
-    }
-    report.seconds = pb.elapsed_secs();
-    Ok((model, report))
+        loss_fn.forward(score_w, score_l).mean()
+    })
 }
 
 /// Scores of every sample of a set on clean latents, in batches of `batch`.

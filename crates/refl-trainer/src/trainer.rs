@@ -393,14 +393,7 @@ where
             Method::Prfl(m) => self.prfl_loss(&m, noise, text, &mut rng, rollout_seed)?,
             Method::Velr(m) => self.velr_loss(&m, noise, text, &mut rng, rollout_seed)?,
         };
-        let loss_value = out.loss.clone().into_scalar().elem::<f64>();
-        let grads = GradientsParams::from_grads(out.loss.backward(), &self.policy);
-        let clip = self.config.optim.grad_clip.unwrap_or(f64::INFINITY);
-        let (grads, norm) = clip_grad_norm(&self.policy, grads, clip);
-        let admitted = self.guard.admit(step, &[loss_value, norm])?;
-        if admitted {
-            self.policy = self.optim.step(lr, self.policy.clone(), grads);
-        }
+        let (loss_value, norm, admitted) = self.update(out.loss, lr)?;
 
         let mut sft_loss = None;
         if let Method::Prfl(m) = &self.config.method {
@@ -613,6 +606,20 @@ where
         })
     }
 
+    /// Backward, global-norm clipping and the guarded AdamW update of the policy. Returns
+    /// `(loss, gradient norm, whether the update was applied)`.
+    fn update(&mut self, loss: Tensor<B, 1>, lr: f64) -> Result<(f64, f64, bool)> {
+        let value = loss.clone().into_scalar().elem::<f64>();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.policy);
+        let clip = self.config.optim.grad_clip.unwrap_or(f64::INFINITY);
+        let (grads, norm) = clip_grad_norm(&self.policy, grads, clip);
+        let admitted = self.guard.admit(self.step, &[value, norm])?;
+        if admitted {
+            self.policy = self.optim.step(lr, self.policy.clone(), grads);
+        }
+        Ok((value, norm, admitted))
+    }
+
     /// PRFL's SFT step: flow matching on a batch of real latents.
     fn sft_step(&mut self, lr: f64, rng: &mut rand::rngs::StdRng) -> Result<Option<f64>> {
         let Some(sft) = &self.sft else {
@@ -639,14 +646,7 @@ where
             Tensor::from_inner(batch.text),
         )
         .mean();
-        let value = loss.clone().into_scalar().elem::<f64>();
-        let grads = GradientsParams::from_grads(loss.backward(), &self.policy);
-        let clip = self.config.optim.grad_clip.unwrap_or(f64::INFINITY);
-        let (grads, norm) = clip_grad_norm(&self.policy, grads, clip);
-        if self.guard.admit(self.step, &[value, norm])? {
-            self.policy = self.optim.step(lr, self.policy.clone(), grads);
-        }
-        Ok(Some(value))
+        Ok(Some(self.update(loss, lr)?.0))
     }
 
     /// VELR's buffer: each graded latent with its pixel reward, prioritised by the ensemble's

@@ -110,6 +110,14 @@ pub(crate) fn check_entries<T, Buf: ReplayBuffer<T> + ?Sized>(
     }
 }
 
+pub(crate) fn check_capacity(capacity: usize) -> Result<()> {
+    if capacity == 0 {
+        Err(BufferError::ZeroCapacity)
+    } else {
+        Ok(())
+    }
+}
+
 pub(crate) fn check_priority(p: f64) -> Result<()> {
     if p.is_finite() && p >= 0.0 {
         Ok(())

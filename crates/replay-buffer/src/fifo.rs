@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    base::{check_priority, Insertion, ReplayBuffer},
-    error::{BufferError, Result},
+    base::{check_capacity, check_priority, Insertion, ReplayBuffer},
+    error::Result,
 };
 
 /// Keeps the `capacity` most recent items; [`entries`](ReplayBuffer::entries) runs from the
@@ -21,11 +21,9 @@ impl<T> FifoBuffer<T> {
     /// An empty buffer.
     ///
     /// # Errors
-    /// [`BufferError::ZeroCapacity`] for `capacity == 0`.
+    /// [`BufferError::ZeroCapacity`](crate::BufferError::ZeroCapacity) for `capacity == 0`.
     pub fn new(capacity: usize) -> Result<Self> {
-        if capacity == 0 {
-            return Err(BufferError::ZeroCapacity);
-        }
+        check_capacity(capacity)?;
         Ok(Self {
             capacity,
             entries: VecDeque::with_capacity(capacity),

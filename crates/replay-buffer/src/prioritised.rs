@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    base::{check_priority, Insertion, ReplayBuffer},
-    error::{BufferError, Result},
+    base::{check_capacity, check_priority, Insertion, ReplayBuffer},
+    error::Result,
 };
 
 /// Keeps the `capacity` highest-priority items offered so far and samples them with probability
@@ -24,11 +24,9 @@ impl<T> PrioritisedBuffer<T> {
     /// An empty buffer.
     ///
     /// # Errors
-    /// [`BufferError::ZeroCapacity`] for `capacity == 0`.
+    /// [`BufferError::ZeroCapacity`](crate::BufferError::ZeroCapacity) for `capacity == 0`.
     pub fn new(capacity: usize) -> Result<Self> {
-        if capacity == 0 {
-            return Err(BufferError::ZeroCapacity);
-        }
+        check_capacity(capacity)?;
         Ok(Self {
             capacity,
             entries: Vec::with_capacity(capacity),
@@ -83,6 +81,7 @@ impl<T> ReplayBuffer<T> for PrioritisedBuffer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BufferError;
 
     #[test]
     fn replaces_the_lowest_only_when_higher() {

@@ -4,8 +4,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    base::{check_priority, Insertion, ReplayBuffer},
-    error::{BufferError, Result},
+    base::{check_capacity, check_priority, Insertion, ReplayBuffer},
+    error::Result,
 };
 
 /// A uniform random subset of every item ever pushed (Vitter's algorithm R): the `n`-th item
@@ -26,11 +26,9 @@ impl<T> ReservoirBuffer<T> {
     /// An empty buffer whose replacement choices derive from `seed`.
     ///
     /// # Errors
-    /// [`BufferError::ZeroCapacity`] for `capacity == 0`.
+    /// [`BufferError::ZeroCapacity`](crate::BufferError::ZeroCapacity) for `capacity == 0`.
     pub fn new(capacity: usize, seed: u64) -> Result<Self> {
-        if capacity == 0 {
-            return Err(BufferError::ZeroCapacity);
-        }
+        check_capacity(capacity)?;
         Ok(Self {
             capacity,
             entries: Vec::with_capacity(capacity),

@@ -7,7 +7,7 @@
 //!
 //! Flags: `--vae-steps N`, `--dit-steps N`, `--batch N`, `--eval N` (captions per split),
 //! `--cache N` (videos encoded once for DiT training), `--report PATH` (markdown, default
-//! docs/shapes_world.md).
+//! docs/shapes_world_pretrain.md).
 
 use std::{path::PathBuf, time::Instant};
 
@@ -35,7 +35,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut a = Args {
         out: "assets/shapes-world".into(),
-        report: "docs/shapes_world.md".into(),
+        report: "docs/shapes_world_pretrain.md".into(),
         vae_steps: 1200,
         dit_steps: 4000,
         batch: 8,

@@ -12,8 +12,10 @@
 use std::path::PathBuf;
 
 use burn::tensor::ElementConversion;
-use diffusion_core::backend::{DefaultBackend, DEFAULT_BACKEND_NAME};
-use indicatif::ProgressBar;
+use diffusion_core::{
+    backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
+    progress::Progress,
+};
 use shapes_world::{
     captions, write_contact_sheet, write_gif, Caption, OracleReward, Split, Video, WorldModels,
 };
@@ -55,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     std::fs::create_dir_all(&out)?;
     println!("backend {DEFAULT_BACKEND_NAME}, {steps} Euler steps");
-    let pb = ProgressBar::new(prompts.len() as u64);
+    let mut pb = Progress::new(prompts.len(), "sample");
     let mut sheet = Vec::new();
     for (i, caption) in prompts.iter().enumerate() {
         let z = models.sample_latents(&[*caption], steps, 3.0, seed + i as u64, &dev)?;
@@ -67,11 +69,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let video = Video::from_tensor(video.squeeze_dim::<4>(0))?;
         let path = out.join(format!("sample_{i:02}.gif"));
         write_gif(&path, &video, 3, 100)?;
-        pb.println(format!("{reward:.3}  {}  -> {}", caption, path.display()));
+        println!("{reward:.3}  {}  -> {}", caption, path.display());
         sheet.push(video);
-        pb.inc(1);
+        pb.tick(format!("{reward:.3}"));
     }
-    pb.finish_and_clear();
+    drop(pb);
     let sheet_path = out.join("contact_sheet.png");
     write_contact_sheet(&sheet_path, &sheet, 2)?;
     println!("contact sheet -> {}", sheet_path.display());

@@ -57,6 +57,7 @@ impl RewardData {
         let shape = models.config.latent_shape();
         let mut samples = Vec::with_capacity(captions.len() * per_prompt);
         let mut pairs = Vec::new();
+        let mut pb = diffusion_core::progress::Progress::new(captions.len(), "generate");
         for (ci, caption) in captions.iter().enumerate() {
             let batch = vec![*caption; per_prompt];
             let (z, rewards) =
@@ -85,6 +86,7 @@ impl RewardData {
                     }
                 }
             }
+            pb.tick(format!("{} pairs", pairs.len()));
         }
         Ok(Self {
             latent_shape: shape,

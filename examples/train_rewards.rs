@@ -66,7 +66,7 @@ fn parse() -> Result<Args, String> {
         train_prompts: 192,
         eval_prompts: 48,
         per_prompt: 4,
-        prm_steps: 400,
+        prm_steps: 600,
         lrm_steps: 400,
         members: 10,
         margin: 0.05,
@@ -112,10 +112,12 @@ fn split_data(
         )
         .to_lowercase(),
     );
-    if let Ok(data) = RewardData::load(&path) {
+    if let Ok(mut data) = RewardData::load(&path) {
+        data.pair_by_caption(args.margin);
         println!(
-            "{split:?}: {} samples from {}",
+            "{split:?}: {} samples, {} pairs from {}",
             data.samples.len(),
+            data.pairs.len(),
             path.display()
         );
         return Ok(data);
@@ -136,6 +138,7 @@ fn split_data(
         RewardData::generate(models, &caps, args.per_prompt, 20, args.margin, seed, dev)?;
     data.extend(RewardData::real(models, &caps, &caps, seed + 1, dev)?)?;
     data.extend(RewardData::real(models, &caps, &others, seed + 2, dev)?)?;
+    data.pair_by_caption(args.margin);
     println!(
         "{split:?}: {} samples, {} pairs, mean reward {:.3} ({:.0} s)",
         data.samples.len(),
@@ -190,7 +193,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut md = format!(
         "# Latent reward models on shapes-world\n\nProduced by `cargo run --release --example train_rewards` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
          Data: for each prompt, {} base-model samples (20 Euler steps) scored by the pixel oracle, the rendered ground-truth video, and a rendered video of another caption; \
-         preference pairs are same-prompt samples whose rewards differ by at least {}. Prompts: {} train, {} test, {} out-of-distribution (colour-shape pairs never seen in training).\n\n\
+         preference pairs are any two samples of the same prompt (generated or its ground truth) whose rewards differ by at least {}. Prompts: {} train, {} test, {} out-of-distribution (colour-shape pairs never seen in training).\n\n\
          | split | samples | pairs | mean reward |\n|---|---|---|---|\n",
         args.per_prompt, args.margin, args.train_prompts, args.eval_prompts, args.eval_prompts
     );
@@ -209,7 +212,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fit = FitConfig {
         steps: args.prm_steps,
         batch: 16,
-        lr: 1e-4,
+        lr: 3e-4,
         weight_decay: 0.01,
         grad_clip: Some(1.0),
         seed: 0,
@@ -227,7 +230,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prm_cfg.save(args.save.join("prm.json"))?;
     let prm_valid = prm.valid();
     md += &format!(
-        "\n## Process reward model (PRFL)\n\nFirst 2 of the DiT's 4 blocks + query-attention pool + MLP (256, 128), Bradley-Terry loss on train pairs noised at `sigma ~ shift_3(U(0, 1))` (same `eps` for both videos of a pair), {} steps of 16 pairs, AdamW lr 1e-4, clip 1.0 ({:.0} s). \
+        "\n## Process reward model (PRFL)\n\nFirst 2 of the DiT's 4 blocks + query-attention pool + MLP (256, 128), Bradley-Terry loss on train pairs noised at `sigma ~ shift_3(U(0, 1))` (same `eps` for both videos of a pair), {} steps of 16 pairs, AdamW lr 3e-4, clip 1.0 ({:.0} s). \
          Pairwise accuracy at fixed noise levels (`t/T = sigma`; at 1.0 both videos of a pair are the same noise, so chance is exact):\n\n| t/T | train | test | ood |\n|---|---|---|---|\n",
         args.prm_steps, prm_report.seconds
     );

@@ -277,7 +277,9 @@ impl<B: Backend> WeightVisitor<B> for SafetensorsReader<'_, B> {
             Tensor::<B, D>::from_data(TensorData::new(values, burn_shape), &self.device)
         };
         let old = std::mem::replace(param, Param::from_tensor(tensor.clone()));
-        *param = old.map(|_| tensor);
+        // keep the parameter's id and trainability: a tensor made from data requires no grad
+        let require_grad = old.is_require_grad();
+        *param = old.map(|_| tensor.set_require_grad(require_grad));
         self.used.insert(key.to_string());
         Ok(())
     }

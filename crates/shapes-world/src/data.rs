@@ -147,6 +147,28 @@ impl RewardData {
         })
     }
 
+    /// Rebuilds the pairs from every two samples of the same caption whose rewards differ by at
+    /// least `margin` (after [`RewardData::extend`] with real videos, this pairs ground truth
+    /// against generated samples too), winner first.
+    pub fn pair_by_caption(&mut self, margin: f32) {
+        let mut by_caption: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (i, s) in self.samples.iter().enumerate() {
+            by_caption.entry(s.caption.text()).or_default().push(i);
+        }
+        self.pairs.clear();
+        for idx in by_caption.values() {
+            for (k, &a) in idx.iter().enumerate() {
+                for &b in &idx[k + 1..] {
+                    let (ra, rb) = (self.samples[a].reward, self.samples[b].reward);
+                    if (ra - rb).abs() >= margin {
+                        let (winner, loser) = if ra > rb { (a, b) } else { (b, a) };
+                        self.pairs.push(PreferencePair { winner, loser });
+                    }
+                }
+            }
+        }
+    }
+
     /// Appends another data set of the same latent shape (its pair indices are shifted).
     ///
     /// # Errors

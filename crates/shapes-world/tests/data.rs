@@ -133,6 +133,18 @@ fn real_video_data_and_merging() {
     let set = merged.regression_set(&models, &dev).unwrap();
     assert_eq!(set.latents.dims(), [5, 16, 5, 8, 8]);
     assert_eq!(set.text.dims()[0], 5);
+    // re-pairing by caption pairs the ground-truth video with the generated ones of its caption
+    let mut both = RewardData::real(&models, &caps[..1], &caps[..1], 0, &dev).unwrap();
+    both.extend(gen.clone()).unwrap();
+    both.pair_by_caption(0.0);
+    assert!(both.pairs.iter().any(|p| p.winner == 0 || p.loser == 0));
+    for p in &both.pairs {
+        assert!(both.samples[p.winner].reward >= both.samples[p.loser].reward);
+        assert_eq!(
+            both.samples[p.winner].caption,
+            both.samples[p.loser].caption
+        );
+    }
     gen.latent_shape = [1, 1, 1, 1];
     assert!(merged.extend(gen).is_err());
 }

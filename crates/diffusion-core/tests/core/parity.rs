@@ -49,6 +49,35 @@ fn wan_input_gradient_matches_diffusers() {
 }
 
 #[test]
+fn loaded_weights_stay_trainable() {
+    // a regression: parameters loaded from safetensors once lost `require_grad`, which made
+    // every loaded model silently frozen on an autodiff backend
+    struct Count(usize);
+    impl burn::module::ModuleVisitor<AD> for Count {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<AD, D>>) {
+            assert!(p.is_require_grad());
+            self.0 += 1;
+        }
+    }
+    let dev = Default::default();
+    let model = load_tiny::<AD>(&dev);
+    let mut count = Count(0);
+    burn::module::Module::visit(&model, &mut count);
+    let io = read_tensors("wan_tiny/io.safetensors");
+    let out = model.forward(
+        tensor(&io["x"], &dev),
+        tensor(&io["timestep"], &dev),
+        tensor(&io["text"], &dev),
+    );
+    let grads = burn::optim::GradientsParams::from_grads(out.sum().backward(), &model);
+    assert_eq!(
+        grads.len(),
+        count.0,
+        "every loaded parameter gets a gradient"
+    );
+}
+
+#[test]
 fn flow_match_schedule_matches_diffusers() {
     let text = std::fs::read_to_string(fixture("flow_match_schedules.json")).unwrap();
     let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();

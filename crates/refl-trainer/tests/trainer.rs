@@ -201,11 +201,20 @@ fn prfl_moves_the_policy_logs_and_resumes_exactly() {
     assert_eq!(resumed.step(), 2);
     resumed.run().unwrap();
     let resumed_values = values(&resumed.policy);
+    // bit-exact on the CPU; GPU backends may pick other kernels (autotuning) between runs
+    let cpu = diffusion_core::backend::DEFAULT_BACKEND_NAME.contains("cpu");
     for (id, v) in &after {
-        assert_eq!(
-            &resumed_values[id], v,
-            "parameter {id} differs after resume"
-        );
+        let r = &resumed_values[id];
+        if cpu {
+            assert_eq!(r, v, "parameter {id} differs after resume");
+        } else {
+            let diff = r
+                .iter()
+                .zip(v)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "parameter {id} differs after resume by {diff}");
+        }
     }
     // a different config refuses the checkpoint
     let mut other = cfg2.clone();

@@ -184,9 +184,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("ood", Split::Ood, args.eval_prompts),
     ];
     let mut regs = Vec::new();
+    // captions of the test samples, in set order (for the pixel oracle in the cost table)
+    let mut test_captions: Vec<Caption> = Vec::new();
     let mut pairs = Vec::new();
     for (_, split, n) in splits {
         let data = split_data(&models, split, n, &args, &dev)?;
+        if split == Split::Test {
+            test_captions = data.samples.iter().map(|s| s.caption).collect();
+        }
         regs.push(data.regression_set(&models, &dev)?);
         pairs.push(data.pair_set(&models, &dev)?);
     }
@@ -333,10 +338,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // ---- cost of a reward gradient: latent models vs decode + pixel oracle ----
     let n = 4;
     let batch = regs[1].batch(&(0..n).collect::<Vec<_>>());
-    let caps: Vec<Caption> = {
-        let data = split_data(&models, Split::Test, args.eval_prompts, &args, &dev)?;
-        data.samples[..n].iter().map(|s| s.caption).collect()
-    };
+    let caps = &test_captions[..n];
     let z = || Tensor::<AD, 5>::from_inner(batch.latents.clone()).require_grad();
     let text = || Tensor::<AD, 3>::from_inner(batch.text.clone());
     let sigma = || Tensor::<AD, 1>::zeros([n], &dev);
@@ -383,7 +385,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         time("VAE decode + pixel oracle (RGB ReFL)", &|| {
             let z = z();
             let video = models_ad.decode(z.clone());
-            let r = OracleReward.score(video, &caps).expect("valid captions");
+            let r = OracleReward.score(video, caps).expect("valid captions");
             grad_norm(z, r)
         }),
         time("process reward model (PRFL)", &|| {

@@ -181,14 +181,29 @@ where
             Some(n) => n.sample(b, rng).into_iter().map(|v| v as f32).collect(),
             None => vec![0.0; b],
         };
-        let sigma = sigmas::<B>(s, &device);
-        let eps = randn(batch.winners.dims(), rng, &device);
-        let w = noisy(batch.winners, eps.clone(), sigma.clone());
-        let l = noisy(batch.losers, eps, sigma.clone());
-        let score_w = model.score(w, sigma.clone(), batch.text.clone());
-        let score_l = model.score(l, sigma, batch.text);
+        let (score_w, score_l) = score_noised_pair(model, batch, sigmas::<B>(s, &device), rng);
         loss_fn.forward(score_w, score_l).mean()
     })
+}
+
+/// Scores of both latents of each pair after noising them to `sigma` with the same `eps`
+/// (drawn from `rng`), as PRFL trains and evaluates its reward model.
+///
+/// # Shapes
+/// - `sigma`: `[B]` -> (`winner scores`, `loser scores`): `[B]` each
+fn score_noised_pair<B: Backend, M: LatentReward<B>>(
+    model: &M,
+    batch: crate::data::PairBatch<B>,
+    sigma: Tensor<B, 1>,
+    rng: &mut StdRng,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let eps = randn(batch.winners.dims(), rng, &batch.winners.device());
+    let w = noisy(batch.winners, eps.clone(), sigma.clone());
+    let l = noisy(batch.losers, eps, sigma.clone());
+    (
+        model.score(w, sigma.clone(), batch.text.clone()),
+        model.score(l, sigma, batch.text),
+    )
 }
 
 /// Scores of every sample of a set on clean latents, in batches of `batch`.
@@ -238,11 +253,9 @@ pub fn evaluate_pairs<B: Backend, M: LatentReward<B>>(
         let b = pairs.batch(chunk);
         model.check_input(b.winners.dims(), b.text.dims())?;
         let s = sigmas::<B>(vec![sigma as f32; chunk.len()], &device);
-        let eps = randn(b.winners.dims(), &mut rng, &device);
-        let w = noisy(b.winners, eps.clone(), s.clone());
-        let l = noisy(b.losers, eps, s.clone());
-        win.extend(host_f32(model.score(w, s.clone(), b.text.clone()))?);
-        lose.extend(host_f32(model.score(l, s, b.text))?);
+        let (w, l) = score_noised_pair(model, b, s, &mut rng);
+        win.extend(host_f32(w)?);
+        lose.extend(host_f32(l)?);
     }
     Ok(pairwise_accuracy(&win, &lose))
 }

@@ -64,6 +64,21 @@ pub struct SftData<B: Backend> {
     pub text: Tensor<B, 3>,
 }
 
+impl<B: Backend> SftData<B> {
+    /// The latents and embeddings at `idx` (repeats allowed).
+    pub fn batch(&self, idx: &[usize]) -> (Tensor<B, 5>, Tensor<B, 3>) {
+        let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        let i = Tensor::<B, 1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(ids, [idx.len()]),
+            &self.latents.device(),
+        );
+        (
+            self.latents.clone().select(0, i.clone()),
+            self.text.clone().select(0, i),
+        )
+    }
+}
+
 /// One replay-buffer entry of VELR's online alignment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BufferItem {
@@ -284,10 +299,9 @@ where
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".mpk") || name.starts_with("buffer-") {
-                    if !name.contains(&tag) {
-                        let _ = std::fs::remove_file(e.path());
-                    }
+                let ours = name.ends_with(".mpk") || name.starts_with("buffer-");
+                if ours && !name.contains(&tag) {
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
@@ -473,6 +487,22 @@ where
         Ok(total / self.heldout.len() as f64)
     }
 
+    /// The Euler chain over steps `0..start + len` from `noise`, recording gradients through
+    /// steps `start..start + len` only (PRFL's and VELR's windows).
+    fn windowed_rollout(
+        &self,
+        start: usize,
+        len: usize,
+        noise: Tensor<B, 5>,
+        text: &Tensor<B, 3>,
+        seed: u64,
+    ) -> Result<diffusion_core::Trajectory<B>> {
+        Ok(Rollout::new(&self.schedule, &EulerOde)
+            .with_steps(0..start + len)
+            .with_window(GradWindow::Range { start, len })
+            .run(&self.policy, noise, &Conditioning::new(text.clone()), seed)?)
+    }
+
     /// RGB ReFL (ImageReward ReFL; VADER): the full chain with the last `window` steps under
     /// gradient, the final latent decoded (all frames, or the first latent frame alone) and
     /// scored by the pixel reward; `L = -lambda * r`.
@@ -520,13 +550,7 @@ where
         };
         let steps = self.config.sampling.steps;
         let s = rng.random_range(0..steps - m.window);
-        let traj = Rollout::new(&self.schedule, &EulerOde)
-            .with_steps(0..s + m.window)
-            .with_window(GradWindow::Range {
-                start: s,
-                len: m.window,
-            })
-            .run(&self.policy, noise, &Conditioning::new(text.clone()), seed)?;
+        let traj = self.windowed_rollout(s, m.window, noise, &text, seed)?;
         let b = text.dims()[0];
         let sigma = *traj.sigmas.last().expect("non-empty");
         let device = text.device();
@@ -562,13 +586,7 @@ where
         };
         let start = rng.random_range(m.start[0]..m.start[1]);
         let end = start + m.window;
-        let traj = Rollout::new(&self.schedule, &EulerOde)
-            .with_steps(0..end)
-            .with_window(GradWindow::Range {
-                start,
-                len: m.window,
-            })
-            .run(&self.policy, noise, &Conditioning::new(text.clone()), seed)?;
+        let traj = self.windowed_rollout(start, m.window, noise, &text, seed)?;
         let z = traj.last().clone();
         let b = text.dims()[0];
         let device = text.device();
@@ -629,9 +647,8 @@ where
         let idx: Vec<usize> = (0..self.config.batch)
             .map(|_| rng.random_range(0..n))
             .collect();
-        let set = RegressionSet::new(sft.latents.clone(), sft.text.clone(), vec![0.0; n])?;
-        let batch = set.batch(&idx);
-        let x0 = Tensor::<B, 5>::from_inner(batch.latents);
+        let (latents, text) = sft.batch(&idx);
+        let x0 = Tensor::<B, 5>::from_inner(latents);
         let eps = randn(x0.dims(), rng, &x0.device());
         let sigmas = TimestepSampling::Uniform {
             shift: self.config.sampling.shift,
@@ -643,7 +660,7 @@ where
             eps,
             &sigmas,
             1000,
-            Tensor::from_inner(batch.text),
+            Tensor::from_inner(text),
         )
         .mean();
         Ok(Some(self.update(loss, lr)?.0))

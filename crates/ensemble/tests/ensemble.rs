@@ -70,6 +70,7 @@ fn members_aggregate_by_hand_and_threads_agree() {
 #[test]
 fn members_train_independently() {
     let dev = Default::default();
+    AD::seed(&dev, 11);
     let n = 32;
     let lat = Tensor::<AD, 5>::random([n, 2, 1, 2, 2], Distribution::Normal(0.0, 1.0), &dev);
     let targets: Vec<f32> = lat
@@ -103,8 +104,12 @@ fn members_train_independently() {
     )
     .unwrap();
     assert_eq!((ens.len(), reports.len()), (3, 3));
+    // minibatch losses are noisy: compare the first and last quarter of each run
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
     for r in &reports {
-        assert!(r.losses.last().unwrap() < &r.losses[0], "{:?}", r.losses);
+        let q = r.losses.len() / 4;
+        let (first, last) = (mean(&r.losses[..q]), mean(&r.losses[r.losses.len() - q..]));
+        assert!(last < 0.7 * first, "{first} -> {last}: {:?}", r.losses);
     }
     let inner = ens.valid();
     let v = RegressionSet::new(

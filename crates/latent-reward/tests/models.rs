@@ -220,7 +220,10 @@ fn velr_and_mlp_regress_a_structured_target() {
             .chain(velr.encoder.layers.iter().map(|l| &l.mha.key.bias)),
     );
     assert_trainable_moved_frozen_kept(&before, &snapshot(&velr), &exempt);
-    assert!(report.losses.last().unwrap() < &report.losses[0]);
+    let q = report.losses.len() / 4;
+    let quarter = |xs: &[f64]| xs.iter().sum::<f64>() / q as f64;
+    let n = report.losses.len();
+    assert!(quarter(&report.losses[n - q..]) < quarter(&report.losses[..q]));
     let m = evaluate_regression(&velr.valid(), &test, 16).unwrap();
     assert!(m.pearson > 0.8, "VELR test {m:?}");
 

@@ -10,7 +10,8 @@
 //! cargo run --release --example quickstart
 //! ```
 //!
-//! Flags: `--steps N`, `--batch N`, `--lr X`, `--heldout N` (test prompts scored),
+//! Flags: `--steps N`, `--batch N`, `--lr X`, `--lambda X` (reward loss weight),
+//! `--sft-every N` (an SFT step every N reward steps, 0: none), `--heldout N` (test prompts scored),
 //! `--models DIR`, `--prm DIR` (default assets/shapes-world/rewards), `--out DIR`.
 
 use std::{path::PathBuf, time::Instant};
@@ -36,6 +37,8 @@ struct Args {
     steps: usize,
     batch: usize,
     lr: f64,
+    lambda: f64,
+    sft_every: usize,
     heldout: usize,
     models: PathBuf,
     prm: PathBuf,
@@ -47,6 +50,8 @@ fn parse() -> Result<Args, String> {
         steps: 120,
         batch: 4,
         lr: 5e-5,
+        lambda: 0.1,
+        sft_every: 1,
         heldout: 32,
         models: "assets/shapes-world".into(),
         prm: "assets/shapes-world/rewards".into(),
@@ -60,6 +65,8 @@ fn parse() -> Result<Args, String> {
             "--steps" => a.steps = num(val()?)?,
             "--batch" => a.batch = num(val()?)?,
             "--lr" => a.lr = val()?.parse().map_err(|e| format!("--lr: {e}"))?,
+            "--lambda" => a.lambda = val()?.parse().map_err(|e| format!("--lambda: {e}"))?,
+            "--sft-every" => a.sft_every = num(val()?)?,
             "--heldout" => a.heldout = num(val()?)?,
             "--models" => a.models = val()?.into(),
             "--prm" => a.prm = val()?.into(),
@@ -125,9 +132,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = RunConfig {
         method: Method::Prfl(PrflConfig {
             window: 1,
-            lambda: 0.1,
+            lambda: args.lambda,
             margin: 2.0,
-            sft_every: 1,
+            sft_every: args.sft_every,
         }),
         steps: args.steps,
         batch: args.batch,

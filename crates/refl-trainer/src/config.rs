@@ -65,12 +65,21 @@ pub struct VelrConfig {
     pub aggregation: Aggregation,
     /// Replay buffer capacity (paper: 256).
     pub buffer: usize,
+    /// Label the graded latents with the pixel reward (a no-grad decode) and push them to the
+    /// buffer every this many steps (0: never). Labelling every step dominates a step's time at
+    /// Wan-like decoder widths; every few steps amortises it.
+    #[serde(default = "one")]
+    pub label_every: usize,
     /// Fine-tune the ensemble every this many steps (0: never; the buffer still fills).
     pub align_every: usize,
     /// Gradient steps of each alignment round.
     pub align_steps: usize,
     /// Learning rate of the alignment (paper: 1e-5).
     pub align_lr: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The method and its own settings.
@@ -287,6 +296,12 @@ impl RunConfig {
                 }
                 positive("method.velr.buffer", m.buffer)?;
                 if m.align_every > 0 {
+                    if m.label_every == 0 {
+                        return Err(config_error(
+                            "method.velr.label_every",
+                            "alignment needs labelled samples: must be >= 1 when align_every > 0",
+                        ));
+                    }
                     positive("method.velr.align_steps", m.align_steps)?;
                     finite_pos("method.velr.align_lr", m.align_lr)?;
                 }
@@ -364,6 +379,7 @@ mod tests {
             kl_beta: 10.0,
             aggregation: Aggregation::Mean,
             buffer: 16,
+            label_every: 1,
             align_every: 2,
             align_steps: 4,
             align_lr: 1e-5,
@@ -373,6 +389,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("method.velr.window"));
+        if let Method::Velr(v) = &mut cfg.method {
+            (v.window, v.label_every) = (1, 0);
+        }
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("method.velr.label_every"), "{err}");
     }
 
     #[test]

@@ -419,7 +419,9 @@ where
             (self.config.method.clone(), out.graded)
         {
             if admitted {
-                self.fill_buffer(graded, &idx, variance, &prompts)?;
+                if m.label_every > 0 && step % m.label_every == 0 {
+                    self.fill_buffer(graded, &idx, variance, &prompts)?;
+                }
                 if m.align_every > 0 && (step + 1) % m.align_every == 0 {
                     self.align(&m, &mut rng)?;
                 }

@@ -298,6 +298,7 @@ fn rgb_refl_and_velr_steps_run() {
             kl_beta: 10.0,
             aggregation: Aggregation::Mean,
             buffer: 3,
+            label_every: 1,
             align_every: 2,
             align_steps: 2,
             align_lr: 1e-3,

@@ -75,6 +75,23 @@ impl Caption {
         out
     }
 
+    /// The captions that differ from this one in exactly one of the attributes the oracle
+    /// checks (colour, shape, direction), in a fixed order: hard negatives for reward models,
+    /// which must learn to match the prompt rather than to recognise a clean video.
+    pub fn near_misses(&self) -> Vec<Caption> {
+        let c = *self;
+        let colours = Color::ALL.iter().filter(|&&x| x != c.color);
+        let shapes = Shape::ALL.iter().filter(|&&x| x != c.shape);
+        let directions = Direction::ALL.iter().filter(|&&x| x != c.direction);
+        colours
+            .map(|&color| Caption { color, ..c })
+            .chain(shapes.map(|&shape| Caption { shape, ..c }))
+            .chain(directions.map(|&direction| {
+                Caption::new(c.shape, c.color, c.background, direction, c.size, c.speed)
+            }))
+            .collect()
+    }
+
     /// The caption text, e.g. `a small red circle moving left slowly on a black background`.
     pub fn text(&self) -> String {
         let motion = match self.direction {
@@ -197,6 +214,24 @@ mod tests {
             "a large blue square staying still on a gray background"
         );
         assert_eq!(s.speed, Speed::Slow);
+    }
+
+    #[test]
+    fn near_misses_change_one_checked_attribute() {
+        for c in Caption::all().into_iter().step_by(37) {
+            let misses = c.near_misses();
+            let n = Color::ALL.len() + Shape::ALL.len() + Direction::ALL.len() - 3;
+            assert_eq!(misses.len(), n);
+            for m in misses {
+                let changed = [
+                    m.color != c.color,
+                    m.shape != c.shape,
+                    m.direction != c.direction,
+                ];
+                assert_eq!(changed.iter().filter(|x| **x).count(), 1, "{c} -> {m}");
+                assert_eq!((m.background, m.size), (c.background, c.size));
+            }
+        }
     }
 
     #[test]

@@ -147,6 +147,51 @@ impl RewardData {
         })
     }
 
+    /// The same latents scored against other captions: decodes each sample's latent and scores
+    /// it with the oracle against `prompts[i]` (e.g. a [`Caption::near_misses`] of its own
+    /// caption). No pairs are formed.
+    ///
+    /// # Errors
+    /// `Shape` when `prompts` and the samples differ in number.
+    pub fn rescore<B: Backend>(
+        &self,
+        models: &WorldModels<B>,
+        prompts: &[Caption],
+        device: &B::Device,
+    ) -> Result<Self, WorldError> {
+        if prompts.len() != self.samples.len() {
+            return Err(WorldError::Shape {
+                what: "prompts to rescore".into(),
+                expected: vec![self.samples.len()],
+                found: vec![prompts.len()],
+            });
+        }
+        let [c, f, h, w] = self.latent_shape;
+        let mut samples = Vec::with_capacity(prompts.len());
+        for (chunk, p) in self.samples.chunks(8).zip(prompts.chunks(8)) {
+            let flat: Vec<f32> = chunk
+                .iter()
+                .flat_map(|s| s.latent.iter().copied())
+                .collect();
+            let z =
+                Tensor::<B, 5>::from_data(TensorData::new(flat, [chunk.len(), c, f, h, w]), device);
+            let rewards =
+                crate::error::host_f32(crate::oracle::OracleReward.score(models.decode(z), p)?)?;
+            for ((s, caption), reward) in chunk.iter().zip(p).zip(rewards) {
+                samples.push(ScoredSample {
+                    caption: *caption,
+                    latent: s.latent.clone(),
+                    reward,
+                });
+            }
+        }
+        Ok(Self {
+            latent_shape: self.latent_shape,
+            samples,
+            pairs: Vec::new(),
+        })
+    }
+
     /// Rebuilds the pairs from every two samples of the same caption whose rewards differ by at
     /// least `margin` (after [`RewardData::extend`] with real videos, this pairs ground truth
     /// against generated samples too), winner first.

@@ -122,8 +122,26 @@ fn real_video_data_and_merging() {
         );
     }
     assert!(RewardData::real(&models, &caps, &caps[..2], 0, &dev).is_err());
+    assert!(own.rescore(&models, &caps[..1], &dev).is_err());
 
     let mut gen = RewardData::generate(&models, &caps[..1], 2, 2, 0.0, 5, &dev).unwrap();
+    // rescoring decodes the same latents: against their own captions it gives back the rewards
+    // of generation; the new captions are recorded
+    let own_caps = [caps[0]; 2];
+    let again = gen.rescore(&models, &own_caps, &dev).unwrap();
+    let miss = [caps[0].near_misses()[0]; 2];
+    let missed = gen.rescore(&models, &miss, &dev).unwrap();
+    for ((a, m), g) in again.samples.iter().zip(&missed.samples).zip(&gen.samples) {
+        assert_eq!((&a.latent, &m.latent), (&g.latent, &g.latent));
+        assert!(
+            (a.reward - g.reward).abs() < 1e-5,
+            "{} vs {}",
+            a.reward,
+            g.reward
+        );
+        assert_eq!(m.caption, miss[0]);
+    }
+    assert!(again.pairs.is_empty());
     let n_pairs = gen.pairs.len();
     let mut merged = own.clone();
     merged.extend(gen.clone()).unwrap();

@@ -1,0 +1,343 @@
+//! Benchmark: one training step of RGB ReFL (all frames), RGB ReFL (first frame), PRFL and VELR
+//! on the same model and prompts, as peak memory and step time, with ratios to all-frames RGB
+//! ReFL measured in the same run (`../shared/ALGORITHMS.md` sections 2-4).
+//!
+//! ```text
+//! cargo run --release --example refl_step                       # both configs
+//! cargo run --release --example refl_step -- --config shapes    # or wan
+//! cargo run --release --features wgpu --example refl_step -- --config shapes
+//! ```
+//!
+//! Configs:
+//! - `shapes`: the shipped shapes-world models (17 x 64 x 64 RGB, latents 16 x 5 x 8 x 8).
+//! - `wan`: Wan-proportional, randomly initialised (timing and memory do not depend on the
+//!   weights): 16 latent channels, a causal VAE with Wan 2.1's compression (4 x 8 x 8) and decoder
+//!   widths (96, 192, 384, 384), DiT patch 1 x 2 x 2 of width 512 (8 heads, 4 blocks); video
+//!   `--frames` x `--size` x `--size` (default 17 x 64 x 64 -> latents 16 x 5 x 8 x 8; the
+//!   decoder at full resolution dominates the RGB step, which takes about a minute at this size
+//!   on 2 CPU cores).
+//!
+//! Every method runs `--reps` steps after one warm-up step with batch `--batch` (default 1),
+//! 20 sampling steps, gradient window 1 (VELR: start in steps 6..10, window 1, then the jump to
+//! `x0_hat`; shown without and with labelling the graded latent with the pixel reward for the
+//! replay buffer, a no-grad decode that `label_every` amortises). PRFL runs without its SFT steps. The report goes to stdout and,
+//! with `--report FILE`, appended to FILE as markdown.
+
+use std::{io::Write, path::PathBuf};
+
+use burn::{backend::Autodiff, config::Config, tensor::backend::Backend};
+use diffusion_core::{
+    backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
+    checkpoint::load_record,
+    probe::PeakAlloc,
+    vae::{CausalVae, CausalVaeConfig},
+    WanConfig, WanTransformer,
+};
+use ensemble::{Aggregation, Ensemble};
+use latent_reward::{ProcessReward, ProcessRewardConfig, VelrRewardConfig};
+use refl_trainer::{
+    FrameSelection, LatentNorm, LatentRewards, LrSchedule, Method, OptimConfig, PrflConfig,
+    PromptSet, RgbReflConfig, RunConfig, SamplingConfig, Trainer, TrainerParts, VelrConfig,
+};
+use shapes_world::{captions, Caption, OracleReward, Split, WorldModels};
+
+#[global_allocator]
+static ALLOC: PeakAlloc = PeakAlloc;
+
+type B = DefaultBackend;
+type AD = Autodiff<B>;
+
+struct Args {
+    configs: Vec<String>,
+    reps: usize,
+    batch: usize,
+    frames: usize,
+    size: usize,
+    members: usize,
+    report: Option<PathBuf>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        configs: vec!["shapes".into(), "wan".into()],
+        reps: 2,
+        batch: 1,
+        frames: 17,
+        size: 64,
+        members: 5,
+        report: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--config" => a.configs = vec![val()?],
+            "--reps" => a.reps = num(val()?)?,
+            "--batch" => a.batch = num(val()?)?,
+            "--frames" => a.frames = num(val()?)?,
+            "--size" => a.size = num(val()?)?,
+            "--members" => a.members = num(val()?)?,
+            "--report" => a.report = Some(val()?.into()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if a.reps == 0 || a.batch == 0 || a.members == 0 {
+        return Err("--reps, --batch and --members must be >= 1".into());
+    }
+    Ok(a)
+}
+
+/// The models of one benchmark config.
+struct Setup {
+    title: String,
+    dit: WanTransformer<AD>,
+    vae: CausalVae<AD>,
+    prm: ProcessReward<AD>,
+    ensemble: Ensemble<latent_reward::VelrReward<AD>>,
+    prompts: PromptSet<B, Caption>,
+    norm: LatentNorm,
+    latent_shape: [usize; 4],
+}
+
+fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
+    let dev = Default::default();
+    let dir = std::path::Path::new("assets/shapes-world");
+    let world = WorldModels::<AD>::load(dir, &dev)?;
+    let mut caps = captions(Split::Test);
+    caps.truncate(16);
+    let prompts = PromptSet::new(caps.clone(), world.valid().embed(&caps, &dev)?)?;
+    let text_dim = world.config.text.dim;
+    AD::seed(&dev, 0);
+    let (title, dit, vae, norm, latent_shape, prm) = match name {
+        "shapes" => {
+            let prm_cfg = ProcessRewardConfig::load(dir.join("rewards/prm.json"))?;
+            let prm = prm_cfg.init(&world.dit, &dev)?;
+            let prm = load_record(prm, &dir.join("rewards/prm.mpk"), &dev)?.freeze_embeddings();
+            let v = world.config.video;
+            (
+                format!(
+                    "shapes-world ({} x {} x {} RGB, latents {:?}, DiT width {}, {} blocks)",
+                    v.frames,
+                    v.height,
+                    v.width,
+                    world.config.latent_shape(),
+                    world.config.dit.dim(),
+                    world.config.dit.num_layers
+                ),
+                world.dit.clone(),
+                world.vae.clone(),
+                LatentNorm {
+                    mean: world.config.latent_mean.clone(),
+                    std: world.config.latent_std.clone(),
+                },
+                world.config.latent_shape(),
+                prm,
+            )
+        }
+        "wan" => {
+            if (args.frames - 1) % 4 != 0 || args.size % 16 != 0 {
+                return Err("--frames must be 1 + 4k and --size a multiple of 16".into());
+            }
+            let vae_cfg = CausalVaeConfig::new(16, vec![96, 192, 384, 384])
+                .with_spatial_stages(Some(3))
+                .with_temporal_stages(2)
+                .with_groups(32);
+            let dit_cfg = WanConfig::new(8, 64, 2048, 4)
+                .with_text_dim(text_dim)
+                .with_freq_dim(256);
+            let dit = dit_cfg.init::<AD>(&dev)?;
+            let prm = ProcessRewardConfig::new(2)
+                .with_pool_heads(8)
+                .with_head(vec![512, 256])
+                .init(&dit, &dev)?
+                .freeze_embeddings();
+            let shape = [16, 1 + (args.frames - 1) / 4, args.size / 8, args.size / 8];
+            (
+                format!(
+                    "Wan-proportional ({} x {s} x {s} RGB, latents {shape:?}, VAE widths 96-384, DiT width {}, {} blocks, random weights)",
+                    args.frames,
+                    dit_cfg.dim(),
+                    dit_cfg.num_layers,
+                    s = args.size
+                ),
+                dit,
+                vae_cfg.init::<AD>(&dev)?,
+                LatentNorm {
+                    mean: vec![0.0; 16],
+                    std: vec![1.0; 16],
+                },
+                shape,
+                prm,
+            )
+        }
+        other => return Err(format!("unknown config {other} (shapes, wan)").into()),
+    };
+    let velr = VelrRewardConfig::new(latent_shape, text_dim);
+    let ensemble = Ensemble::new(
+        (0..args.members)
+            .map(|_| velr.init::<AD>(&dev))
+            .collect::<latent_reward::Result<Vec<_>>>()?,
+    )?
+    .with_aggregation(Aggregation::Mean);
+    Ok(Setup {
+        title,
+        dit,
+        vae,
+        prm,
+        ensemble,
+        prompts,
+        norm,
+        latent_shape,
+    })
+}
+
+/// VELR with the replay buffer labelled every `label_every` steps (0: never).
+fn velr(
+    label: &'static str,
+    label_every: usize,
+    s: &Setup,
+) -> (&'static str, Method, LatentRewards<AD>) {
+    let method = Method::Velr(VelrConfig {
+        start: [6, 10],
+        window: 1,
+        kl_beta: 10.0,
+        aggregation: Aggregation::Mean,
+        buffer: 64,
+        label_every,
+        align_every: 0,
+        align_steps: 1,
+        align_lr: 1e-5,
+    });
+    (label, method, LatentRewards::Ensemble(s.ensemble.clone()))
+}
+
+/// Median step time (s) and largest peak memory (bytes) over `reps` steps after a warm-up.
+fn bench(
+    s: &Setup,
+    method: Method,
+    reward: LatentRewards<AD>,
+    args: &Args,
+) -> Result<(f64, u64), Box<dyn std::error::Error>> {
+    let out = std::env::temp_dir().join(format!("refl_step_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let config = RunConfig {
+        method,
+        steps: args.reps + 2,
+        batch: args.batch,
+        sampling: SamplingConfig {
+            steps: 20,
+            shift: 3.0,
+        },
+        optim: OptimConfig {
+            lr: 1e-5,
+            weight_decay: 0.01,
+            grad_clip: Some(1.0),
+            schedule: LrSchedule::Constant,
+        },
+        max_skipped: 0,
+        seed: 0,
+        eval_every: 0,
+        checkpoint_every: 0,
+        out: out.clone(),
+    };
+    let mut trainer = Trainer::new(TrainerParts {
+        config,
+        policy: s.dit.clone(),
+        vae: s.vae.clone(),
+        norm: s.norm.clone(),
+        pixel: OracleReward,
+        reward,
+        train: s.prompts.clone(),
+        heldout: s.prompts.clone(),
+        sft: None,
+        latent_shape: s.latent_shape,
+    })?;
+    trainer.train_step()?; // warm-up
+    let mut times = Vec::new();
+    let mut peak = 0u64;
+    for _ in 0..args.reps {
+        let m = trainer.train_step()?;
+        times.push(m.step_seconds);
+        peak = peak.max(m.peak_bytes.unwrap_or(0));
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], peak))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse()?;
+    let mut md = String::new();
+    for name in &args.configs {
+        let s = setup(name, &args)?;
+        println!("\n{}: batch {}, {} reps", s.title, args.batch, args.reps);
+        let rgb = |frames| {
+            Method::RgbRefl(RgbReflConfig {
+                window: 1,
+                frames,
+                lambda: 1.0,
+            })
+        };
+        let runs: Vec<(&str, Method, LatentRewards<AD>)> = vec![
+            (
+                "RGB ReFL, all frames",
+                rgb(FrameSelection::All),
+                LatentRewards::Pixel,
+            ),
+            (
+                "RGB ReFL, first frame",
+                rgb(FrameSelection::First),
+                LatentRewards::Pixel,
+            ),
+            (
+                "PRFL (process reward, no decode)",
+                Method::Prfl(PrflConfig {
+                    window: 1,
+                    lambda: 0.1,
+                    margin: 2.0,
+                    sft_every: 0,
+                }),
+                LatentRewards::Process(s.prm.clone()),
+            ),
+            velr("VELR, policy step (ensemble reward, KL)", 0, &s),
+            velr("VELR, + pixel labels for the buffer", 1, &s),
+        ];
+        let mut rows = Vec::new();
+        for (label, method, reward) in runs {
+            let (secs, peak) = bench(&s, method, reward, &args)?;
+            println!(
+                "  {label:<36} {:>9.1} ms {:>9.1} MB",
+                secs * 1e3,
+                peak as f64 / 1e6
+            );
+            rows.push((label, secs, peak));
+            let _ = B::sync(&Default::default());
+        }
+        let (t0, m0) = (rows[0].1, rows[0].2.max(1) as f64);
+        md += &format!(
+            "\n### {}\n\n`{}` backend, batch {}, median of {} steps after a warm-up.\n\n| method | step time (ms) | time ratio | peak memory (MB) | memory ratio |\n|---|---|---|---|---|\n",
+            s.title, DEFAULT_BACKEND_NAME, args.batch, args.reps
+        );
+        for (label, secs, peak) in &rows {
+            let line = format!(
+                "| {label} | {:.1} | {:.3} | {:.1} | {:.3} |\n",
+                secs * 1e3,
+                secs / t0,
+                *peak as f64 / 1e6,
+                *peak as f64 / m0
+            );
+            md += &line;
+        }
+    }
+    println!("{md}");
+    if let Some(path) = &args.report {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        f.write_all(md.as_bytes())?;
+        println!("appended to {}", path.display());
+    }
+    Ok(())
+}

@@ -14,8 +14,7 @@
 //!   weights): 16 latent channels, a causal VAE with Wan 2.1's compression (4 x 8 x 8) and decoder
 //!   widths (96, 192, 384, 384), DiT patch 1 x 2 x 2 of width 512 (8 heads, 4 blocks); video
 //!   `--frames` x `--size` x `--size` (default 17 x 64 x 64 -> latents 16 x 5 x 8 x 8; the
-//!   decoder at full resolution dominates the RGB step, which takes about a minute at this size
-//!   on 2 CPU cores).
+//!   decoder at full resolution dominates the RGB step: about 20 s at this size on 2 CPU cores).
 //!
 //! Every method runs `--reps` steps after one warm-up step with batch `--batch` (default 1),
 //! 20 sampling steps, gradient window 1 (VELR: start in steps 6..10, window 1, then the jump to
@@ -307,7 +306,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (label, method, reward) in runs {
             let (secs, peak) = bench(&s, method, reward, &args)?;
             println!(
-                "  {label:<36} {:>9.1} ms {:>9.1} MB",
+                "  {label:<40} {:>9.1} ms {:>9.1} MB",
                 secs * 1e3,
                 peak as f64 / 1e6
             );

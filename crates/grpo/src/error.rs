@@ -1,0 +1,32 @@
+//! Errors of the GRPO crate.
+
+/// What can go wrong in GRPO's computations.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpoError {
+    /// An input of the wrong size or an invalid setting; names what and why.
+    #[error("invalid {what}: {why}")]
+    Invalid {
+        /// The offending input or setting.
+        what: &'static str,
+        /// Why it is invalid.
+        why: String,
+    },
+    /// A reward was NaN or infinite.
+    #[error("reward {index} is not finite ({value})")]
+    NonFiniteReward {
+        /// Position in the batch.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+}
+
+/// Result with [`GrpoError`].
+pub type Result<T> = std::result::Result<T, GrpoError>;
+
+pub(crate) fn invalid(what: &'static str, why: impl Into<String>) -> GrpoError {
+    GrpoError::Invalid {
+        what,
+        why: why.into(),
+    }
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod advantage;
+pub mod error;
+pub mod loss;
+pub mod timesteps;
+
+pub use advantage::{group_advantages, AdvantageConfig, StdScope};
+pub use error::{GrpoError, Result};
+pub use loss::{clipped_surrogate, transition_kl};
+pub use timesteps::{rectification, TimestepSelection};

@@ -11,6 +11,18 @@ pub enum GrpoError {
         /// Why it is invalid.
         why: String,
     },
+    /// From the diffusion core (schedules, rollouts, models).
+    #[error(transparent)]
+    Core(#[from] diffusion_core::CoreError),
+    /// From a reward model.
+    #[error(transparent)]
+    Reward(#[from] latent_reward::RewardError),
+    /// The loss of a step was NaN or infinite; the update was not applied.
+    #[error("non-finite GRPO loss at step {step}")]
+    NonFiniteLoss {
+        /// The step.
+        step: usize,
+    },
     /// A reward was NaN or infinite.
     #[error("reward {index} is not finite ({value})")]
     NonFiniteReward {

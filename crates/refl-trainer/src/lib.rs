@@ -2,7 +2,6 @@
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod decode;
 pub mod error;
 pub mod guard;
 pub mod metrics;
@@ -14,7 +13,7 @@ pub use config::{
     FrameSelection, LrSchedule, Method, OptimConfig, PrflConfig, RgbReflConfig, RunConfig,
     SamplingConfig, VelrConfig,
 };
-pub use decode::LatentNorm;
+pub use diffusion_core::vae::LatentNorm;
 pub use error::{Result, TrainError};
 pub use guard::NanGuard;
 pub use metrics::{MetricsLog, StepMetrics};

@@ -32,9 +32,10 @@ use rand::{Rng, SeedableRng};
 use replay_buffer::{PrioritisedBuffer, ReplayBuffer};
 use serde::{Deserialize, Serialize};
 
+use diffusion_core::vae::LatentNorm;
+
 use crate::{
     config::{FrameSelection, Method, RunConfig},
-    decode::LatentNorm,
     error::{config_error, Result, TrainError},
     guard::NanGuard,
     metrics::{MetricsLog, StepMetrics},

@@ -4,7 +4,9 @@
 mod base;
 mod blocks;
 mod causal;
+mod norm;
 
 pub use base::{LatentDist, VideoAutoencoder};
 pub use blocks::{CausalConv3d, FrameGroupNorm, ResBlock3d, TemporalDown, TemporalUp};
 pub use causal::{CausalVae, CausalVaeConfig};
+pub use norm::LatentNorm;

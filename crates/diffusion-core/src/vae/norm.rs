@@ -1,7 +1,7 @@
-//! Decoding the DiT's normalised latents to pixels.
+//! The per-channel normalisation of VAE latents that DiTs work on, and decoding through it.
 
+use super::VideoAutoencoder;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use diffusion_core::vae::VideoAutoencoder;
 use serde::{Deserialize, Serialize};
 
 /// Per-channel normalisation of VAE latents: the DiT works on `(z - mean) / std`.

@@ -1,0 +1,357 @@
+//! The GRPO training step for a Wan-architecture flow model: group rollouts with an SDE and
+//! per-step log-probs, group-relative advantages, then the clipped surrogate plus KL to the frozen
+//! initial model, re-evaluating the policy at one selected timestep at a time (Flow-GRPO, arXiv
+//! 2505.05470; DanceGRPO; Flash-GRPO's iso-temporal selection and rectification).
+
+use std::time::Instant;
+
+use burn::{
+    module::AutodiffModule,
+    optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, GradientsParams, Optimizer},
+    tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor, TensorData},
+};
+use diffusion_core::{
+    optim::{adamw, clip_grad_norm},
+    rollout::{randn, step_rng},
+    stepper::{gaussian_log_prob, Transition},
+    Conditioning, DanceGrpoSde, FlowGrpoSde, FlowMatchScheduleConfig, LogProbReduction, Rollout,
+    Schedule, Stepper, VelocityModel, WanTransformer,
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    advantage::{group_advantages, AdvantageConfig},
+    error::{invalid, GrpoError, Result},
+    loss::{clipped_surrogate, transition_kl},
+    reward::GroupReward,
+    timesteps::{rectification, TimestepSelection},
+};
+
+/// The SDE the rollouts sample with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Sde {
+    /// Flow-GRPO's marginal-preserving SDE.
+    FlowGrpo(FlowGrpoSde),
+    /// DanceGRPO's SDE.
+    DanceGrpo(DanceGrpoSde),
+}
+
+/// The rollout stepper: the SDE at the trained steps' noise levels (every step, unless the
+/// selection is iso-temporal), the Euler ODE elsewhere.
+struct MixedStepper {
+    sde: Sde,
+    /// Noise levels at which the SDE is used; `None`: everywhere.
+    sde_at: Option<Vec<f64>>,
+}
+
+impl Stepper for MixedStepper {
+    fn transition<B: Backend, const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        v: Tensor<B, D>,
+        sigma: f64,
+        sigma_next: f64,
+    ) -> Transition<B, D> {
+        let stochastic = self.sde_at.as_ref().is_none_or(|s| s.contains(&sigma));
+        match (stochastic, self.sde) {
+            (false, _) => diffusion_core::EulerOde.transition(x, v, sigma, sigma_next),
+            (true, Sde::FlowGrpo(s)) => s.transition(x, v, sigma, sigma_next),
+            (true, Sde::DanceGrpo(s)) => s.transition(x, v, sigma, sigma_next),
+        }
+    }
+
+    fn is_stochastic(&self) -> bool {
+        true
+    }
+
+    fn reduction(&self) -> LogProbReduction {
+        match self.sde {
+            Sde::FlowGrpo(s) => s.reduction,
+            Sde::DanceGrpo(s) => s.reduction,
+        }
+    }
+}
+
+/// Settings of a GRPO run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpoConfig {
+    /// Rollouts per prompt `G`.
+    pub group: usize,
+    /// Sampling steps of a rollout.
+    pub steps: usize,
+    /// Schedule shift.
+    pub shift: f64,
+    /// The SDE.
+    pub sde: Sde,
+    /// All members of a group start from the same noise (DanceGRPO).
+    pub shared_noise: bool,
+    /// Rewards to advantages.
+    pub advantage: AdvantageConfig,
+    /// PPO clip range `eps` (Flow-GRPO 1e-4; Flash-GRPO 1e-3).
+    pub clip: f64,
+    /// KL weight to the frozen initial model.
+    pub kl_beta: f64,
+    /// Which steps are trained.
+    pub timesteps: TimestepSelection,
+    /// Weight each trained step by Flash-GRPO's temporal gradient rectification (needs the
+    /// Flow-GRPO SDE).
+    pub rectify: bool,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping.
+    pub grad_clip: Option<f64>,
+    /// Seed of the per-step randomness.
+    pub seed: u64,
+}
+
+impl GrpoConfig {
+    /// Checks the settings, naming the field at fault.
+    ///
+    /// # Errors
+    /// `Invalid` with the field's name.
+    pub fn validate(&self) -> Result<()> {
+        if self.group < 2 {
+            return Err(invalid("group", "needs at least 2 rollouts per prompt"));
+        }
+        if self.steps < 2 {
+            return Err(invalid("steps", "needs at least 2 sampling steps"));
+        }
+        if !(self.clip > 0.0) || !(self.kl_beta >= 0.0) || !(self.lr > 0.0) {
+            return Err(invalid(
+                "clip/kl_beta/lr",
+                "clip and lr must be > 0, kl_beta >= 0",
+            ));
+        }
+        if self.rectify && !matches!(self.sde, Sde::FlowGrpo(_)) {
+            return Err(invalid(
+                "rectify",
+                "rectification is defined for the Flow-GRPO SDE",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one GRPO step measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrpoMetrics {
+    /// Step index.
+    pub step: usize,
+    /// Mean reward of the rollouts.
+    pub reward: f64,
+    /// Mean within-group std of the rewards.
+    pub reward_std: f64,
+    /// Mean policy loss over the trained steps.
+    pub loss: f64,
+    /// Mean KL to the reference over the trained steps.
+    pub kl: f64,
+    /// Fraction of (sample, step) ratios outside the clip range.
+    pub clip_fraction: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Steps trained.
+    pub trained_steps: usize,
+    /// Wall time of the step (rollouts, reward, update).
+    pub seconds: f64,
+}
+
+/// GRPO on a Wan-architecture DiT.
+pub struct GrpoTrainer<B: AutodiffBackend> {
+    config: GrpoConfig,
+    /// The policy being trained.
+    pub policy: WanTransformer<B>,
+    reference: WanTransformer<B::InnerBackend>,
+    optim: OptimizerAdaptor<AdamW, WanTransformer<B>, B>,
+    schedule: Schedule,
+    step: usize,
+}
+
+impl<B: AutodiffBackend> GrpoTrainer<B> {
+    /// A trainer; the policy's current weights become the frozen KL reference.
+    ///
+    /// # Errors
+    /// `Invalid` for bad settings.
+    pub fn new(config: GrpoConfig, policy: WanTransformer<B>) -> Result<Self> {
+        config.validate()?;
+        let schedule = FlowMatchScheduleConfig::new(config.steps)
+            .with_shift(config.shift)
+            .init()
+            .map_err(GrpoError::Core)?;
+        Ok(Self {
+            reference: policy.valid(),
+            optim: adamw(config.weight_decay).init(),
+            policy,
+            schedule,
+            step: 0,
+            config,
+        })
+    }
+
+    /// Steps done.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// One GRPO step on `prompts` (each gets `group` rollouts).
+    ///
+    /// # Shapes
+    /// - `text`: `[N, S, D]` embeddings of the `N` prompts
+    ///
+    /// # Errors
+    /// Typed errors on bad shapes, a non-finite reward or loss.
+    pub fn train_step<P: Clone, R: GroupReward<B::InnerBackend, P>>(
+        &mut self,
+        prompts: &[P],
+        text: Tensor<B::InnerBackend, 3>,
+        latent_shape: [usize; 4],
+        reward: &R,
+    ) -> Result<GrpoMetrics> {
+        let t0 = Instant::now();
+        let cfg = self.config.clone();
+        let n = prompts.len();
+        if n == 0 || text.dims()[0] != n {
+            return Err(invalid(
+                "prompts",
+                format!("{n} prompts for {} embeddings", text.dims()[0]),
+            ));
+        }
+        let g = cfg.group;
+        let device = text.device();
+        let mut rng = step_rng(cfg.seed, self.step);
+        // each prompt repeated G times, group after group
+        let rep: Vec<i64> = (0..n * g).map(|i| (i / g) as i64).collect();
+        let rep = Tensor::<B::InnerBackend, 1, burn::tensor::Int>::from_data(
+            TensorData::new(rep, [n * g]),
+            &device,
+        );
+        let text = text.select(0, rep);
+        let prompts_rep: Vec<P> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), g))
+            .collect();
+        let [c, f, h, w] = latent_shape;
+        let noise = if cfg.shared_noise {
+            let z = randn::<B::InnerBackend, 5>([n, 1, c * f, h, w], &mut rng, &device);
+            z.repeat_dim(1, g).reshape([n * g, c, f, h, w])
+        } else {
+            randn::<B::InnerBackend, 5>([n * g, c, f, h, w], &mut rng, &device)
+        };
+
+        // rollouts without gradients, with log-probs at every SDE step
+        let trained = cfg.timesteps.select(cfg.steps, &mut rng)?;
+        let sigmas = self.schedule.sigmas().to_vec();
+        let stepper = MixedStepper {
+            sde: cfg.sde,
+            sde_at: matches!(cfg.timesteps, TimestepSelection::IsoTemporal { .. })
+                .then(|| trained.iter().map(|&t| sigmas[t]).collect()),
+        };
+        let policy = self.policy.valid();
+        let cond = Conditioning::new(text.clone());
+        let traj = Rollout::new(&self.schedule, &stepper)
+            .sample(&policy, noise, &cond, rng.random())
+            .map_err(GrpoError::Core)?;
+        let rewards = reward.rewards(traj.last().clone(), &prompts_rep, text.clone())?;
+        let rewards: Vec<f32> = rewards
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| invalid("rewards", format!("{e:?}")))?;
+        let adv = group_advantages(&rewards, g, &cfg.advantage)?;
+        let reward_std = rewards
+            .chunks(g)
+            .map(|r| {
+                let m = r.iter().sum::<f32>() / g as f32;
+                (r.iter().map(|x| (x - m).powi(2)).sum::<f32>() / g as f32).sqrt() as f64
+            })
+            .sum::<f64>()
+            / n as f64;
+        let adv = Tensor::<B, 1>::from_data(TensorData::new(adv, [n * g]), &device);
+
+        // the policy re-evaluated one trained step at a time; gradients accumulated
+        let weights = if cfg.rectify {
+            let Sde::FlowGrpo(sde) = cfg.sde else {
+                unreachable!("validated")
+            };
+            rectification(&sde, &sigmas, &trained)?
+        } else {
+            vec![1.0; trained.len()]
+        };
+        let text_ad = Tensor::<B, 3>::from_inner(text);
+        let mut acc = GradientsAccumulator::new();
+        let (mut loss_sum, mut kl_sum, mut clipped) = (0.0, 0.0, 0usize);
+        for (&t, &weight) in trained.iter().zip(&weights) {
+            let (sigma, sigma_next, timestep) = self.schedule.step(t).expect("selected step");
+            let x = traj.latents[t].clone();
+            let x_next = traj.latents[t + 1].clone();
+            let old = traj.log_probs[t]
+                .clone()
+                .ok_or_else(|| invalid("timesteps", format!("step {t} was not an SDE step")))?;
+            let ts = Tensor::<B, 1>::full([n * g], timestep, &device);
+            let x_ad = Tensor::<B, 5>::from_inner(x.clone());
+            let v = self.policy.velocity(x_ad.clone(), ts, text_ad.clone());
+            let tr = stepper.transition(x_ad, v, sigma, sigma_next);
+            let ref_v = self.reference.velocity(
+                x.clone(),
+                Tensor::full([n * g], timestep, &device),
+                text_ad.clone().inner(),
+            );
+            let ref_mean = stepper.transition(x, ref_v, sigma, sigma_next).mean;
+            let log_prob = gaussian_log_prob(
+                Tensor::from_inner(x_next),
+                tr.mean.clone(),
+                tr.std,
+                stepper.reduction(),
+            );
+            let old = Tensor::<B, 1>::from_inner(old);
+            let ratio: Vec<f32> = (log_prob.clone().inner() - old.clone().inner())
+                .exp()
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| invalid("ratio", format!("{e:?}")))?;
+            clipped += ratio
+                .iter()
+                .filter(|r| (**r as f64 - 1.0).abs() > cfg.clip)
+                .count();
+            let kl = transition_kl(
+                tr.mean,
+                Tensor::from_inner(ref_mean),
+                tr.std,
+                stepper.reduction(),
+            )
+            .mean();
+            let loss = (clipped_surrogate(log_prob, old, adv.clone(), cfg.clip).mul_scalar(weight)
+                + kl.clone().mul_scalar(cfg.kl_beta))
+            .div_scalar(trained.len() as f64);
+            let value = loss.clone().into_scalar().elem::<f64>();
+            if !value.is_finite() {
+                return Err(GrpoError::NonFiniteLoss { step: self.step });
+            }
+            loss_sum += value;
+            kl_sum += kl.into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(loss.backward(), &self.policy);
+            acc.accumulate(&self.policy, grads);
+        }
+        let grads = acc.grads();
+        let (grads, grad_norm) =
+            clip_grad_norm(&self.policy, grads, cfg.grad_clip.unwrap_or(f64::INFINITY));
+        self.policy = self.optim.step(cfg.lr, self.policy.clone(), grads);
+        let metrics = GrpoMetrics {
+            step: self.step,
+            reward: rewards.iter().map(|r| *r as f64).sum::<f64>() / rewards.len() as f64,
+            reward_std,
+            loss: loss_sum,
+            kl: kl_sum / trained.len() as f64,
+            clip_fraction: clipped as f64 / (trained.len() * n * g) as f64,
+            grad_norm,
+            trained_steps: trained.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        self.step += 1;
+        Ok(metrics)
+    }
+}

@@ -119,7 +119,7 @@ fn grpo_raises_the_reward_and_moves_the_policy() {
         );
     }
     // first step: policy == reference and ratio == 1
-    assert!(metrics[0].kl.abs() < 1e-12, "{:?}", metrics[0]);
+    assert!(metrics[0].kl.abs() < 1e-6, "{:?}", metrics[0]);
     assert_eq!(metrics[0].clip_fraction, 0.0);
     assert!(metrics
         .iter()

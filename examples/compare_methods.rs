@@ -138,6 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "prfl",
             Method::Prfl(PrflConfig {
+                start: None,
                 window: 1,
                 lambda: 1.0,
                 margin: 2.0,

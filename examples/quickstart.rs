@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Flags: `--steps N`, `--batch N`, `--lr X`, `--lambda X` (reward loss weight),
-//! `--sft-every N` (an SFT step every N reward steps, 0: none), `--heldout N` (test prompts scored),
+//! `--sft-every N` (an SFT step every N reward steps, 0: none), `--start A,B` (range of the
+//! gradient window's start step), `--heldout N` (test prompts scored),
 //! `--models DIR`, `--prm DIR` (default assets/shapes-world/rewards), `--out DIR`.
 
 use std::{path::PathBuf, time::Instant};
@@ -39,6 +40,7 @@ struct Args {
     lr: f64,
     lambda: f64,
     sft_every: usize,
+    start: Option<[usize; 2]>,
     heldout: usize,
     models: PathBuf,
     prm: PathBuf,
@@ -52,6 +54,7 @@ fn parse() -> Result<Args, String> {
         lr: 5e-5,
         lambda: 0.1,
         sft_every: 1,
+        start: None,
         heldout: 32,
         models: "assets/shapes-world".into(),
         prm: "assets/shapes-world/rewards".into(),
@@ -67,6 +70,13 @@ fn parse() -> Result<Args, String> {
             "--lr" => a.lr = val()?.parse().map_err(|e| format!("--lr: {e}"))?,
             "--lambda" => a.lambda = val()?.parse().map_err(|e| format!("--lambda: {e}"))?,
             "--sft-every" => a.sft_every = num(val()?)?,
+            "--start" => {
+                let v: Vec<usize> = val()?
+                    .split(',')
+                    .map(|x| x.parse().map_err(|e| format!("--start: {e}")))
+                    .collect::<Result<_, _>>()?;
+                a.start = Some(v.try_into().map_err(|_| "--start takes A,B")?);
+            }
             "--heldout" => a.heldout = num(val()?)?,
             "--models" => a.models = val()?.into(),
             "--prm" => a.prm = val()?.into(),
@@ -131,6 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     let config = RunConfig {
         method: Method::Prfl(PrflConfig {
+            start: args.start,
             window: 1,
             lambda: args.lambda,
             margin: 2.0,

@@ -292,6 +292,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (
                 "PRFL (process reward, no decode)",
                 Method::Prfl(PrflConfig {
+                    start: None,
                     window: 1,
                     lambda: 0.1,
                     margin: 2.0,

@@ -38,6 +38,11 @@ pub struct RgbReflConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrflConfig {
+    /// Range `[a, b)` of the step `s` where the gradient window starts; `None`: the release's
+    /// `[0, S - K)`. Leaving out the first, near-pure-noise steps keeps the policy away from
+    /// where a process reward model is at chance and its gradient arbitrary.
+    #[serde(default)]
+    pub start: Option<[usize; 2]>,
     /// Steps with gradients (`K >= 1`; the release uses 1).
     pub window: usize,
     /// Loss weight (release: 0.1).
@@ -271,6 +276,17 @@ impl RunConfig {
                         format!("{} not in 1..{s}", m.window),
                     ));
                 }
+                if let Some([a, b]) = m.start {
+                    if a >= b || b + m.window > s {
+                        return Err(config_error(
+                            "method.prfl.start",
+                            format!(
+                                "[{a}, {b}) plus a window of {} must fit {s} steps",
+                                m.window
+                            ),
+                        ));
+                    }
+                }
                 finite_pos("method.prfl.lambda", m.lambda)?;
                 finite_pos("method.prfl.margin", m.margin)?;
             }
@@ -318,6 +334,7 @@ mod tests {
     pub(crate) fn prfl() -> RunConfig {
         RunConfig {
             method: Method::Prfl(PrflConfig {
+                start: None,
                 window: 1,
                 lambda: 0.1,
                 margin: 2.0,
@@ -362,6 +379,7 @@ mod tests {
     fn bad_values_name_the_field() {
         let mut cfg = prfl();
         cfg.method = Method::Prfl(PrflConfig {
+            start: None,
             window: 8,
             lambda: 0.1,
             margin: 2.0,
@@ -369,6 +387,11 @@ mod tests {
         });
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("method.prfl.window"), "{err}");
+        if let Method::Prfl(p) = &mut cfg.method {
+            (p.window, p.start) = (1, Some([5, 3]));
+        }
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("method.prfl.start"), "{err}");
         let mut cfg = prfl();
         cfg.optim.lr = f64::NAN;
         assert!(cfg.validate().unwrap_err().to_string().contains("optim.lr"));

@@ -552,7 +552,8 @@ where
             unreachable!("checked in Trainer::new")
         };
         let steps = self.config.sampling.steps;
-        let s = rng.random_range(0..steps - m.window);
+        let [a, b] = m.start.unwrap_or([0, steps - m.window]);
+        let s = rng.random_range(a..b);
         let traj = self.windowed_rollout(s, m.window, noise, &text, seed)?;
         let b = text.dims()[0];
         let sigma = *traj.sigmas.last().expect("non-empty");

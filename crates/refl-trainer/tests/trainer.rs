@@ -67,6 +67,7 @@ fn config(method: Method, out: &str) -> RunConfig {
 
 fn prfl(sft_every: usize) -> Method {
     Method::Prfl(PrflConfig {
+        start: None,
         window: 1,
         lambda: 0.1,
         margin: 2.0,

@@ -9,6 +9,7 @@ pub mod model;
 pub mod optim;
 pub mod probe;
 pub mod progress;
+pub mod prompt;
 pub mod rollout;
 pub mod schedule;
 pub mod stepper;
@@ -18,6 +19,7 @@ pub mod wan;
 
 pub use error::{CoreError, Result};
 pub use model::VelocityModel;
+pub use prompt::PromptEnhancer;
 pub use rollout::{Conditioning, GradWindow, Rollout, Trajectory};
 pub use schedule::{FlowMatchScheduleConfig, Schedule, VpScheduleConfig};
 pub use stepper::{DanceGrpoSde, EulerOde, FlowGrpoSde, Guidance, LogProbReduction, Stepper};

@@ -108,12 +108,14 @@ impl Caption {
     }
 }
 
-impl std::str::FromStr for Caption {
-    type Err = WorldError;
-
-    /// Parses a caption by its attribute words, in any order; every attribute must be named
-    /// once (speed may be left out for `still`).
-    fn from_str(text: &str) -> Result<Self, WorldError> {
+impl Caption {
+    /// Parses a caption by its attribute words, in any order, each named at most once; an
+    /// attribute the text leaves out is taken from `defaults` (an error without defaults, except
+    /// the speed of `still`).
+    ///
+    /// # Errors
+    /// `Caption` for an unknown word, an attribute named twice, or one missing without defaults.
+    pub fn parse_with(text: &str, defaults: Option<&Caption>) -> Result<Self, WorldError> {
         fn find<T: Copy + PartialEq>(
             words: &[&str],
             all: &[T],
@@ -135,45 +137,85 @@ impl std::str::FromStr for Caption {
             }
         }
         let words: Vec<&str> = text.split_whitespace().collect();
-        let vocab = crate::vocab::Vocabulary::default();
-        vocab.encode(text)?;
-        fn need<T>(v: Option<T>, text: &str, what: &str) -> Result<T, WorldError> {
-            v.ok_or_else(|| WorldError::Caption(format!("`{text}` names no {what}")))
+        crate::vocab::Vocabulary::default().encode(text)?;
+        fn pick<T>(
+            found: Option<T>,
+            default: Option<T>,
+            text: &str,
+            what: &str,
+        ) -> Result<T, WorldError> {
+            found
+                .or(default)
+                .ok_or_else(|| WorldError::Caption(format!("`{text}` names no {what}")))
         }
+        let d = defaults;
         let direction = if words.contains(&"still") {
             Direction::Still
         } else {
-            need(
-                find(&words, Direction::ALL, Direction::word, "direction")?,
-                text,
-                "direction",
-            )?
+            let found = find(&words, Direction::ALL, Direction::word, "direction")?;
+            pick(found, d.map(|d| d.direction), text, "direction")?
         };
         let speed = match find(&words, Speed::ALL, Speed::word, "speed")? {
             Some(s) => s,
             None if direction == Direction::Still => Speed::Slow,
-            None => return Err(WorldError::Caption(format!("`{text}` names no speed"))),
+            None => pick(None, d.map(|d| d.speed), text, "speed")?,
         };
         Ok(Caption::new(
-            need(
+            pick(
                 find(&words, Shape::ALL, Shape::word, "shape")?,
+                d.map(|d| d.shape),
                 text,
                 "shape",
             )?,
-            need(
+            pick(
                 find(&words, Color::ALL, Color::word, "colour")?,
+                d.map(|d| d.color),
                 text,
                 "colour",
             )?,
-            need(
+            pick(
                 find(&words, Background::ALL, Background::word, "background")?,
+                d.map(|d| d.background),
                 text,
                 "background",
             )?,
             direction,
-            need(find(&words, Size::ALL, Size::word, "size")?, text, "size")?,
+            pick(
+                find(&words, Size::ALL, Size::word, "size")?,
+                d.map(|d| d.size),
+                text,
+                "size",
+            )?,
             speed,
         ))
+    }
+}
+
+/// The world's rule-based [`PromptEnhancer`]: a terse prompt (`"red circle left"`) becomes a full
+/// caption in the training vocabulary, the attributes it leaves out taken from `defaults`.
+///
+/// [`PromptEnhancer`]: diffusion_core::PromptEnhancer
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaptionEnhancer {
+    /// Attributes for what a prompt leaves out.
+    pub defaults: Caption,
+}
+
+impl diffusion_core::PromptEnhancer for CaptionEnhancer {
+    type Error = WorldError;
+
+    fn enhance(&self, prompt: &str) -> Result<String, WorldError> {
+        Ok(Caption::parse_with(prompt, Some(&self.defaults))?.text())
+    }
+}
+
+impl std::str::FromStr for Caption {
+    type Err = WorldError;
+
+    /// Parses a caption by its attribute words, in any order; every attribute must be named
+    /// once (speed may be left out for `still`).
+    fn from_str(text: &str) -> Result<Self, WorldError> {
+        Caption::parse_with(text, None)
     }
 }
 
@@ -232,6 +274,33 @@ mod tests {
                 assert_eq!((m.background, m.size), (c.background, c.size));
             }
         }
+    }
+
+    #[test]
+    fn enhancer_completes_terse_prompts() {
+        use diffusion_core::PromptEnhancer;
+        let e = CaptionEnhancer {
+            defaults: Caption::new(
+                Shape::Square,
+                Color::White,
+                Background::Black,
+                Direction::Still,
+                Size::Large,
+                Speed::Slow,
+            ),
+        };
+        assert_eq!(
+            e.enhance("red circle left").unwrap(),
+            "a large red circle moving left slowly on a black background"
+        );
+        assert_eq!(
+            e.enhance("blue").unwrap(),
+            "a large blue square staying still on a black background"
+        );
+        let full = "a small red circle moving up quickly on a gray background";
+        assert_eq!(e.enhance(full).unwrap(), full);
+        assert!(e.enhance("red blue circle").is_err());
+        assert!(e.enhance("purple circle").is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod splits;
 pub mod vocab;
 
 pub use attributes::{Background, Color, Direction, Shape, Size, Speed};
-pub use caption::Caption;
+pub use caption::{Caption, CaptionEnhancer};
 pub use data::{PairBatch, PreferencePair, RegressionBatch, RewardData, ScoredSample};
 pub use error::WorldError;
 pub use media::{write_contact_sheet, write_gif};

@@ -1,7 +1,8 @@
-//! RGB ReFL vs PRFL vs VELR on shapes-world for equal wall time: each method fine-tunes a fresh
-//! copy of the shipped DiT for `--seconds` of training time (evaluations excluded), and the
-//! held-out oracle reward is measured every `--eval-every` seconds. Writes one PNG with the
-//! three curves against training time and a markdown table.
+//! RGB ReFL vs PRFL vs VELR vs GRPO (latent ensemble reward, and pixel oracle reward) on
+//! shapes-world for equal wall time: each method fine-tunes a fresh copy of the shipped DiT for
+//! `--seconds` of training time (evaluations excluded), and the held-out oracle reward is
+//! measured every `--eval-every` seconds. Writes one PNG with the curves against training time
+//! and a markdown table.
 //!
 //! ```text
 //! cargo run --release --example compare_methods
@@ -15,22 +16,63 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, config::Config};
+use burn::{backend::Autodiff, config::Config, module::AutodiffModule};
 use diffusion_core::{
     backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME, checkpoint::load_record,
+    rollout::step_rng, vae::CausalVae, FlowGrpoSde, FlowMatchScheduleConfig,
 };
 use ensemble::{Aggregation, Ensemble};
-use latent_reward::{ProcessRewardConfig, VelrRewardConfig};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-use refl_trainer::{
-    write_curves_png, FrameSelection, LatentNorm, LatentRewards, LrSchedule, Method, OptimConfig,
-    PrflConfig, PromptSet, RgbReflConfig, RunConfig, SamplingConfig, Series, SftData, Trainer,
-    TrainerParts, VelrConfig,
+use grpo::{
+    AdvantageConfig, GroupReward, GrpoConfig, GrpoTrainer, LatentScore, PixelScore, Sde,
+    TimestepSelection,
 };
-use shapes_world::{captions, OracleReward, RewardData, Split, WorldModels};
+use latent_reward::{ProcessRewardConfig, VelrRewardConfig};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use refl_trainer::{
+    heldout_reward, write_curves_png, FrameSelection, LatentNorm, LatentRewards, LrSchedule,
+    Method, OptimConfig, PrflConfig, PromptSet, RgbReflConfig, RunConfig, SamplingConfig, Series,
+    SftData, Trainer, TrainerParts, VelrConfig,
+};
+use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldModels};
 
 type B = DefaultBackend;
 type AD = Autodiff<B>;
+
+/// A method under comparison: a ReFL trainer, or GRPO with its reward.
+enum Runner {
+    Refl(Box<Trainer<AD, CausalVae<AD>, OracleReward, Caption>>),
+    Grpo(Box<GrpoTrainer<AD>>, Box<dyn GroupReward<B, Caption>>),
+}
+
+impl Runner {
+    fn policy(&self) -> &diffusion_core::WanTransformer<AD> {
+        match self {
+            Runner::Refl(t) => &t.policy,
+            Runner::Grpo(t, _) => &t.policy,
+        }
+    }
+
+    /// One training step; GRPO draws 2 training prompts from a generator seeded by the step.
+    fn step(
+        &mut self,
+        train: &PromptSet<B, Caption>,
+        step: usize,
+        latent_shape: &[usize; 4],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        match self {
+            Runner::Refl(t) => {
+                t.train_step()?;
+            }
+            Runner::Grpo(t, reward) => {
+                let mut rng = step_rng(1, step);
+                let idx: Vec<usize> = (0..2).map(|_| rng.random_range(0..train.len())).collect();
+                let (prompts, text) = train.batch(&idx);
+                t.train_step(&prompts, text, *latent_shape, reward.as_ref())?;
+            }
+        }
+        Ok(())
+    }
+}
 
 struct Args {
     seconds: f64,
@@ -125,56 +167,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std: models.config.latent_std.clone(),
     };
 
-    let methods: Vec<(&str, Method, LatentRewards<AD>)> = vec![
-        (
-            "rgb refl",
-            Method::RgbRefl(RgbReflConfig {
-                window: 1,
-                frames: FrameSelection::All,
-                lambda: 1.0,
-            }),
-            LatentRewards::Pixel,
-        ),
-        (
-            "prfl",
-            Method::Prfl(PrflConfig {
-                start: None,
-                window: 1,
-                lambda: 1.0,
-                margin: 2.0,
-                sft_every: 1,
-            }),
-            LatentRewards::Process(prm),
-        ),
-        (
-            "velr",
-            Method::Velr(VelrConfig {
-                start: [6, 10],
-                window: 2,
-                kl_beta: 1.0,
-                aggregation: Aggregation::Mean,
-                buffer: 64,
-                label_every: 1,
-                align_every: 10,
-                align_steps: 4,
-                align_lr: 1e-5,
-            }),
-            LatentRewards::Ensemble(ensemble),
-        ),
-    ];
-    let mut curves = Vec::new();
-    let mut md = format!(
-        "# RGB ReFL vs PRFL vs VELR at equal wall time\n\nProduced by `cargo run --release --example compare_methods -- --seconds {} --eval-every {}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores): \
-         each method fine-tunes a fresh copy of the shipped shapes-world DiT for {} s of training time (batch {}, AdamW lr {:e}, 20 Euler steps, shift 3); \
-         the held-out oracle reward is the mean over {} test prompts (fixed noise), measured every {} s outside the timed training. \
-         RGB ReFL: window 1 at the end of the chain, all frames decoded, `-r`. PRFL: shipped process reward model, window 1, `relu(2 - r)`, an SFT step per reward step. \
-         VELR: {} ensemble members from `train_rewards`, start step 6-9, window 2, `x0_hat` jump, KL weight 1, buffer labelled every step, alignment every 10 steps.\n\n\
-         | method | steps | held-out reward before | after | change |\n|---|---|---|---|---|\n",
-        args.seconds, args.eval_every, args.seconds, args.batch, args.lr, args.heldout, args.eval_every, args.members
-    );
-    for (name, method, reward) in methods {
-        let out = args.out.join(name.replace(' ', "_"));
-        let _ = std::fs::remove_dir_all(&out);
+    let grpo_ensemble = ensemble
+        .valid()
+        .with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 });
+    let refl = |method: Method, reward: LatentRewards<AD>, name: &str| {
         let config = RunConfig {
             method,
             steps: 1_000_000,
@@ -193,9 +189,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seed: 0,
             eval_every: 0,
             checkpoint_every: 0,
-            out,
+            out: args.out.join(name.replace(' ', "_")),
         };
-        let mut trainer = Trainer::new(TrainerParts {
+        let _ = std::fs::remove_dir_all(&config.out);
+        Trainer::new(TrainerParts {
             config,
             policy: models_ad.dit.clone(),
             vae: models_ad.vae.clone(),
@@ -206,29 +203,128 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             heldout: heldout_set.clone(),
             sft: Some(sft.clone()),
             latent_shape: models.config.latent_shape(),
-        })?;
-        let before = trainer.heldout_reward()?;
+        })
+        .map(|t| Runner::Refl(Box::new(t)))
+    };
+    let grpo = |reward: Box<dyn GroupReward<B, Caption>>| {
+        let config = GrpoConfig {
+            group: 4,
+            steps: 20,
+            shift: 3.0,
+            sde: Sde::FlowGrpo(FlowGrpoSde::default()),
+            shared_noise: false,
+            advantage: AdvantageConfig::default(),
+            clip: 0.2,
+            kl_beta: 0.01,
+            timesteps: TimestepSelection::RandomFraction {
+                fraction: 0.3,
+                skip_last: 1,
+            },
+            rectify: false,
+            lr: args.lr,
+            weight_decay: 0.01,
+            grad_clip: Some(1.0),
+            seed: 0,
+        };
+        GrpoTrainer::new(config, models_ad.dit.clone()).map(|t| Runner::Grpo(Box::new(t), reward))
+    };
+    let pixel_score = PixelScore {
+        vae: models.vae.clone(),
+        norm: norm.clone(),
+        pixel: OracleReward,
+    };
+    let runs: Vec<(&str, Runner)> = vec![
+        (
+            "rgb refl",
+            refl(
+                Method::RgbRefl(RgbReflConfig {
+                    window: 1,
+                    frames: FrameSelection::All,
+                    lambda: 1.0,
+                }),
+                LatentRewards::Pixel,
+                "rgb refl",
+            )?,
+        ),
+        (
+            "prfl",
+            refl(
+                Method::Prfl(PrflConfig {
+                    start: None,
+                    window: 1,
+                    lambda: 1.0,
+                    margin: 2.0,
+                    sft_every: 1,
+                }),
+                LatentRewards::Process(prm),
+                "prfl",
+            )?,
+        ),
+        (
+            "velr",
+            refl(
+                Method::Velr(VelrConfig {
+                    start: [6, 10],
+                    window: 2,
+                    kl_beta: 1.0,
+                    aggregation: Aggregation::Mean,
+                    buffer: 64,
+                    label_every: 1,
+                    align_every: 10,
+                    align_steps: 4,
+                    align_lr: 1e-5,
+                }),
+                LatentRewards::Ensemble(ensemble),
+                "velr",
+            )?,
+        ),
+        ("grpo latent", grpo(Box::new(LatentScore(grpo_ensemble)))?),
+        ("grpo pixel", grpo(Box::new(pixel_score))?),
+    ];
+    let schedule = FlowMatchScheduleConfig::new(20).with_shift(3.0).init()?;
+    let evaluate = |runner: &Runner| {
+        heldout_reward(
+            &runner.policy().valid(),
+            &models.vae,
+            &norm,
+            &OracleReward,
+            &heldout_set,
+            &schedule,
+            models.config.latent_shape(),
+        )
+    };
+    let mut curves = Vec::new();
+    let mut md = format!(
+        "# Reward fine-tuning methods at equal wall time\n\nProduced by `cargo run --release --example compare_methods -- --seconds {} --eval-every {}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores): \
+         each method fine-tunes a fresh copy of the shipped shapes-world DiT for {} s of training time (AdamW lr {:e}, 20-step chains, shift 3); \
+         the held-out oracle reward is the mean over {} test prompts of Euler samples from fixed noise, measured every {} s outside the timed training.\n\n\
+         - RGB ReFL: batch {b}, window 1 at the end of the chain, all frames decoded, `-r`.\n\
+         - PRFL: batch {b}, the shipped process reward model, window 1, `relu(2 - r)`, an SFT step per reward step.\n\
+         - VELR: batch {b}, {} ensemble members from `train_rewards`, start step 6-9, window 2, `x0_hat` jump, KL weight 1, buffer labelled every step, alignment every 10 steps.\n\
+         - GRPO: 2 prompts x 4 Flow-GRPO SDE rollouts per step, 30% of the steps trained (one at a time), clip 0.2, KL weight 0.01; the reward is the VELR ensemble's mean - 1 std (latent) or the pixel oracle of every decoded sample (pixel).\n\n\
+         | method | steps | held-out reward before | after | change |\n|---|---|---|---|---|\n",
+        args.seconds, args.eval_every, args.seconds, args.lr, args.heldout, args.eval_every, args.members, b = args.batch
+    );
+    for (name, mut runner) in runs {
+        let before = evaluate(&runner)?;
         let mut points = vec![(0.0, before)];
-        let (mut trained, mut next_eval) = (0.0, args.eval_every);
+        let (mut trained, mut next_eval, mut steps) = (0.0, args.eval_every, 0usize);
         println!("{name}: held-out {before:.4}");
         while trained < args.seconds {
             let t = Instant::now();
-            trainer.train_step()?;
+            runner.step(&train_set, steps, &models.config.latent_shape())?;
             trained += t.elapsed().as_secs_f64();
+            steps += 1;
             if trained >= next_eval || trained >= args.seconds {
-                let r = trainer.heldout_reward()?;
-                println!(
-                    "  {trained:6.1} s, {} steps: held-out {r:.4}",
-                    trainer.step()
-                );
+                let r = evaluate(&runner)?;
+                println!("  {trained:6.1} s, {steps} steps: held-out {r:.4}");
                 points.push((trained, r));
                 next_eval += args.eval_every;
             }
         }
         let after = points.last().expect("evaluated").1;
         md += &format!(
-            "| {name} | {} | {before:.4} | {after:.4} | {:+.4} |\n",
-            trainer.step(),
+            "| {name} | {steps} | {before:.4} | {after:.4} | {:+.4} |\n",
             after - before
         );
         curves.push(Series {

@@ -12,7 +12,7 @@
 //! Writes the tables to `--report` (default docs/rewards.md) and the trained models to
 //! `--save` (default assets/shapes-world/rewards). Generated data is cached in `--data`
 //! (default out/reward-data). Sizes: `--train-prompts`, `--eval-prompts`, `--per-prompt`,
-//! `--prm-steps`, `--lrm-steps`, `--members`, `--margin` (least reward gap of a preference pair),
+//! `--prm-steps` (0: evaluate the saved process reward model), `--lrm-steps`, `--members`, `--margin` (least reward gap of a preference pair),
 //! `--hard-negatives` (extra training captions rendered for the regression's hard negatives).
 
 use std::{path::PathBuf, time::Instant};
@@ -25,7 +25,7 @@ use burn::{
 };
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    checkpoint::save_record,
+    checkpoint::{load_record, save_record},
     loss::TimestepSampling,
     probe::{measure, PeakAlloc},
 };
@@ -303,31 +303,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_pool_heads(4)
         .with_head(vec![256, 128]);
     let prm = prm_cfg.init(&models_ad.dit, &dev)?;
-    B::seed(&dev, 0);
-    let fit = FitConfig {
-        steps: args.prm_steps,
-        batch: 16,
-        lr: 3e-4,
-        weight_decay: 0.01,
-        grad_clip: Some(1.0),
-        seed: 0,
+    let (prm, trained) = if args.prm_steps == 0 {
+        // evaluate the saved model instead of training one
+        let prm = load_record(prm, &args.save.join("prm.mpk"), &dev)?.freeze_embeddings();
+        (
+            prm,
+            "the saved model (`--prm-steps 0`; trained by this example with 600 steps)".to_string(),
+        )
+    } else {
+        B::seed(&dev, 0);
+        let fit = FitConfig {
+            steps: args.prm_steps,
+            batch: 16,
+            lr: 3e-4,
+            weight_decay: 0.01,
+            grad_clip: Some(1.0),
+            seed: 0,
+        };
+        let noise = TimestepSampling::Uniform { shift: 3.0 };
+        let (prm, report) = fit_preference(
+            prm,
+            &to_ad_pairs(&pairs[0]),
+            PreferenceLoss::BradleyTerry,
+            Some(noise),
+            &fit,
+            "prm",
+        )?;
+        save_record(prm.clone(), &args.save.join("prm.mpk"))?;
+        prm_cfg.save(args.save.join("prm.json"))?;
+        (
+            prm,
+            format!(
+                "{} steps of 16 pairs, AdamW lr 3e-4, clip 1.0 ({:.0} s)",
+                args.prm_steps, report.seconds
+            ),
+        )
     };
-    let noise = TimestepSampling::Uniform { shift: 3.0 };
-    let (prm, prm_report) = fit_preference(
-        prm,
-        &to_ad_pairs(&pairs[0]),
-        PreferenceLoss::BradleyTerry,
-        Some(noise),
-        &fit,
-        "prm",
-    )?;
-    save_record(prm.clone(), &args.save.join("prm.mpk"))?;
-    prm_cfg.save(args.save.join("prm.json"))?;
     let prm_valid = prm.valid();
     md += &format!(
-        "\n## Process reward model (PRFL)\n\nFirst 2 of the DiT's 4 blocks + query-attention pool + MLP (256, 128), Bradley-Terry loss on train pairs noised at `sigma ~ shift_3(U(0, 1))` (same `eps` for both videos of a pair), {} steps of 16 pairs, AdamW lr 3e-4, clip 1.0 ({:.0} s). \
+        "\n## Process reward model (PRFL)\n\nFirst 2 of the DiT's 4 blocks + query-attention pool + MLP (256, 128), Bradley-Terry loss on train pairs noised at `sigma ~ shift_3(U(0, 1))` (same `eps` for both videos of a pair); {trained}. \
          Pairwise accuracy at fixed noise levels (`t/T = sigma`; at 1.0 both videos of a pair are the same noise, so chance is exact):\n\n| t/T | train | test | ood |\n|---|---|---|---|\n",
-        args.prm_steps, prm_report.seconds
     );
     println!("\nprocess reward model, pairwise accuracy");
     for sigma in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] {

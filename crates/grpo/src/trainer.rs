@@ -203,7 +203,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
     ///
     /// # Errors
     /// Typed errors on bad shapes, a non-finite reward or loss.
-    pub fn train_step<P: Clone, R: GroupReward<B::InnerBackend, P>>(
+    pub fn train_step<P: Clone, R: GroupReward<B::InnerBackend, P> + ?Sized>(
         &mut self,
         prompts: &[P],
         text: Tensor<B::InnerBackend, 3>,

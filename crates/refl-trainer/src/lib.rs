@@ -19,4 +19,4 @@ pub use guard::NanGuard;
 pub use metrics::{MetricsLog, StepMetrics};
 pub use plot::{write_curves_png, Series};
 pub use prompts::PromptSet;
-pub use trainer::{BufferItem, LatentRewards, SftData, Trainer, TrainerParts};
+pub use trainer::{heldout_reward, BufferItem, LatentRewards, SftData, Trainer, TrainerParts};

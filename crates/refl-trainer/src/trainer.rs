@@ -467,27 +467,15 @@ where
     /// Mean pixel reward of samples (Euler, the run's sampler, fixed seeds) for the held-out
     /// prompts: the metric the trainer never optimises directly in latent methods.
     pub fn heldout_reward(&self) -> Result<f64> {
-        let policy = self.policy.valid();
-        let vae = self.vae.valid();
-        let device = self.policy.devices()[0].clone();
-        let [c, f, h, w] = self.latent_shape;
-        let mut total = 0.0;
-        let all: Vec<usize> = (0..self.heldout.len()).collect();
-        for (k, chunk) in all.chunks(8).enumerate() {
-            let (prompts, text) = self.heldout.batch(chunk);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(0xE7A1 + k as u64);
-            let noise = randn([chunk.len(), c, f, h, w], &mut rng, &device);
-            let traj = Rollout::new(&self.schedule, &EulerOde).sample(
-                &policy,
-                noise,
-                &Conditioning::new(text),
-                0,
-            )?;
-            let video = self.norm.decode(&vae, traj.last().clone());
-            let r = PixelReward::<B::InnerBackend>::score_pixels(&self.pixel, video, &prompts)?;
-            total += r.sum().into_scalar().elem::<f64>();
-        }
-        Ok(total / self.heldout.len() as f64)
+        heldout_reward(
+            &self.policy.valid(),
+            &self.vae.valid(),
+            &self.norm,
+            &self.pixel,
+            &self.heldout,
+            &self.schedule,
+            self.latent_shape,
+        )
     }
 
     /// The Euler chain over steps `0..start + len` from `noise`, recording gradients through
@@ -743,4 +731,42 @@ where
         }
         Ok(())
     }
+}
+
+/// Mean pixel reward of Euler samples of `policy` for the prompts of `heldout`, from fixed noise
+/// (the same for every policy, so two policies compare on equal terms): [`Trainer`]'s held-out
+/// metric, usable for models trained elsewhere (GRPO).
+///
+/// # Errors
+/// Shape errors from the chain or the pixel reward.
+pub fn heldout_reward<B, V, R, P>(
+    policy: &WanTransformer<B>,
+    vae: &V,
+    norm: &LatentNorm,
+    pixel: &R,
+    heldout: &PromptSet<B, P>,
+    schedule: &Schedule,
+    latent_shape: [usize; 4],
+) -> Result<f64>
+where
+    B: Backend,
+    V: VideoAutoencoder<B>,
+    R: PixelReward<B, Prompt = P>,
+    P: Clone,
+{
+    let device = policy.devices()[0].clone();
+    let [c, f, h, w] = latent_shape;
+    let mut total = 0.0;
+    let all: Vec<usize> = (0..heldout.len()).collect();
+    for (k, chunk) in all.chunks(8).enumerate() {
+        let (prompts, text) = heldout.batch(chunk);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xE7A1 + k as u64);
+        let noise = randn([chunk.len(), c, f, h, w], &mut rng, &device);
+        let traj =
+            Rollout::new(schedule, &EulerOde).sample(policy, noise, &Conditioning::new(text), 0)?;
+        let video = norm.decode(vae, traj.last().clone());
+        let r = pixel.score_pixels(video, &prompts)?;
+        total += r.sum().into_scalar().elem::<f64>();
+    }
+    Ok(total / heldout.len() as f64)
 }

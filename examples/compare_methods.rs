@@ -26,7 +26,7 @@ use grpo::{
     AdvantageConfig, GroupReward, GrpoConfig, GrpoTrainer, LatentScore, PixelScore, Sde,
     TimestepSelection,
 };
-use latent_reward::{ProcessRewardConfig, VelrRewardConfig};
+use latent_reward::ProcessRewardConfig;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use refl_trainer::{
     heldout_reward, write_curves_png, FrameSelection, LatentNorm, LatentRewards, LrSchedule,
@@ -34,6 +34,8 @@ use refl_trainer::{
     SftData, Trainer, TrainerParts, VelrConfig,
 };
 use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldModels};
+
+mod common;
 
 type B = DefaultBackend;
 type AD = Autodiff<B>;
@@ -137,15 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| missing("prm.json", &e))?;
     let prm = prm_cfg.init(&models_ad.dit, &dev)?;
     let prm = load_record(prm, &args.rewards.join("prm.mpk"), &dev)?.freeze_embeddings();
-    let velr_cfg = VelrRewardConfig::load(args.rewards.join("velr.json"))
-        .map_err(|e| missing("velr.json", &e))?;
-    let members = (0..args.members)
-        .map(|i| {
-            let path = args.rewards.join(format!("velr_{i}.mpk"));
-            let member = velr_cfg.init::<AD>(&dev).map_err(|e| e.to_string())?;
-            load_record(member, &path, &dev).map_err(|e| missing(&path.display().to_string(), &e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let members = common::load_velr_members::<AD>(&args.rewards, args.members, &dev)?;
     let ensemble = Ensemble::new(members)?.with_aggregation(Aggregation::Mean);
 
     let mut train = captions(Split::Train);

@@ -163,10 +163,26 @@ impl<B: Backend> WorldModels<B> {
         captions: &[Caption],
         device: &B::Device,
     ) -> Result<Tensor<B, 3>, WorldError> {
+        let texts: Vec<String> = captions.iter().map(Caption::text).collect();
+        self.embed_texts(&texts, device)
+    }
+
+    /// Text embeddings of free prompts in the world's vocabulary (terse user prompts too).
+    ///
+    /// # Shapes
+    /// - output: `[B, S, D_text]`
+    ///
+    /// # Errors
+    /// `Caption` for a word outside the vocabulary.
+    pub fn embed_texts(
+        &self,
+        texts: &[String],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 3>, WorldError> {
         let vocab = Vocabulary::default();
-        let tokens = captions
+        let tokens = texts
             .iter()
-            .map(|c| vocab.encode(&c.text()))
+            .map(|t| vocab.encode(t))
             .collect::<Result<Vec<_>, _>>()?;
         let ids = self
             .text
@@ -227,6 +243,21 @@ impl<B: Backend> WorldModels<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Tensor<B, 5>, WorldError> {
+        self.sample_from_text(self.embed(captions, device)?, steps, shift, seed)
+    }
+
+    /// Samples normalised latents for prompt embeddings with the Euler ODE sampler (`steps`
+    /// steps, schedule `shift`), from noise drawn from `seed`.
+    ///
+    /// # Shapes
+    /// - `text`: `[B, S, D_text]` -> `[B, C, F', H', W']`
+    pub fn sample_from_text(
+        &self,
+        text: Tensor<B, 3>,
+        steps: usize,
+        shift: f64,
+        seed: u64,
+    ) -> Result<Tensor<B, 5>, WorldError> {
         let werr = |e: CoreError| WorldError::InvalidConfig(e.to_string());
         let schedule = FlowMatchScheduleConfig::new(steps)
             .with_shift(shift)
@@ -234,8 +265,8 @@ impl<B: Backend> WorldModels<B> {
             .map_err(werr)?;
         let [c, f, h, w] = self.config.latent_shape();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let noise = randn::<B, 5>([captions.len(), c, f, h, w], &mut rng, device);
-        let cond = Conditioning::new(self.embed(captions, device)?);
+        let noise = randn::<B, 5>([text.dims()[0], c, f, h, w], &mut rng, &text.device());
+        let cond = Conditioning::new(text);
         let traj = Rollout::new(&schedule, &EulerOde)
             .sample(&self.dit, noise, &cond, seed)
             .map_err(werr)?;

@@ -6,8 +6,9 @@
 //! cargo run --release --example post_train
 //! ```
 //!
-//! Users write terse prompts (`red circle left`); the oracle scores each sample against the full
-//! test caption the terse prompt was made from. Stages 0-2 embed the terse prompt as it is,
+//! Users write terse prompts (`small red circle left slowly black`: the attributes without the
+//! caption template); the oracle scores each sample against the full test caption the terse
+//! prompt was made from. Stages 0-2 embed the terse prompt as it is,
 //! stage 3 rewrites it with the world's rule-based `CaptionEnhancer` first, stage 4 searches the
 //! fewest Euler steps (and a schedule shift) that keep the stage-3 reward on training prompts
 //! within `--tolerance`, then reports on the held-out ones.
@@ -59,7 +60,7 @@ fn parse() -> Result<Args, String> {
         tolerance: 0.01,
         models: "assets/shapes-world".into(),
         rewards: "assets/shapes-world/rewards".into(),
-        out: "out/post_train".into(),
+        out: "docs/post_train".into(),
         report: "docs/post_train.md".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -85,13 +86,20 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// What a user types: colour, shape and motion, nothing else.
+/// What a user types: every attribute the oracle checks, as bare words without the caption
+/// template the model was trained on (`small blue square up slowly black`).
 fn terse(c: &Caption) -> String {
     let motion = match c.direction {
-        Direction::Still => "still",
-        d => d.word(),
+        Direction::Still => "still".to_string(),
+        d => format!("{} {}", d.word(), c.speed.word()),
     };
-    format!("{} {} {motion}", c.color.word(), c.shape.word())
+    format!(
+        "{} {} {} {motion} {}",
+        c.size.word(),
+        c.color.word(),
+        c.shape.word(),
+        c.background.word()
+    )
 }
 
 /// Mean oracle reward (against the true captions) of Euler samples for `prompts`, and the
@@ -171,7 +179,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                      note: String|
      -> Result<(), Box<dyn std::error::Error>> {
         let (reward, secs) = evaluate(models, prompts, &heldout, steps, shift)?;
-        let path = args.out.join(format!("{}_{name}.gif", rows.len()));
+        let first_word = name.split(' ').next().unwrap_or(name);
+        let path = args.out.join(format!("{}_{first_word}.gif", rows.len()));
         gif(models, &prompts[0], steps, shift, &path)?;
         println!(
             "{name:<24} held-out reward {reward:.4}, {:.1} ms per video ({steps} steps, shift {shift})  {}",
@@ -341,8 +350,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut md = format!(
         "# The post-train pipeline on shapes-world\n\nProduced by `cargo run --release --example post_train` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores) in {:.1} min. \
-         Held-out: {} test captions; the user prompt is terse (colour, shape, motion, e.g. `{show}`), the oracle scores against the full caption. \
-         Sampling time is the denoising chain per video (Euler, batches of 8), without decoding. GIFs of the first held-out prompt per stage are in `{}`.\n\n\
+         Held-out: {} test captions; the user prompt is terse (the caption's attribute words without its template, e.g. `{show}`), the oracle scores against the full caption. \
+         Sampling time is the denoising chain per video (Euler, batches of 8), without decoding. GIFs of the first held-out prompt per stage are in `{}` (`0_base.gif` ... `4_inference.gif`).\n\n\
          | stage | held-out oracle reward | sampling ms / video | steps | shift | what |\n|---|---|---|---|---|---|\n",
         t_all.elapsed().as_secs_f64() / 60.0,
         args.heldout,

@@ -16,24 +16,20 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, config::Config, module::AutodiffModule};
+use burn::{backend::Autodiff, module::AutodiffModule};
 use diffusion_core::{
-    backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME, checkpoint::load_record,
-    rollout::step_rng, vae::CausalVae, FlowGrpoSde, FlowMatchScheduleConfig,
+    backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME, rollout::step_rng, vae::CausalVae,
+    FlowMatchScheduleConfig,
 };
 use ensemble::{Aggregation, Ensemble};
-use grpo::{
-    AdvantageConfig, GroupReward, GrpoConfig, GrpoTrainer, LatentScore, PixelScore, Sde,
-    TimestepSelection,
-};
-use latent_reward::ProcessRewardConfig;
-use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use grpo::{GroupReward, GrpoTrainer, LatentScore, PixelScore};
+use rand::Rng;
 use refl_trainer::{
-    heldout_reward, write_curves_png, FrameSelection, LatentNorm, LatentRewards, LrSchedule,
-    Method, OptimConfig, PrflConfig, PromptSet, RgbReflConfig, RunConfig, SamplingConfig, Series,
-    SftData, Trainer, TrainerParts, VelrConfig,
+    heldout_reward, write_curves_png, FrameSelection, LatentRewards, LrSchedule, Method,
+    OptimConfig, PrflConfig, PromptSet, RgbReflConfig, RunConfig, SamplingConfig, Series, Trainer,
+    TrainerParts, VelrConfig,
 };
-use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldModels};
+use shapes_world::{Caption, OracleReward, Split, WorldModels};
 
 mod common;
 
@@ -132,34 +128,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Default::default();
     let models = WorldModels::<B>::load(&args.models, &dev)?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
-    let missing = |what: &str, e: &dyn std::fmt::Display| {
-        format!("cannot load {what} (run the train_rewards example): {e}")
-    };
-    let prm_cfg = ProcessRewardConfig::load(args.rewards.join("prm.json"))
-        .map_err(|e| missing("prm.json", &e))?;
-    let prm = prm_cfg.init(&models_ad.dit, &dev)?;
-    let prm = load_record(prm, &args.rewards.join("prm.mpk"), &dev)?.freeze_embeddings();
+    let prm = common::load_prm(&models_ad.dit, &args.rewards, &dev)?;
     let members = common::load_velr_members::<AD>(&args.rewards, args.members, &dev)?;
     let ensemble = Ensemble::new(members)?.with_aggregation(Aggregation::Mean);
 
-    let mut train = captions(Split::Train);
-    train.shuffle(&mut StdRng::seed_from_u64(1));
-    train.truncate(512);
-    let mut heldout = captions(Split::Test);
-    heldout.shuffle(&mut StdRng::seed_from_u64(2));
-    heldout.truncate(args.heldout);
+    let train = common::shuffled_captions(Split::Train, 1, 512);
+    let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
     let train_set = PromptSet::new(train.clone(), models.embed(&train, &dev)?)?;
     let heldout_set = PromptSet::new(heldout.clone(), models.embed(&heldout, &dev)?)?;
-    let real = RewardData::real(&models, &train[..128], &train[..128], 3, &dev)?
-        .regression_set(&models, &dev)?;
-    let sft = SftData {
-        latents: real.latents,
-        text: real.text,
-    };
-    let norm = LatentNorm {
-        mean: models.config.latent_mean.clone(),
-        std: models.config.latent_std.clone(),
-    };
+    let sft = common::sft_data(&models, &train[..128], &dev)?;
+    let norm = models.latent_norm();
 
     let grpo_ensemble = ensemble
         .valid()
@@ -201,25 +179,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|t| Runner::Refl(Box::new(t)))
     };
     let grpo = |reward: Box<dyn GroupReward<B, Caption>>| {
-        let config = GrpoConfig {
-            group: 4,
-            steps: 20,
-            shift: 3.0,
-            sde: Sde::FlowGrpo(FlowGrpoSde::default()),
-            shared_noise: false,
-            advantage: AdvantageConfig::default(),
-            clip: 0.2,
-            kl_beta: 0.01,
-            timesteps: TimestepSelection::RandomFraction {
-                fraction: 0.3,
-                skip_last: 1,
-            },
-            rectify: false,
-            lr: args.lr,
-            weight_decay: 0.01,
-            grad_clip: Some(1.0),
-            seed: 0,
-        };
+        let config = common::grpo_config(args.lr);
         GrpoTrainer::new(config, models_ad.dit.clone()).map(|t| Runner::Grpo(Box::new(t), reward))
     };
     let pixel_score = PixelScore {

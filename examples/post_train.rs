@@ -22,14 +22,13 @@ use std::{path::PathBuf, time::Instant};
 use burn::{backend::Autodiff, module::Module};
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    FlowGrpoSde, PromptEnhancer,
+    PromptEnhancer,
 };
 use ensemble::{Aggregation, Ensemble};
-use grpo::{AdvantageConfig, GrpoConfig, GrpoTrainer, LatentScore, Sde, TimestepSelection};
-use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use grpo::{GrpoTrainer, LatentScore};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 use refl_trainer::PromptSet;
 use shapes_world::{
-    captions,
     pretrain::{train_dit, LatentCache, StageConfig},
     write_gif, Caption, CaptionEnhancer, Direction, OracleReward, Split, Video, WorldModels,
 };
@@ -161,12 +160,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ensemble::new(members)?.with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 }),
     );
 
-    let mut heldout = captions(Split::Test);
-    heldout.shuffle(&mut StdRng::seed_from_u64(2));
-    heldout.truncate(args.heldout);
-    let mut val = captions(Split::Train);
-    val.shuffle(&mut StdRng::seed_from_u64(3));
-    val.truncate(args.heldout);
+    let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
+    let val = common::shuffled_captions(Split::Train, 3, args.heldout);
     let terse_heldout: Vec<String> = heldout.iter().map(terse).collect();
     std::fs::create_dir_all(&args.out)?;
     let show = &terse_heldout[0];
@@ -235,29 +230,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. GRPO with the latent ensemble reward (mean - 1 std of the VELR members)
     let t = Instant::now();
-    let mut train = captions(Split::Train);
-    train.shuffle(&mut StdRng::seed_from_u64(1));
-    train.truncate(512);
+    let train = common::shuffled_captions(Split::Train, 1, 512);
     let train_set = PromptSet::new(train.clone(), world.valid().embed(&train, &dev)?)?;
-    let config = GrpoConfig {
-        group: 4,
-        steps: 20,
-        shift: 3.0,
-        sde: Sde::FlowGrpo(FlowGrpoSde::default()),
-        shared_noise: false,
-        advantage: AdvantageConfig::default(),
-        clip: 0.2,
-        kl_beta: 0.01,
-        timesteps: TimestepSelection::RandomFraction {
-            fraction: 0.3,
-            skip_last: 1,
-        },
-        rectify: false,
-        lr: 5e-5,
-        weight_decay: 0.01,
-        grad_clip: Some(1.0),
-        seed: 0,
-    };
+    let config = common::grpo_config(5e-5);
     let mut grpo = GrpoTrainer::new(config, world.dit.clone())?;
     let mut rng = StdRng::seed_from_u64(5);
     let mut last = 0.0;

@@ -17,19 +17,15 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, config::Config};
-use diffusion_core::{
-    backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME, checkpoint::load_record,
-};
-use latent_reward::ProcessRewardConfig;
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use burn::backend::Autodiff;
+use diffusion_core::{backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME};
 use refl_trainer::{
-    write_curves_png, LatentNorm, LatentRewards, LrSchedule, Method, OptimConfig, PrflConfig,
-    PromptSet, RunConfig, SamplingConfig, Series, SftData, Trainer, TrainerParts,
+    write_curves_png, LatentRewards, LrSchedule, Method, OptimConfig, PrflConfig, PromptSet,
+    RunConfig, SamplingConfig, Series, Trainer, TrainerParts,
 };
-use shapes_world::{
-    captions, write_gif, Caption, OracleReward, RewardData, Split, Video, WorldModels,
-};
+use shapes_world::{write_gif, Caption, OracleReward, Split, Video, WorldModels};
+
+mod common;
 
 type B = DefaultBackend;
 type AD = Autodiff<B>;
@@ -114,27 +110,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models =
         WorldModels::<B>::load(&args.models, &dev).map_err(|e| missing("the world models", &e))?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
-    let prm_cfg = ProcessRewardConfig::load(args.prm.join("prm.json"))
-        .map_err(|e| missing("prm.json (run the train_rewards example)", &e))?;
-    let prm = prm_cfg.init(&models_ad.dit, &dev)?;
-    let prm = load_record(prm, &args.prm.join("prm.mpk"), &dev)?.freeze_embeddings();
+    let prm = common::load_prm(&models_ad.dit, &args.prm, &dev)?;
     println!("backend {DEFAULT_BACKEND_NAME}; models and process reward model loaded");
 
-    let mut train = captions(Split::Train);
-    train.shuffle(&mut StdRng::seed_from_u64(1));
-    train.truncate(512);
-    let mut heldout = captions(Split::Test);
-    heldout.shuffle(&mut StdRng::seed_from_u64(2));
-    heldout.truncate(args.heldout);
+    let train = common::shuffled_captions(Split::Train, 1, 512);
+    let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
     let train_set = PromptSet::new(train.clone(), models.embed(&train, &dev)?)?;
     let heldout_set = PromptSet::new(heldout.clone(), models.embed(&heldout, &dev)?)?;
     // real latents of rendered training videos for the SFT steps
-    let real = RewardData::real(&models, &train[..128], &train[..128], 3, &dev)?
-        .regression_set(&models, &dev)?;
-    let sft = SftData {
-        latents: real.latents,
-        text: real.text,
-    };
+    let sft = common::sft_data(&models, &train[..128], &dev)?;
 
     let out = args.out.clone();
     let _ = std::fs::remove_dir_all(out.join("run"));
@@ -170,10 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("config.json"),
         serde_json::to_string_pretty(&config)?,
     )?;
-    let norm = LatentNorm {
-        mean: models.config.latent_mean.clone(),
-        std: models.config.latent_std.clone(),
-    };
+    let norm = models.latent_norm();
     let mut trainer = Trainer::new(TrainerParts {
         config: config.clone(),
         policy: models_ad.dit.clone(),

@@ -24,10 +24,9 @@
 
 use std::{io::Write, path::PathBuf};
 
-use burn::{backend::Autodiff, config::Config, tensor::backend::Backend};
+use burn::{backend::Autodiff, tensor::backend::Backend};
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    checkpoint::load_record,
     probe::PeakAlloc,
     vae::{CausalVae, CausalVaeConfig},
     WanConfig, WanTransformer,
@@ -42,6 +41,8 @@ use shapes_world::{captions, Caption, OracleReward, Split, WorldModels};
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
+
+mod common;
 
 type B = DefaultBackend;
 type AD = Autodiff<B>;
@@ -110,9 +111,7 @@ fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
     AD::seed(&dev, 0);
     let (title, dit, vae, norm, latent_shape, prm) = match name {
         "shapes" => {
-            let prm_cfg = ProcessRewardConfig::load(dir.join("rewards/prm.json"))?;
-            let prm = prm_cfg.init(&world.dit, &dev)?;
-            let prm = load_record(prm, &dir.join("rewards/prm.mpk"), &dev)?.freeze_embeddings();
+            let prm = common::load_prm(&world.dit, &dir.join("rewards"), &dev)?;
             let v = world.config.video;
             (
                 format!(
@@ -126,10 +125,7 @@ fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
                 ),
                 world.dit.clone(),
                 world.vae.clone(),
-                LatentNorm {
-                    mean: world.config.latent_mean.clone(),
-                    std: world.config.latent_std.clone(),
-                },
+                world.latent_norm(),
                 world.config.latent_shape(),
                 prm,
             )

@@ -5,13 +5,13 @@ use std::path::Path;
 
 use burn::{
     config::Config,
-    tensor::{backend::Backend, Tensor, TensorData},
+    tensor::{backend::Backend, Tensor},
 };
 use diffusion_core::{
     checkpoint::{load_record, load_safetensors, save_record, save_safetensors, write_atomic},
     rollout::randn,
     text::{TextEncoder, TokenEncoder, TokenEncoderConfig},
-    vae::{CausalVae, CausalVaeConfig, VideoAutoencoder},
+    vae::{CausalVae, CausalVaeConfig, LatentNorm, VideoAutoencoder},
     Conditioning, CoreError, EulerOde, FlowMatchScheduleConfig, Rollout, WanConfig, WanTransformer,
 };
 use rand::SeedableRng;
@@ -191,12 +191,12 @@ impl<B: Backend> WorldModels<B> {
         Ok(self.text.encode(ids))
     }
 
-    fn stats(&self, device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
-        let c = self.config.latent_mean.len();
-        let t = |v: &Vec<f32>| {
-            Tensor::<B, 5>::from_data(TensorData::new(v.clone(), [1, c, 1, 1, 1]), device)
-        };
-        (t(&self.config.latent_mean), t(&self.config.latent_std))
+    /// The latent normalisation of the DiT.
+    pub fn latent_norm(&self) -> LatentNorm {
+        LatentNorm {
+            mean: self.config.latent_mean.clone(),
+            std: self.config.latent_std.clone(),
+        }
     }
 
     /// VAE latents of videos, normalised for the DiT (posterior means).
@@ -204,8 +204,7 @@ impl<B: Backend> WorldModels<B> {
     /// # Shapes
     /// - `video`: `[B, 3, F, H, W]` in `[-1, 1]` -> `[B, C, F', H', W']`
     pub fn encode(&self, video: Tensor<B, 5>) -> Tensor<B, 5> {
-        let (mean, std) = self.stats(&video.device());
-        (self.vae.encode(video).mean - mean) / std
+        self.latent_norm().encode(&self.vae, video)
     }
 
     /// Videos from normalised latents.
@@ -213,8 +212,7 @@ impl<B: Backend> WorldModels<B> {
     /// # Shapes
     /// - `latent`: `[B, C, F', H', W']` -> `[B, 3, F, H, W]`
     pub fn decode(&self, latent: Tensor<B, 5>) -> Tensor<B, 5> {
-        let (mean, std) = self.stats(&latent.device());
-        self.vae.decode(latent * std + mean)
+        self.latent_norm().decode(&self.vae, latent)
     }
 
     /// Samples normalised latents for captions (Euler, shift 3) and scores their decodings with

@@ -14,6 +14,28 @@ pub struct LatentNorm {
 }
 
 impl LatentNorm {
+    /// The per-channel statistics as broadcastable `[1, C, 1, 1, 1]` tensors `(mean, std)`.
+    fn stats<B: Backend>(&self, device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
+        let c = self.mean.len();
+        let t = |v: &Vec<f32>| {
+            Tensor::<B, 5>::from_data(TensorData::new(v.clone(), [1, c, 1, 1, 1]), device)
+        };
+        (t(&self.mean), t(&self.std))
+    }
+
+    /// Encodes videos with `vae` to normalised latents (posterior means).
+    ///
+    /// # Shapes
+    /// - `video`: `[B, 3, F, H, W]` -> `[B, C, F', H', W']`
+    pub fn encode<B: Backend, V: VideoAutoencoder<B>>(
+        &self,
+        vae: &V,
+        video: Tensor<B, 5>,
+    ) -> Tensor<B, 5> {
+        let (mean, std) = self.stats(&video.device());
+        (vae.encode(video).mean - mean) / std
+    }
+
     /// Decodes normalised latents with `vae`.
     ///
     /// # Shapes
@@ -23,11 +45,7 @@ impl LatentNorm {
         vae: &V,
         z: Tensor<B, 5>,
     ) -> Tensor<B, 5> {
-        let c = self.mean.len();
-        let dev = z.device();
-        let t = |v: &Vec<f32>| {
-            Tensor::<B, 5>::from_data(TensorData::new(v.clone(), [1, c, 1, 1, 1]), &dev)
-        };
-        vae.decode(z * t(&self.std) + t(&self.mean))
+        let (mean, std) = self.stats(&z.device());
+        vae.decode(z * std + mean)
     }
 }

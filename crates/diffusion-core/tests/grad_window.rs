@@ -191,10 +191,8 @@ fn full_window_with_checkpointing_gives_the_same_gradients() {
     let dev = Default::default();
     let plain = WanConfig::tiny().init::<AD>(&dev).unwrap();
     // the same weights on the checkpointing backend
-    let path = std::env::temp_dir().join(format!(
-        "latent_refl_ckpt_{}.safetensors",
-        std::process::id()
-    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ckpt.safetensors");
     diffusion_core::checkpoint::save_safetensors(&plain, &path).unwrap();
     let ckpt: WanTransformer<Ckpt> = diffusion_core::checkpoint::load_safetensors(
         WanConfig::tiny().init::<Ckpt>(&dev).unwrap(),

@@ -24,4 +24,4 @@ pub use train::{
     evaluate_pairs, evaluate_regression, fit_preference, fit_regression, predict, FitConfig,
     FitReport,
 };
-pub use velr::{TextKeys, VelrReward, VelrRewardConfig};
+pub use velr::{TextFusion, TextKeys, VelrReward, VelrRewardConfig};

@@ -363,11 +363,11 @@ mod tests {
     #[test]
     fn toml_and_json_round_trip() {
         let cfg = prfl();
-        let dir = std::env::temp_dir();
-        let t = dir.join(format!("cfg_{}.toml", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path().join("cfg.toml");
         std::fs::write(&t, toml::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(RunConfig::load(&t).unwrap(), cfg);
-        let j = dir.join(format!("cfg_{}.json", std::process::id()));
+        let j = tmp.path().join("cfg.json");
         std::fs::write(&j, serde_json::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(RunConfig::load(&j).unwrap(), cfg);
         std::fs::write(&t, "steps = 'ten'").unwrap();

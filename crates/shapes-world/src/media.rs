@@ -140,9 +140,9 @@ mod tests {
             .iter()
             .zip(&back.data)
             .all(|(a, b)| (a - b).abs() < 1e-6));
-        let dir = std::env::temp_dir();
-        let gif = dir.join(format!("sw_test_{}.gif", std::process::id()));
-        let png = dir.join(format!("sw_test_{}.png", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let gif = dir.path().join("test.gif");
+        let png = dir.path().join("test.png");
         write_gif(&gif, &v, 2, 80).unwrap();
         write_contact_sheet(&png, &[v.clone(), back], 1).unwrap();
         assert_eq!(&std::fs::read(&gif).unwrap()[..6], b"GIF89a");

@@ -27,7 +27,8 @@ fn generated_data_pairs_and_batches() {
     assert!(data.samples.iter().all(|s| (0.0..=1.0).contains(&s.reward)));
 
     // save / load round trip
-    let path = std::env::temp_dir().join(format!("sw_data_{}.json", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("data.json");
     data.save(&path).unwrap();
     assert_eq!(RewardData::load(&path).unwrap(), data);
 
@@ -52,7 +53,8 @@ fn generated_data_pairs_and_batches() {
 
 #[test]
 fn corrupt_data_file_is_a_typed_error() {
-    let path = std::env::temp_dir().join(format!("sw_bad_{}.json", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.json");
     let c = captions(Split::Train)[0];
     let bad = RewardData {
         latent_shape: [1, 1, 2, 2],
@@ -74,7 +76,8 @@ fn corrupt_data_file_is_a_typed_error() {
 fn models_save_and_load() {
     let dev = Default::default();
     let models = tiny_models();
-    let dir = std::env::temp_dir().join(format!("sw_models_{}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("models");
     models.save(&dir).unwrap();
     let back = WorldModels::<B>::load(&dir, &dev).unwrap();
     let c = [captions(Split::Test)[0]];

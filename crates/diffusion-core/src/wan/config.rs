@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn reads_diffusers_json() {
-        let dir = std::env::temp_dir().join("wan_cfg_test.json");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("config.json");
         std::fs::write(
             &dir,
             r#"{"_class_name":"WanTransformer3DModel","patch_size":[1,2,2],"num_attention_heads":12,

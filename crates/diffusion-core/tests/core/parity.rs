@@ -119,6 +119,7 @@ fn flow_match_schedule_matches_diffusers() {
 
 /// Writes a copy of the fixture weights with `edit` applied to the tensor map.
 fn edited_weights(
+    dir: &std::path::Path,
     name: &str,
     edit: impl FnOnce(&mut std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>),
 ) -> std::path::PathBuf {
@@ -138,10 +139,7 @@ fn edited_weights(
             )
         })
         .collect();
-    let path = std::env::temp_dir().join(format!(
-        "latent_refl_{name}_{}.safetensors",
-        std::process::id()
-    ));
+    let path = dir.join(format!("{name}.safetensors"));
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
     path
 }
@@ -150,8 +148,9 @@ fn edited_weights(
 fn missing_and_misshaped_keys_are_named() {
     let dev = Default::default();
     let cfg = WanConfig::load_diffusers(fixture("wan_tiny/config.json")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
 
-    let path = edited_weights("missing", |w| {
+    let path = edited_weights(tmp.path(), "missing", |w| {
         w.remove("blocks.1.attn2.norm_k.weight");
     });
     match load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev) {
@@ -159,7 +158,7 @@ fn missing_and_misshaped_keys_are_named() {
         other => panic!("expected MissingKey, got {other:?}"),
     }
 
-    let path = edited_weights("shape", |w| {
+    let path = edited_weights(tmp.path(), "shape", |w| {
         w.insert("proj_out.weight".into(), (vec![16, 25], vec![0.0; 400]));
     });
     let err = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap_err();
@@ -170,7 +169,7 @@ fn missing_and_misshaped_keys_are_named() {
     );
     assert!(err.to_string().contains("proj_out.weight"));
 
-    let path = edited_weights("extra", |w| {
+    let path = edited_weights(tmp.path(), "extra", |w| {
         w.insert("blocks.9.attn1.to_q.weight".into(), (vec![1], vec![0.0]));
     });
     let err = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap_err();
@@ -184,10 +183,8 @@ fn missing_and_misshaped_keys_are_named() {
 fn save_then_load_round_trips() {
     let dev = Default::default();
     let model = load_tiny::<B>(&dev);
-    let path = std::env::temp_dir().join(format!(
-        "latent_refl_roundtrip_{}.safetensors",
-        std::process::id()
-    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("roundtrip.safetensors");
     save_safetensors(&model, &path).unwrap();
     let cfg = WanConfig::load_diffusers(fixture("wan_tiny/config.json")).unwrap();
     let again = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap();
@@ -209,10 +206,8 @@ fn fresh_model_its_clone_and_its_saved_copy_agree() {
     let dev = Default::default();
     let model = WanConfig::tiny().init::<B>(&dev).unwrap();
     let clone = model.clone();
-    let path = std::env::temp_dir().join(format!(
-        "latent_refl_fresh_{}.safetensors",
-        std::process::id()
-    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("fresh.safetensors");
     save_safetensors(&clone, &path).unwrap();
     let loaded = load_safetensors(WanConfig::tiny().init::<B>(&dev).unwrap(), &path, &dev).unwrap();
     let x = Tensor::<B, 5>::ones([1, 4, 1, 4, 4], &dev);

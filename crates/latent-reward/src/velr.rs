@@ -239,7 +239,11 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
             .context;
         let mut tokens = self.cross_norm.forward(tokens + attended);
         if let Some(film) = &self.film {
-            let [scale, shift] = film.forward(prompt.clone()).chunk(2, 2).try_into().expect("2 chunks");
+            let [scale, shift] = film
+                .forward(prompt.clone())
+                .chunk(2, 2)
+                .try_into()
+                .expect("2 chunks");
             tokens = tokens * (scale + 1.0) + shift;
         }
         let tokens = self.encoder.forward(TransformerEncoderInput::new(tokens));

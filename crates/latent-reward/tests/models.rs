@@ -142,9 +142,15 @@ fn valid(p: &PairSet<AD>) -> PairSet<B> {
     .unwrap()
 }
 
-/// Targets that depend on the latent's spatial structure (a bright top half in channel 0)
-/// and on the prompt.
-fn structured_set(n: usize, shape: [usize; 4], text_dim: usize, seed: u64) -> RegressionSet<AD> {
+/// Targets `target(a, t)` of the latent's spatial structure (`a`: the brightness of the top half
+/// of channel 0) and of the prompt (`t`: token 0's first feature).
+fn structured_set(
+    n: usize,
+    shape: [usize; 4],
+    text_dim: usize,
+    seed: u64,
+    target: fn(f32, f32) -> f32,
+) -> RegressionSet<AD> {
     use rand::{Rng, SeedableRng};
     let dev = Default::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -165,7 +171,7 @@ fn structured_set(n: usize, shape: [usize; 4], text_dim: usize, seed: u64) -> Re
             k if k == text_dim + 1 => 0.5,
             _ => 0.0,
         }));
-        targets.push(a + 0.5 * t);
+        targets.push(target(a, t));
     }
     let data = |v: Vec<f32>, s: Vec<usize>| burn::tensor::TensorData::new(v, s);
     RegressionSet::new(
@@ -189,8 +195,9 @@ fn valid_set(s: &RegressionSet<AD>) -> RegressionSet<B> {
 fn velr_and_mlp_regress_a_structured_target() {
     let dev = Default::default();
     let shape = [4, 2, 8, 8];
-    let train = structured_set(96, shape, 8, 0);
-    let test = valid_set(&structured_set(48, shape, 8, 1));
+    let sum = |a: f32, t: f32| a + 0.5 * t;
+    let train = structured_set(96, shape, 8, 0, sum);
+    let test = valid_set(&structured_set(48, shape, 8, 1, sum));
     let cfg = FitConfig {
         steps: 120,
         batch: 16,
@@ -234,6 +241,45 @@ fn velr_and_mlp_regress_a_structured_target() {
     let (mlp, _) = fit_regression(mlp, &train, RegressionLoss::Mse, &cfg, "mlp").unwrap();
     let m = evaluate_regression(&mlp.valid(), &test, 16).unwrap();
     assert!(m.pearson.is_finite(), "MLP test {m:?}");
+}
+
+/// Whether a video matches its prompt is a product of the two (`a * t`: the brightness must have
+/// the prompt's sign); the pooled prompt path learns it from 192 samples (test Pearson 0.78 on
+/// wgpu).
+#[test]
+fn velr_pooled_prompt_path_learns_a_video_prompt_match() {
+    let dev = Default::default();
+    let shape = [4, 2, 8, 8];
+    let product = |a: f32, t: f32| a * t;
+    let train = structured_set(192, shape, 8, 2, product);
+    let test = valid_set(&structured_set(64, shape, 8, 3, product));
+    let cfg = FitConfig {
+        steps: 150,
+        batch: 32,
+        lr: 2e-3,
+        weight_decay: 0.0,
+        grad_clip: Some(1.0),
+        seed: 0,
+    };
+    let small = VelrRewardConfig::new(shape, 8)
+        .with_channels(vec![8, 16, 16])
+        .with_groups(4)
+        .with_heads(2)
+        .with_layers(1);
+    let pooled = small.clone().with_fusion(TextFusion::Pooled);
+    let velr = pooled.init::<AD>(&dev).unwrap();
+    assert!(velr.film.is_some() && velr.head.len() == 2);
+    let (velr, _) = fit_regression(velr, &train, RegressionLoss::Mse, &cfg, "pooled").unwrap();
+    let m = evaluate_regression(&velr.valid(), &test, 16).unwrap();
+    // `a` and `t` are independent and symmetric, so any sum f(a) + g(t) correlates 0 with a * t:
+    // a Pearson well above 0 means the model compares the video with the prompt.
+    assert!(m.pearson > 0.5, "pooled VELR test {m:?}");
+    // the published variant has neither the FiLM nor the two-layer head
+    let published = small
+        .with_fusion(TextFusion::CrossAttention)
+        .init::<AD>(&dev)
+        .unwrap();
+    assert!(published.film.is_none() && published.head.len() == 1);
 }
 
 #[test]

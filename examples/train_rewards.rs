@@ -242,6 +242,23 @@ fn to_ad_pairs(s: &PairSet<B>) -> PairSet<AD> {
     .expect("same sizes")
 }
 
+/// Seeds the backend (the same seed for every single model, so they start alike), then fits the
+/// model that `init` builds; returns it without autodiff.
+fn fit_seeded<M>(
+    init: impl FnOnce() -> latent_reward::Result<M>,
+    train: &RegressionSet<AD>,
+    loss: RegressionLoss,
+    fit: &FitConfig,
+    label: &str,
+) -> latent_reward::Result<M::InnerModule>
+where
+    M: AutodiffModule<AD> + LatentReward<AD>,
+{
+    B::seed(&train.latents.device(), 100);
+    let (model, _) = fit_regression(init()?, train, loss, fit, label)?;
+    Ok(model.valid())
+}
+
 fn mb(bytes: Option<u64>) -> f64 {
     bytes.unwrap_or(0) as f64 / 1e6
 }
@@ -382,30 +399,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         regs.iter().map(m).collect()
     };
     let t = Instant::now();
-    B::seed(&dev, 100);
-    let mlp = MlpRewardConfig::new(shape[0], text_dim).init::<AD>(&dev)?;
-    let (mlp, _) = fit_regression(mlp, &train, loss, &fit, "mlp")?;
-    let mlp = mlp.valid();
+    let mlp = fit_seeded(
+        || MlpRewardConfig::new(shape[0], text_dim).init(&dev),
+        &train,
+        loss,
+        &fit,
+        "mlp",
+    )?;
     rows.push((
         "MLP baseline (pooled latents)".into(),
         eval(&|s| evaluate_regression(&mlp, s, 64))?,
     ));
-    B::seed(&dev, 100);
-    let single = velr_cfg.init::<AD>(&dev)?;
-    let (single, _) = fit_regression(single, &train, loss, &fit, "velr")?;
-    let single = single.valid();
+    let single = fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr")?;
     rows.push((
         "VELR LRM (all data)".into(),
         eval(&|s| evaluate_regression(&single, s, 64))?,
     ));
-    B::seed(&dev, 100);
-    let published = velr_cfg
-        .clone()
-        .with_fusion(TextFusion::CrossAttention)
-        .init::<AD>(&dev)?;
-    let (published, _) =
-        fit_regression(published, &train, loss, &fit, "velr (cross-attention only)")?;
-    let published = published.valid();
+    let published = fit_seeded(
+        || {
+            velr_cfg
+                .clone()
+                .with_fusion(TextFusion::CrossAttention)
+                .init(&dev)
+        },
+        &train,
+        loss,
+        &fit,
+        "velr (cross-attention only)",
+    )?;
     rows.push((
         "VELR LRM, published text path (cross-attention only)".into(),
         eval(&|s| evaluate_regression(&published, s, 64))?,

@@ -40,14 +40,9 @@ pub fn transition_kl<B: Backend, const D: usize>(
     std: f64,
     reduction: LogProbReduction,
 ) -> Tensor<B, 1> {
-    let b = mean.dims()[0];
-    let per: Tensor<B, 2> = (mean - ref_mean.detach())
-        .powi_scalar(2)
-        .div_scalar(2.0 * std * std)
-        .reshape([b as i32, -1]);
-    match reduction {
-        LogProbReduction::Mean => per.mean_dim(1),
-        LogProbReduction::Sum => per.sum_dim(1),
-    }
-    .reshape([b])
+    reduction.reduce(
+        (mean - ref_mean.detach())
+            .powi_scalar(2)
+            .div_scalar(2.0 * std * std),
+    )
 }

@@ -232,15 +232,16 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
             text
         };
         let text = self.text_proj.forward(text);
-        let prompt = text.clone().mean_dim(1); // [B, 1, D]
+        // the pooled prompt u, [B, 1, D] (TextFusion::Pooled only)
+        let prompt = self.film.as_ref().map(|_| text.clone().mean_dim(1));
         let attended = self
             .cross
             .forward(MhaInput::new(tokens.clone(), text.clone(), text))
             .context;
         let mut tokens = self.cross_norm.forward(tokens + attended);
-        if let Some(film) = &self.film {
+        if let (Some(film), Some(u)) = (&self.film, &prompt) {
             let [scale, shift] = film
-                .forward(prompt.clone())
+                .forward(u.clone())
                 .chunk(2, 2)
                 .try_into()
                 .expect("2 chunks");
@@ -248,11 +249,11 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
         }
         let tokens = self.encoder.forward(TransformerEncoderInput::new(tokens));
         let video = self.out_norm.forward(tokens.mean_dim(1)).reshape([b, d]);
-        let features = match self.film {
+        let features = match prompt {
             None => video,
-            Some(_) => {
-                let prompt = prompt.reshape([b, d]);
-                Tensor::cat(vec![video.clone(), prompt.clone(), video * prompt], 1)
+            Some(u) => {
+                let u = u.reshape([b, d]);
+                Tensor::cat(vec![video.clone(), u.clone(), video * u], 1)
             }
         };
         mlp_forward(&self.head, features).reshape([b])

@@ -13,6 +13,22 @@ pub enum LogProbReduction {
     Sum,
 }
 
+impl LogProbReduction {
+    /// Reduces per-element terms to one number per sample.
+    ///
+    /// # Shapes
+    /// - `per_elem`: `[B, ...]` -> `[B]`
+    pub fn reduce<B: Backend, const D: usize>(self, per_elem: Tensor<B, D>) -> Tensor<B, 1> {
+        let batch = per_elem.dims()[0];
+        let flat: Tensor<B, 2> = per_elem.reshape([batch as i32, -1]);
+        match self {
+            Self::Mean => flat.mean_dim(1),
+            Self::Sum => flat.sum_dim(1),
+        }
+        .reshape([batch])
+    }
+}
+
 /// The Gaussian transition `p(x_next | x) = N(mean, std^2 I)` of one step.
 ///
 /// # Shapes
@@ -106,15 +122,9 @@ pub fn gaussian_log_prob<B: Backend, const D: usize>(
     std: f64,
     reduction: LogProbReduction,
 ) -> Tensor<B, 1> {
-    let batch = sample.dims()[0];
     let per_elem = (sample - mean)
         .powi_scalar(2)
         .div_scalar(-2.0 * std * std)
         .sub_scalar(std.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
-    let flat: Tensor<B, 2> = per_elem.reshape([batch as i32, -1]);
-    match reduction {
-        LogProbReduction::Mean => flat.mean_dim(1),
-        LogProbReduction::Sum => flat.sum_dim(1),
-    }
-    .reshape([batch])
+    reduction.reduce(per_elem)
 }

@@ -162,6 +162,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eval_every: 0,
             checkpoint_every: 0,
             out: args.out.join(name.replace(' ', "_")),
+            shards: diffusion_core::parallel::cores(),
         };
         let _ = std::fs::remove_dir_all(&config.out);
         Trainer::new(TrainerParts {

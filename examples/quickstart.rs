@@ -19,11 +19,8 @@ use std::{path::PathBuf, time::Instant};
 
 use burn::backend::Autodiff;
 use diffusion_core::{backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME};
-use refl_trainer::{
-    write_curves_png, LatentRewards, LrSchedule, Method, OptimConfig, PrflConfig, PromptSet,
-    RunConfig, SamplingConfig, Series, Trainer, TrainerParts,
-};
-use shapes_world::{write_gif, Caption, OracleReward, Split, Video, WorldModels};
+use refl_trainer::{write_curves_png, Series};
+use shapes_world::{write_gif, Caption, OracleReward, Video, WorldModels};
 
 mod common;
 
@@ -31,13 +28,7 @@ type B = DefaultBackend;
 type AD = Autodiff<B>;
 
 struct Args {
-    steps: usize,
-    batch: usize,
-    lr: f64,
-    lambda: f64,
-    sft_every: usize,
-    start: Option<[usize; 2]>,
-    heldout: usize,
+    run: common::PrflRun,
     models: PathBuf,
     prm: PathBuf,
     out: PathBuf,
@@ -45,13 +36,7 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        steps: 120,
-        batch: 4,
-        lr: 5e-5,
-        lambda: 0.1,
-        sft_every: 1,
-        start: None,
-        heldout: 32,
+        run: common::PrflRun::default(),
         models: "assets/shapes-world".into(),
         prm: "assets/shapes-world/rewards".into(),
         out: "out/quickstart".into(),
@@ -61,19 +46,19 @@ fn parse() -> Result<Args, String> {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
-            "--steps" => a.steps = num(val()?)?,
-            "--batch" => a.batch = num(val()?)?,
-            "--lr" => a.lr = val()?.parse().map_err(|e| format!("--lr: {e}"))?,
-            "--lambda" => a.lambda = val()?.parse().map_err(|e| format!("--lambda: {e}"))?,
-            "--sft-every" => a.sft_every = num(val()?)?,
+            "--steps" => a.run.steps = num(val()?)?,
+            "--batch" => a.run.batch = num(val()?)?,
+            "--lr" => a.run.lr = val()?.parse().map_err(|e| format!("--lr: {e}"))?,
+            "--lambda" => a.run.lambda = val()?.parse().map_err(|e| format!("--lambda: {e}"))?,
+            "--sft-every" => a.run.sft_every = num(val()?)?,
             "--start" => {
                 let v: Vec<usize> = val()?
                     .split(',')
                     .map(|x| x.parse().map_err(|e| format!("--start: {e}")))
                     .collect::<Result<_, _>>()?;
-                a.start = Some(v.try_into().map_err(|_| "--start takes A,B")?);
+                a.run.start = Some(v.try_into().map_err(|_| "--start takes A,B")?);
             }
-            "--heldout" => a.heldout = num(val()?)?,
+            "--heldout" => a.run.heldout = num(val()?)?,
             "--models" => a.models = val()?.into(),
             "--prm" => a.prm = val()?.into(),
             "--out" => a.out = val()?.into(),
@@ -113,60 +98,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prm = common::load_prm(&models_ad.dit, &args.prm, &dev)?;
     println!("backend {DEFAULT_BACKEND_NAME}; models and process reward model loaded");
 
-    let train = common::shuffled_captions(Split::Train, 1, 512);
-    let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
-    let train_set = PromptSet::new(train.clone(), models.embed(&train, &dev)?)?;
-    let heldout_set = PromptSet::new(heldout.clone(), models.embed(&heldout, &dev)?)?;
-    // real latents of rendered training videos for the SFT steps
-    let sft = common::sft_data(&models, &train[..128], &dev)?;
-
     let out = args.out.clone();
-    let _ = std::fs::remove_dir_all(out.join("run"));
     std::fs::create_dir_all(&out)?;
-    let config = RunConfig {
-        method: Method::Prfl(PrflConfig {
-            start: args.start,
-            window: 1,
-            lambda: args.lambda,
-            margin: 2.0,
-            sft_every: args.sft_every,
-        }),
-        steps: args.steps,
-        batch: args.batch,
-        sampling: SamplingConfig {
-            steps: 20,
-            shift: 3.0,
-        },
-        optim: OptimConfig {
-            lr: args.lr,
-            weight_decay: 0.01,
-            grad_clip: Some(1.0),
-            schedule: LrSchedule::Warmup { warmup: 10 },
-        },
-        max_skipped: 10,
-        seed: 0,
-        eval_every: (args.steps / 6).max(1),
-        checkpoint_every: 0,
-        out: out.join("run"),
-    };
+    let (mut trainer, heldout) =
+        common::prfl_trainer(&models, &models_ad, prm, &args.run, &out.join("run"))?;
     // the run's config, loadable with `RunConfig::load`
     std::fs::write(
         out.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
+        serde_json::to_string_pretty(trainer.config())?,
     )?;
-    let norm = models.latent_norm();
-    let mut trainer = Trainer::new(TrainerParts {
-        config: config.clone(),
-        policy: models_ad.dit.clone(),
-        vae: models_ad.vae.clone(),
-        norm,
-        pixel: OracleReward,
-        reward: LatentRewards::Process(prm),
-        train: train_set,
-        heldout: heldout_set,
-        sft: Some(sft),
-        latent_shape: models.config.latent_shape(),
-    })?;
     let show: Vec<Caption> = heldout.iter().copied().take(4).collect();
     println!("before fine-tuning:");
     gifs(&models, &show, &out, "before")?;
@@ -222,8 +162,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "\nheld-out oracle reward: {before:.4} -> {after:.4} ({:+.4}) after {} PRFL steps of {} videos; {:.1} s training, {:.1} min total",
         after - before,
-        args.steps,
-        args.batch,
+        args.run.steps,
+        args.run.batch,
         train_secs,
         t0.elapsed().as_secs_f64() / 60.0
     );

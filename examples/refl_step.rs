@@ -235,6 +235,8 @@ fn bench(
         eval_every: 0,
         checkpoint_every: 0,
         out: out.clone(),
+        // one graph: the table compares the methods' own peak memory
+        shards: 1,
     };
     let mut trainer = Trainer::new(TrainerParts {
         config,

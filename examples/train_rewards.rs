@@ -31,9 +31,9 @@ use diffusion_core::{
 };
 use ensemble::{fit_members, Bootstrap, Ensemble};
 use latent_reward::{
-    evaluate_pairs, evaluate_regression, fit_preference, fit_regression, FitConfig, LatentReward,
-    MlpRewardConfig, PairSet, PreferenceLoss, ProcessRewardConfig, RegressionLoss,
-    RegressionMetrics, RegressionSet, TextFusion, VelrRewardConfig,
+    evaluate_pairs, evaluate_regression, fit_preference, fit_regression, FitConfig,
+    InputPerturbation, LatentReward, MlpRewardConfig, PreferenceLoss, ProcessRewardConfig,
+    RegressionLoss, RegressionMetrics, RegressionSet, TextFusion, VelrRewardConfig,
 };
 use rand::{
     rngs::StdRng,
@@ -42,6 +42,8 @@ use rand::{
 };
 use shapes_world::{captions, split_of, Caption, OracleReward, RewardData, Split, WorldModels};
 
+mod common;
+
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
 
@@ -49,6 +51,7 @@ type B = DefaultBackend;
 type AD = Autodiff<B>;
 
 struct Args {
+    perturb: InputPerturbation,
     models: PathBuf,
     data: PathBuf,
     save: PathBuf,
@@ -65,6 +68,7 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
+        perturb: InputPerturbation::None,
         models: "assets/shapes-world".into(),
         data: "out/reward-data".into(),
         save: "assets/shapes-world/rewards".into(),
@@ -95,6 +99,10 @@ fn parse() -> Result<Args, String> {
             "--members" => a.members = num(val()?)?,
             "--hard-negatives" => a.hard_negatives = num(val()?)?,
             "--margin" => a.margin = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
+            "--fgsm" => {
+                let eps: f64 = val()?.parse().map_err(|e| format!("--fgsm: {e}"))?;
+                a.perturb = InputPerturbation::Fgsm { eps };
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -233,15 +241,6 @@ fn to_ad_reg(s: &RegressionSet<B>) -> RegressionSet<AD> {
     .expect("same sizes")
 }
 
-fn to_ad_pairs(s: &PairSet<B>) -> PairSet<AD> {
-    PairSet::new(
-        Tensor::from_inner(s.winners.clone()),
-        Tensor::from_inner(s.losers.clone()),
-        Tensor::from_inner(s.text.clone()),
-    )
-    .expect("same sizes")
-}
-
 /// Seeds the backend (the same seed for every single model, so they start alike), then fits the
 /// model that `init` builds; returns it without autodiff.
 fn fit_seeded<M>(
@@ -340,9 +339,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let noise = TimestepSampling::Uniform { shift: 3.0 };
         let (prm, report) = fit_preference(
             prm,
-            &to_ad_pairs(&pairs[0]),
+            &common::to_autodiff_pairs(&pairs[0])?,
             PreferenceLoss::BradleyTerry,
             Some(noise),
+            args.perturb,
             &fit,
             "prm",
         )?;

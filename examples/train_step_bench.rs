@@ -1,13 +1,19 @@
-//! Times the flow-matching training step of the Wan DiT (forward, loss, backward, AdamW update)
-//! on the selected backend, for comparison with PyTorch (issue: speed against PyTorch).
+//! Times a training step of the Wan DiT on the selected backend, for comparison with PyTorch
+//! (issue: speed against PyTorch). `--step flow` (default): the flow-matching step (forward, loss,
+//! backward, AdamW update). `--step prfl`: PRFL's reward step (seed 001): a no-grad Euler
+//! rollout of 10 of 20 steps (shift 3) from noise, one step with gradients, the process reward
+//! model (the DiT's first 2 blocks, query pool, MLP 256-128, frozen) on the noisy latent at its
+//! timestep, `0.1 * relu(2 - r)`, backward, AdamW.
 //!
 //! ```text
 //! cargo run --release --example train_step_bench -- --preset small --export out/twin/small
 //! python benches/reference/wan_train_step.py out/twin/small
-//! benches/reference/compare_train_step.sh        # both, back to back, for every preset
+//! benches/reference/compare_train_step.sh        # both, back to back, every preset and step
 //! ```
 //!
-//! `--export DIR` writes the DiT's diffusers `config.json` and `weights.safetensors` and the
+//! `--shards N` splits the batch into N shards that run forward and backward on their own threads
+//! (`diffusion_core::parallel::sharded_grads`; default: one per core, at most the batch);
+//! `--shards 1` is the plain single-graph step. `--export DIR` writes the DiT's diffusers `config.json` and `weights.safetensors` and the
 //! step's shapes (`bench.json`) so that the PyTorch twin runs the same model on the same
 //! weights. Prints the median step time and the peak resident memory above the start of the
 //! timed loop (`VmHWM - VmRSS` from `/proc/self/status`, the measure the twin uses too).
@@ -16,15 +22,19 @@ use std::{path::PathBuf, time::Instant};
 
 use burn::{
     backend::Autodiff,
-    optim::{AdamWConfig, GradientsParams, Optimizer},
-    tensor::{backend::Backend, Distribution, Tensor},
+    module::Module,
+    optim::{AdamWConfig, Optimizer},
+    tensor::{activation::relu, backend::Backend, Distribution, Tensor},
 };
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     checkpoint::{load_safetensors, save_safetensors},
     loss::flow_matching_loss,
-    WanConfig, WanTransformer,
+    parallel::{cores, sharded_grads},
+    Conditioning, CoreError, EulerOde, FlowMatchScheduleConfig, GradWindow, Rollout, WanConfig,
+    WanTransformer,
 };
+use latent_reward::{LatentReward, ProcessRewardConfig};
 
 type B = DefaultBackend;
 type AD = Autodiff<B>;
@@ -49,8 +59,14 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// PRFL step: sampling steps of the chain and the step taken with gradients.
+const PRFL_STEPS: usize = 20;
+const PRFL_START: usize = 10;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut preset, mut batch, mut reps) = ("small".to_string(), 2usize, 10usize);
+    let mut shards: Option<usize> = None;
+    let mut kind = "flow".to_string();
     let mut export: Option<PathBuf> = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -59,6 +75,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--preset" => preset = val()?,
             "--batch" => batch = val()?.parse()?,
             "--reps" => reps = val()?.parse()?,
+            "--shards" => shards = Some(val()?.parse()?),
+            "--step" => kind = val()?,
             "--export" => export = Some(val()?.into()),
             other => return Err(format!("unknown flag {other}").into()),
         }
@@ -82,8 +100,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             [16, 10, 16, 16],
             16,
         ),
-        other => return Err(format!("unknown preset {other}: tiny | shapes | small").into()),
+        // the Wan-proportional DiT of the refl_step benchmark: width 512 (8 heads of 64), FFN
+        // 2048, 4 blocks, on the latents of 17 x 64 x 64 videos (80 tokens)
+        "wan" => (
+            WanConfig::new(8, 64, 2048, 4)
+                .with_text_dim(64)
+                .with_freq_dim(256),
+            [16, 5, 8, 8],
+            16,
+        ),
+        other => return Err(format!("unknown preset {other}: tiny | shapes | small | wan").into()),
     };
+    if kind != "flow" && kind != "prfl" {
+        return Err(format!("unknown step {kind}: flow | prfl").into());
+    }
     let dev = Default::default();
     B::seed(&dev, 0);
     let mut model = cfg.init::<AD>(&dev)?;
@@ -101,7 +131,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model = load_safetensors(cfg.init::<AD>(&dev)?, dir.join("weights.safetensors"), &dev)?;
         let bench = serde_json::json!({
             "latent": [batch, c, f, h, w], "text": [batch, seq, cfg.text_dim],
-            "sigma": 0.5, "lr": 1e-4, "reps": reps,
+            "sigma": 0.5, "lr": 1e-4, "reps": reps, "step": kind,
+            "prfl": { "steps": PRFL_STEPS, "shift": 3.0, "start": PRFL_START, "depth": 2,
+                      "pool_heads": 4, "head": [256, 128], "lambda": 0.1, "margin": 2.0 },
         });
         std::fs::write(
             dir.join("bench.json"),
@@ -115,12 +147,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Distribution::Normal(0.0, 1.0),
         &dev,
     );
-    let sigmas = vec![0.5; batch];
+    let shards = shards.unwrap_or_else(cores).clamp(1, batch);
+    // shard i takes rows [i * batch / shards, (i + 1) * batch / shards)
+    let rows = |i: usize| (i * batch / shards, (i + 1) * batch / shards);
+    let schedule = FlowMatchScheduleConfig::new(PRFL_STEPS)
+        .with_shift(3.0)
+        .init()?;
+    // the process reward model starts from the exported DiT and stays frozen in the step
+    let prm = ProcessRewardConfig::new(2).init(&model, &dev)?.no_grad();
     let mut optim = AdamWConfig::new().with_weight_decay(0.01).init::<AD, _>();
     let mut step = |model: WanTransformer<AD>| -> WanTransformer<AD> {
-        let loss =
-            flow_matching_loss(&model, x0.clone(), eps.clone(), &sigmas, 1000, text.clone()).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (grads, _) = sharded_grads(&model, shards, |m, i| {
+            let (a, b) = rows(i);
+            let part = |t: &Tensor<AD, 5>| t.clone().narrow(0, a, b - a);
+            let text = text.clone().narrow(0, a, b - a);
+            // each shard's share of the batch mean
+            if kind == "flow" {
+                let sigmas = vec![0.5; b - a];
+                let loss = flow_matching_loss(m, part(&x0), part(&eps), &sigmas, 1000, text).sum();
+                return Ok::<_, CoreError>((loss / batch as f64, ()));
+            }
+            let traj = Rollout::new(&schedule, &EulerOde)
+                .with_steps(0..PRFL_START + 1)
+                .with_window(GradWindow::Range {
+                    start: PRFL_START,
+                    len: 1,
+                })
+                .run(m, part(&eps), &Conditioning::new(text.clone()), 0)?;
+            let sigma = Tensor::full([b - a], schedule.sigmas()[PRFL_START + 1], &dev);
+            let r = prm.score(traj.last().clone(), sigma, text);
+            Ok((
+                relu(r.neg().add_scalar(2.0)).sum() * (0.1 / batch as f64),
+                (),
+            ))
+        })
+        .expect("shards >= 1");
         let model = optim.step(1e-4, model, grads);
         let _ = <B as Backend>::sync(&dev);
         model
@@ -138,7 +199,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(f64::total_cmp);
     let tokens = f / cfg.patch_size[0] * (h / cfg.patch_size[1]) * (w / cfg.patch_size[2]);
     println!(
-        "burn {DEFAULT_BACKEND_NAME} | preset {preset} ({:.2}M params, batch {batch}, {tokens} tokens) | step {:.1} ms (median of {reps}) | peak {:.1} MiB above start",
+        "burn {DEFAULT_BACKEND_NAME} | {kind} step | preset {preset} ({:.2}M params, batch {batch}, {tokens} tokens, {shards} shards) | step {:.1} ms (median of {reps}) | peak {:.1} MiB above start",
         cfg.num_params() as f64 / 1e6,
         times[reps / 2],
         peak.saturating_sub(start) as f64 / 1048576.0

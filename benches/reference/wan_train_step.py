@@ -1,6 +1,16 @@
-"""PyTorch twin of `examples/train_step_bench.rs`: the flow-matching training step of diffusers'
-WanTransformer3DModel (forward, loss, backward, AdamW update) on the weights and shapes that the
-Rust example exported with `--export DIR`.
+"""PyTorch twin of `examples/train_step_bench.rs`: a training step of diffusers'
+WanTransformer3DModel on the weights and shapes that the Rust example exported with `--export DIR`
+(`bench.json` names the step):
+
+- `flow`: the flow-matching step (forward, loss, backward, AdamW update);
+- `prfl`: PRFL's reward step: a no-grad Euler rollout of `start` of `steps` steps (diffusers'
+  FlowMatchEulerDiscreteScheduler sigmas with the same shift) from noise, one step with
+  gradients, the process reward model on the noisy latent at its timestep, `lambda * relu(margin
+  - r)`, backward, AdamW on the policy. The reward model is built as ours is: the policy's patch
+  and condition embeddings and first `depth` blocks (copied at the start, frozen in this step), a
+  learnable query attending over the tokens (torch's MultiheadAttention, query added back) and an
+  MLP head with a sigmoid. Its pool and head are freshly initialised here (their values do not
+  change the cost).
 
     pip install torch diffusers==0.42.1 safetensors
     python benches/reference/wan_train_step.py DIR [--threads 2] [--device cpu|cuda]
@@ -10,12 +20,13 @@ Prints the median step time and the peak resident memory above the start of the 
 """
 
 import argparse
+import copy
 import json
 import os
 import time
 
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from safetensors.torch import load_file
 
 
@@ -26,6 +37,38 @@ def rss():
             k, _, v = line.partition(":")
             fields[k] = v.split()
     return int(fields["VmRSS"][0]) * 1024, int(fields["VmHWM"][0]) * 1024
+
+
+class ProcessReward(torch.nn.Module):
+    """PRFL's process reward model on a copy of the DiT's embeddings and first `depth` blocks."""
+
+    def __init__(self, dit, depth, pool_heads, head):
+        super().__init__()
+        self.dit = copy.deepcopy(dit)
+        self.dit.blocks = self.dit.blocks[:depth]
+        d = dit.config.num_attention_heads * dit.config.attention_head_dim
+        self.query = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(1, 1, d)))
+        self.pool = torch.nn.MultiheadAttention(d, pool_heads, batch_first=True)
+        widths = [d, *head, 1]
+        layers = []
+        for i in range(len(widths) - 1):
+            layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
+            if i + 2 < len(widths):
+                layers.append(torch.nn.ReLU())
+        self.head = torch.nn.Sequential(*layers)
+
+    def forward(self, x, timestep, text):
+        # WanTransformer3DModel.forward up to the end of the block loop
+        m = self.dit
+        rotary = m.rope(x)
+        h = m.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
+        _, proj, text, _ = m.condition_embedder(timestep, text, None)
+        proj = proj.unflatten(1, (6, -1))
+        for block in m.blocks:
+            h = block(h, text, proj, rotary)
+        q = self.query.expand(h.shape[0], -1, -1)
+        pooled = (self.pool(q, h, h, need_weights=False)[0] + q).squeeze(1)
+        return torch.sigmoid(self.head(pooled).squeeze(1))
 
 
 def main():
@@ -52,11 +95,35 @@ def main():
     sigma = torch.full((b,), bench["sigma"], device=dev)
     s5 = sigma.view(b, 1, 1, 1, 1)
     optim = torch.optim.AdamW(model.parameters(), lr=bench["lr"], weight_decay=0.01)
+    kind = bench.get("step", "flow")
+    if kind == "prfl":
+        p = bench["prfl"]
+        prm = ProcessReward(model, p["depth"], p["pool_heads"], p["head"]).to(dev)
+        prm.requires_grad_(False)
+        sched = FlowMatchEulerDiscreteScheduler(shift=p["shift"])
+        sched.set_timesteps(p["steps"])
+        sigmas = sched.sigmas.tolist()
+
+    def velocity(x, s):
+        t = torch.full((b,), s * 1000, device=dev)
+        return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    def loss_fn():
+        if kind == "flow":
+            x_t = (1 - s5) * x0 + s5 * eps
+            v = model(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
+            return ((v - (eps - x0)) ** 2).mean()
+        start = p["start"]
+        z = eps
+        with torch.no_grad():
+            for i in range(start):
+                z = z + (sigmas[i + 1] - sigmas[i]) * velocity(z, sigmas[i])
+        z = z + (sigmas[start + 1] - sigmas[start]) * velocity(z, sigmas[start])
+        r = prm(z, torch.full((b,), sigmas[start + 1] * 1000, device=dev), text)
+        return p["lambda"] * torch.relu(p["margin"] - r).mean()
 
     def step():
-        x_t = (1 - s5) * x0 + s5 * eps
-        v = model(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
-        loss = ((v - (eps - x0)) ** 2).mean()
+        loss = loss_fn()
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -75,7 +142,7 @@ def main():
     _, peak = rss()
     times.sort()
     print(
-        f"torch {torch.__version__} eager {args.device}, {args.threads} threads | "
+        f"torch {torch.__version__} eager {args.device}, {args.threads} threads | {kind} step | "
         f"step {times[len(times) // 2]:.1f} ms (median of {len(times)}) | "
         f"peak {(peak - start) / 2**20:.1f} MiB above start"
     )

@@ -7,12 +7,15 @@ use burn::{
     config::Config,
     tensor::backend::{AutodiffBackend, Backend},
 };
-use diffusion_core::{checkpoint::load_record, FlowGrpoSde, WanTransformer};
+use diffusion_core::{checkpoint::load_record, vae::CausalVae, FlowGrpoSde, WanTransformer};
 use grpo::{AdvantageConfig, GrpoConfig, Sde, TimestepSelection};
-use latent_reward::{ProcessReward, ProcessRewardConfig, VelrReward, VelrRewardConfig};
+use latent_reward::{PairSet, ProcessReward, ProcessRewardConfig, VelrReward, VelrRewardConfig};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-use refl_trainer::SftData;
-use shapes_world::{captions, Caption, RewardData, Split, WorldError, WorldModels};
+use refl_trainer::{
+    LatentRewards, LrSchedule, Method, OptimConfig, PrflConfig, PromptSet, RunConfig,
+    SamplingConfig, SftData, Trainer, TrainerParts,
+};
+use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldError, WorldModels};
 
 /// The first `n` VELR ensemble members that the `train_rewards` example saved in `dir`
 /// (`velr.json`, `velr_0.mpk`, ...).
@@ -33,6 +36,17 @@ pub fn load_velr_members<Bk: Backend>(
             load_record(member, &path, device).map_err(|e| hint(&path.display(), &e))
         })
         .collect()
+}
+
+/// A preference set moved onto the autodiff backend (as constants) for training.
+pub fn to_autodiff_pairs<Bk: AutodiffBackend>(
+    s: &PairSet<Bk::InnerBackend>,
+) -> latent_reward::Result<PairSet<Bk>> {
+    PairSet::new(
+        burn::tensor::Tensor::from_inner(s.winners.clone()),
+        burn::tensor::Tensor::from_inner(s.losers.clone()),
+        burn::tensor::Tensor::from_inner(s.text.clone()),
+    )
 }
 
 /// The first `n` captions of `split` after a shuffle with `seed` (the examples' prompt sets:
@@ -97,5 +111,105 @@ pub fn grpo_config(lr: f64) -> GrpoConfig {
         weight_decay: 0.01,
         grad_clip: Some(1.0),
         seed: 0,
+        shards: diffusion_core::parallel::cores(),
     }
+}
+
+/// PRFL as the quickstart runs it (and `refine_prm` between reward-model rounds).
+#[derive(Debug, Clone)]
+pub struct PrflRun {
+    /// Reward steps.
+    pub steps: usize,
+    /// Videos per step.
+    pub batch: usize,
+    /// Peak learning rate (10 warm-up steps).
+    pub lr: f64,
+    /// Reward loss weight.
+    pub lambda: f64,
+    /// An SFT step every this many reward steps (0: none).
+    pub sft_every: usize,
+    /// Range of the gradient window's start step (`None`: the whole chain but the last step).
+    pub start: Option<[usize; 2]>,
+    /// Held-out test prompts scored by the oracle.
+    pub heldout: usize,
+    /// Evaluations of the held-out reward during the run.
+    pub evals: usize,
+}
+
+impl Default for PrflRun {
+    fn default() -> Self {
+        Self {
+            steps: 120,
+            batch: 4,
+            lr: 5e-5,
+            lambda: 0.1,
+            sft_every: 1,
+            start: None,
+            heldout: 32,
+            evals: 6,
+        }
+    }
+}
+
+/// A PRFL trainer on the world's models.
+pub type WorldTrainer<Bk> = Trainer<Bk, CausalVae<Bk>, OracleReward, Caption>;
+
+/// Builds the PRFL trainer of `run` on a fresh copy of the world's DiT with the process reward
+/// model `prm` (training prompts: 512 training captions; held-out: the first `run.heldout` test
+/// captions; SFT on rendered videos of 128 training captions); its log goes to `out`.
+/// Returns the trainer and the held-out captions.
+pub fn prfl_trainer<Bk: AutodiffBackend>(
+    models: &WorldModels<Bk::InnerBackend>,
+    models_ad: &WorldModels<Bk>,
+    prm: ProcessReward<Bk>,
+    run: &PrflRun,
+    out: &Path,
+) -> Result<(WorldTrainer<Bk>, Vec<Caption>), Box<dyn std::error::Error>> {
+    let inner_dev = burn::module::Module::devices(&models.dit)[0].clone();
+    let train = shuffled_captions(Split::Train, 1, 512);
+    let heldout = shuffled_captions(Split::Test, 2, run.heldout);
+    let train_set = PromptSet::new(train.clone(), models.embed(&train, &inner_dev)?)?;
+    let heldout_set = PromptSet::new(heldout.clone(), models.embed(&heldout, &inner_dev)?)?;
+    let sft = sft_data(models, &train[..128], &inner_dev)?;
+    let _ = std::fs::remove_dir_all(out);
+    let config = RunConfig {
+        method: Method::Prfl(PrflConfig {
+            start: run.start,
+            window: 1,
+            lambda: run.lambda,
+            margin: 2.0,
+            sft_every: run.sft_every,
+        }),
+        steps: run.steps,
+        batch: run.batch,
+        sampling: SamplingConfig {
+            steps: 20,
+            shift: 3.0,
+        },
+        optim: OptimConfig {
+            lr: run.lr,
+            weight_decay: 0.01,
+            grad_clip: Some(1.0),
+            schedule: LrSchedule::Warmup { warmup: 10 },
+        },
+        max_skipped: 10,
+        seed: 0,
+        eval_every: (run.steps / run.evals.max(1)).max(1),
+        checkpoint_every: 0,
+        out: out.to_path_buf(),
+        shards: diffusion_core::parallel::cores(),
+    };
+    let trainer = Trainer::new(TrainerParts {
+        config,
+        policy: models_ad.dit.clone(),
+        vae: models_ad.vae.clone(),
+        norm: models.latent_norm(),
+        pixel: OracleReward,
+        reward: LatentRewards::Process(prm),
+        train: train_set,
+        heldout: heldout_set,
+        sft: Some(sft),
+        latent_shape: models.config.latent_shape(),
+    })?;
+    Ok((trainer, heldout))
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod probe;
 pub mod progress;
 pub mod prompt;

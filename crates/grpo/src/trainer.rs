@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use burn::{
     module::AutodiffModule,
-    optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, GradientsParams, Optimizer},
+    optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, Optimizer},
     tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor, TensorData},
 };
 use diffusion_core::{
     optim::{adamw, clip_grad_norm},
+    parallel::{shard_rows, sharded_grads},
     rollout::{randn, step_rng},
     stepper::{gaussian_log_prob, Transition},
     Conditioning, DanceGrpoSde, FlowGrpoSde, FlowMatchScheduleConfig, LogProbReduction, Rollout,
@@ -106,6 +107,14 @@ pub struct GrpoConfig {
     pub grad_clip: Option<f64>,
     /// Seed of the per-step randomness.
     pub seed: u64,
+    /// Shards of the group's rows whose re-evaluation of a trained step runs side by side on
+    /// their own threads (`diffusion_core::parallel::sharded_grads`); 1: one graph.
+    #[serde(default = "one")]
+    pub shards: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl GrpoConfig {
@@ -116,6 +125,9 @@ impl GrpoConfig {
     pub fn validate(&self) -> Result<()> {
         if self.group < 2 {
             return Err(invalid("group", "needs at least 2 rollouts per prompt"));
+        }
+        if self.shards == 0 {
+            return Err(invalid("shards", "must be at least 1"));
         }
         if self.steps < 2 {
             return Err(invalid("steps", "needs at least 2 sampling steps"));
@@ -290,50 +302,65 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
             let old = traj.log_probs[t]
                 .clone()
                 .ok_or_else(|| invalid("timesteps", format!("step {t} was not an SDE step")))?;
-            let ts = Tensor::<B, 1>::full([n * g], timestep, &device);
-            let x_ad = Tensor::<B, 5>::from_inner(x.clone());
-            let v = self.policy.velocity(x_ad.clone(), ts, text_ad.clone());
-            let tr = stepper.transition(x_ad, v, sigma, sigma_next);
-            let ref_v = self.reference.velocity(
-                x.clone(),
-                Tensor::full([n * g], timestep, &device),
-                text_ad.clone().inner(),
-            );
-            let ref_mean = stepper.transition(x, ref_v, sigma, sigma_next).mean;
-            let log_prob = gaussian_log_prob(
-                Tensor::from_inner(x_next),
-                tr.mean.clone(),
-                tr.std,
-                stepper.reduction(),
-            );
-            let old = Tensor::<B, 1>::from_inner(old);
-            let ratio: Vec<f32> = (log_prob.clone().inner() - old.clone().inner())
-                .exp()
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .map_err(|e| invalid("ratio", format!("{e:?}")))?;
-            clipped += ratio
-                .iter()
-                .filter(|r| (**r as f64 - 1.0).abs() > cfg.clip)
-                .count();
-            let kl = transition_kl(
-                tr.mean,
-                Tensor::from_inner(ref_mean),
-                tr.std,
-                stepper.reduction(),
-            )
-            .mean();
-            let loss = (clipped_surrogate(log_prob, old, adv.clone(), cfg.clip).mul_scalar(weight)
-                + kl.clone().mul_scalar(cfg.kl_beta))
-            .div_scalar(trained.len() as f64);
-            let value = loss.clone().into_scalar().elem::<f64>();
+            // the group's rows in shards on their own threads (one graph per shard)
+            let rows = n * g;
+            let shards = cfg.shards.min(rows);
+            let (grads, outs) = sharded_grads(&self.policy, shards, |policy, i| {
+                let r = shard_rows(rows, shards, i);
+                let (a, m) = (r.start, r.len());
+                let x = x.clone().narrow(0, a, m);
+                let text = text_ad.clone().narrow(0, a, m);
+                let ts = Tensor::<B, 1>::full([m], timestep, &device);
+                let x_ad = Tensor::<B, 5>::from_inner(x.clone());
+                let v = policy.velocity(x_ad.clone(), ts, text.clone());
+                let tr = stepper.transition(x_ad, v, sigma, sigma_next);
+                let ref_v = self.reference.velocity(
+                    x.clone(),
+                    Tensor::full([m], timestep, &device),
+                    text.inner(),
+                );
+                let ref_mean = stepper.transition(x, ref_v, sigma, sigma_next).mean;
+                let log_prob = gaussian_log_prob(
+                    Tensor::from_inner(x_next.clone().narrow(0, a, m)),
+                    tr.mean.clone(),
+                    tr.std,
+                    stepper.reduction(),
+                );
+                let old = Tensor::<B, 1>::from_inner(old.clone().narrow(0, a, m));
+                let ratio: Vec<f32> = (log_prob.clone().inner() - old.clone().inner())
+                    .exp()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .map_err(|e| invalid("ratio", format!("{e:?}")))?;
+                let clipped = ratio
+                    .iter()
+                    .filter(|r| (**r as f64 - 1.0).abs() > cfg.clip)
+                    .count();
+                let kl = transition_kl(
+                    tr.mean,
+                    Tensor::from_inner(ref_mean),
+                    tr.std,
+                    stepper.reduction(),
+                )
+                .mean();
+                // the shard's share of the step's mean over all rows
+                let share = m as f64 / rows as f64;
+                let surrogate =
+                    clipped_surrogate(log_prob, old, adv.clone().narrow(0, a, m), cfg.clip);
+                let loss = (surrogate.mul_scalar(weight) + kl.clone().mul_scalar(cfg.kl_beta))
+                    .mul_scalar(share / trained.len() as f64);
+                let value = loss.clone().into_scalar().elem::<f64>();
+                let kl = kl.into_scalar().elem::<f64>() * share;
+                Ok::<_, GrpoError>((loss, (value, kl, clipped)))
+            })?;
+            let value: f64 = outs.iter().map(|o| o.0).sum();
             if !value.is_finite() {
                 return Err(GrpoError::NonFiniteLoss { step: self.step });
             }
             loss_sum += value;
-            kl_sum += kl.into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads(loss.backward(), &self.policy);
+            kl_sum += outs.iter().map(|o| o.1).sum::<f64>();
+            clipped += outs.iter().map(|o| o.2).sum::<usize>();
             acc.accumulate(&self.policy, grads);
         }
         let grads = acc.grads();

@@ -60,6 +60,7 @@ fn config(timesteps: TimestepSelection) -> GrpoConfig {
         weight_decay: 0.0,
         grad_clip: Some(1.0),
         seed: 3,
+        shards: 1,
     }
 }
 
@@ -90,6 +91,52 @@ fn evaluate(policy: &diffusion_core::WanTransformer<B>, text: &Tensor<B, 3>) -> 
         .sample(policy, noise, &Conditioning::new(text.clone()), 0)
         .unwrap();
     traj.last().clone().mean().into_scalar()
+}
+
+/// Two shards of the group's rows report the same loss, KL and clip fraction and apply the same
+/// update as one graph, up to float rounding.
+#[test]
+fn sharded_rows_match_one_graph() {
+    let dev = Default::default();
+    AD::seed(&dev, 5);
+    let policy = WanConfig::tiny().init::<AD>(&dev).unwrap();
+    let text = Tensor::<B, 3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let reward = LatentScore(MeanLatent { poison: false });
+    let mut runs = Vec::new();
+    for shards in [1, 2] {
+        let mut cfg = config(TimestepSelection::RandomFraction {
+            fraction: 0.75,
+            skip_last: 1,
+        });
+        cfg.shards = shards;
+        let mut trainer = GrpoTrainer::new(cfg, policy.clone()).unwrap();
+        let m = trainer
+            .train_step(&[0, 1], text.clone(), SHAPE, &reward)
+            .unwrap();
+        runs.push((m, values(&trainer.policy)));
+    }
+    let ((m1, v1), (m2, v2)) = (&runs[0], &runs[1]);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * (1.0 + a.abs());
+    assert!(
+        close(m1.loss, m2.loss) && close(m1.kl, m2.kl),
+        "{m1:?} vs {m2:?}"
+    );
+    assert!(
+        close(m1.grad_norm, m2.grad_norm) && m1.grad_norm > 0.0,
+        "{m1:?} vs {m2:?}"
+    );
+    assert_eq!(m1.clip_fraction, m2.clip_fraction);
+    // AdamW's first step is about lr * sign(g): count the entries that differ
+    let (mut total, mut off) = (0usize, 0usize);
+    for (id, a) in v1 {
+        total += a.len();
+        off += a
+            .iter()
+            .zip(&v2[id])
+            .filter(|(x, y)| (*x - *y).abs() > 1e-6)
+            .count();
+    }
+    assert!(off * 100 < total, "{off} of {total} entries differ");
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod error;
 pub mod loss;
 pub mod metrics;
 pub mod mlp;
+pub mod perturb;
 pub mod process;
 pub mod query_pool;
 pub mod res_block;
@@ -19,6 +20,7 @@ pub use error::{Result, RewardError};
 pub use loss::{PreferenceLoss, RegressionLoss};
 pub use metrics::{mse, pairwise_accuracy, pearson, RegressionMetrics};
 pub use mlp::{MlpReward, MlpRewardConfig};
+pub use perturb::InputPerturbation;
 pub use process::{ProcessReward, ProcessRewardConfig};
 pub use train::{
     evaluate_pairs, evaluate_regression, fit_preference, fit_regression, predict, FitConfig,

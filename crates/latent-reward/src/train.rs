@@ -20,6 +20,7 @@ use crate::{
     error::{host_f32, invalid, Result, RewardError},
     loss::{PreferenceLoss, RegressionLoss},
     metrics::{pairwise_accuracy, RegressionMetrics},
+    perturb::InputPerturbation,
 };
 
 /// Optimisation settings of a reward-model training run.
@@ -157,7 +158,8 @@ where
 
 /// Trains a reward model on preference pairs at random noise levels (PRFL, seed 001,
 /// section 3.2): both latents of a pair get the same `sigma ~ noise` and the same `eps`, then
-/// `loss_fn` compares the two scores. `noise = None` trains on clean latents.
+/// `loss_fn` compares the two scores (after `perturb`, e.g. adversarial steps that make the
+/// model harder to exploit). `noise = None` trains on clean latents.
 ///
 /// # Errors
 /// As [`fit_regression`].
@@ -166,6 +168,7 @@ pub fn fit_preference<B, M>(
     pairs: &PairSet<B>,
     loss_fn: PreferenceLoss,
     noise: Option<TimestepSampling>,
+    perturb: InputPerturbation,
     cfg: &FitConfig,
     label: &str,
 ) -> Result<(M, FitReport)>
@@ -181,9 +184,23 @@ where
             Some(n) => n.sample(b, rng).into_iter().map(|v| v as f32).collect(),
             None => vec![0.0; b],
         };
-        let (score_w, score_l) = score_noised_pair(model, batch, sigmas::<B>(s, &device), rng);
-        loss_fn.forward(score_w, score_l).mean()
+        let sigma = sigmas::<B>(s, &device);
+        let (w, l) = noised_pair(&batch, sigma.clone(), rng);
+        perturb.loss(model, loss_fn, w, l, sigma, batch.text)
     })
+}
+
+/// Both latents of each pair noised to `sigma` with the same `eps` (drawn from `rng`).
+fn noised_pair<B: Backend>(
+    batch: &crate::data::PairBatch<B>,
+    sigma: Tensor<B, 1>,
+    rng: &mut StdRng,
+) -> (Tensor<B, 5>, Tensor<B, 5>) {
+    let eps = randn(batch.winners.dims(), rng, &batch.winners.device());
+    (
+        noisy(batch.winners.clone(), eps.clone(), sigma.clone()),
+        noisy(batch.losers.clone(), eps, sigma),
+    )
 }
 
 /// Scores of both latents of each pair after noising them to `sigma` with the same `eps`
@@ -197,9 +214,7 @@ fn score_noised_pair<B: Backend, M: LatentReward<B>>(
     sigma: Tensor<B, 1>,
     rng: &mut StdRng,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
-    let eps = randn(batch.winners.dims(), rng, &batch.winners.device());
-    let w = noisy(batch.winners, eps.clone(), sigma.clone());
-    let l = noisy(batch.losers, eps, sigma.clone());
+    let (w, l) = noised_pair(&batch, sigma.clone(), rng);
     (
         model.score(w, sigma.clone(), batch.text.clone()),
         model.score(l, sigma, batch.text),

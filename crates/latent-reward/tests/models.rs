@@ -108,6 +108,7 @@ fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
         &pairs,
         PreferenceLoss::BradleyTerry,
         Some(noise),
+        InputPerturbation::None,
         &cfg,
         "prm",
     )

@@ -16,6 +16,7 @@ use diffusion_core::{
     checkpoint::{load_record, save_record, write_atomic},
     loss::{flow_matching_loss, TimestepSampling},
     optim::{adamw, clip_grad_norm},
+    parallel::{cores, parallel_map, shard_rows, sharded_grads},
     probe::{device_reserved_bytes, HeapProbe},
     progress::Progress,
     rollout::{predict_x0, randn, step_rng},
@@ -111,6 +112,50 @@ struct MethodLoss<B: AutodiffBackend> {
     graded: Option<(Tensor<B::InnerBackend, 5>, Vec<f32>)>,
 }
 
+/// What one batch shard's method loss reported (see [`sharded_grads`]).
+struct ShardOut<B: Backend> {
+    /// The shard's share of the batch.
+    weight: f64,
+    /// The value of the shard's weighted loss.
+    value: f64,
+    reward: f64,
+    kl: Option<f64>,
+    uncertainty: Option<f64>,
+    graded: Option<(Tensor<B, 5>, Vec<f32>)>,
+}
+
+impl<B: Backend> ShardOut<B> {
+    /// The whole batch's report: loss values summed, means weighted by the shards' shares,
+    /// graded latents concatenated in shard order.
+    fn merge(shards: Vec<Self>) -> Self {
+        let mean = |f: &dyn Fn(&Self) -> Option<f64>| -> Option<f64> {
+            shards
+                .iter()
+                .map(|s| f(s).map(|v| v * s.weight))
+                .sum::<Option<f64>>()
+        };
+        let (reward, kl, uncertainty) = (
+            mean(&|s| Some(s.reward)).unwrap_or(f64::NAN),
+            mean(&|s| s.kl),
+            mean(&|s| s.uncertainty),
+        );
+        let value = shards.iter().map(|s| s.value).sum();
+        let graded: Option<Vec<_>> = shards.into_iter().map(|s| s.graded).collect();
+        let graded = graded.map(|parts| {
+            let (latents, variances): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+            (Tensor::cat(latents, 0), variances.concat())
+        });
+        Self {
+            weight: 1.0,
+            value,
+            reward,
+            kl,
+            uncertainty,
+            graded,
+        }
+    }
+}
+
 /// A reward fine-tuning run of a Wan-architecture DiT: the loop services (AdamW with a schedule,
 /// global gradient clipping, a NaN guard, JSONL metrics, atomic checkpoints, exact resume)
 /// around one of three methods chosen by [`RunConfig::method`].
@@ -120,10 +165,10 @@ struct MethodLoss<B: AutodiffBackend> {
 pub struct Trainer<B, V, R, P>
 where
     B: AutodiffBackend,
-    V: VideoAutoencoder<B> + AutodiffModule<B>,
-    V::InnerModule: VideoAutoencoder<B::InnerBackend>,
-    R: PixelReward<B, Prompt = P> + PixelReward<B::InnerBackend, Prompt = P>,
-    P: Clone,
+    V: VideoAutoencoder<B> + AutodiffModule<B> + Sync,
+    V::InnerModule: VideoAutoencoder<B::InnerBackend> + Sync,
+    R: PixelReward<B, Prompt = P> + PixelReward<B::InnerBackend, Prompt = P> + Sync,
+    P: Clone + Sync,
 {
     config: RunConfig,
     /// The model being fine-tuned.
@@ -176,10 +221,10 @@ where
 impl<B, V, R, P> Trainer<B, V, R, P>
 where
     B: AutodiffBackend,
-    V: VideoAutoencoder<B> + AutodiffModule<B>,
-    V::InnerModule: VideoAutoencoder<B::InnerBackend>,
-    R: PixelReward<B, Prompt = P> + PixelReward<B::InnerBackend, Prompt = P>,
-    P: Clone,
+    V: VideoAutoencoder<B> + AutodiffModule<B> + Sync,
+    V::InnerModule: VideoAutoencoder<B::InnerBackend> + Sync,
+    R: PixelReward<B, Prompt = P> + PixelReward<B::InnerBackend, Prompt = P> + Sync,
+    P: Clone + Sync,
 {
     /// Builds a trainer, resuming from `config.out/checkpoint` when a checkpoint of the same
     /// config is there.
@@ -254,6 +299,11 @@ where
         };
         trainer.resume()?;
         Ok(trainer)
+    }
+
+    /// The run's config.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
     }
 
     /// The next step to run (the number of steps done).
@@ -402,13 +452,53 @@ where
         let [c, f, h, w] = self.latent_shape;
         let noise = randn::<B, 5>([idx.len(), c, f, h, w], &mut rng, &device);
         let rollout_seed = rng.random::<u64>();
-
-        let out = match self.config.method.clone() {
-            Method::RgbRefl(m) => self.rgb_loss(&m, noise, text, &prompts, rollout_seed)?,
-            Method::Prfl(m) => self.prfl_loss(&m, noise, text, &mut rng, rollout_seed)?,
-            Method::Velr(m) => self.velr_loss(&m, noise, text, &mut rng, rollout_seed)?,
+        // the random start step of the gradient window (PRFL, VELR), drawn for the whole batch
+        let start = match &self.config.method {
+            Method::RgbRefl(_) => 0,
+            Method::Prfl(m) => {
+                let [a, b] = m
+                    .start
+                    .unwrap_or([0, self.config.sampling.steps - m.window]);
+                rng.random_range(a..b)
+            }
+            Method::Velr(m) => rng.random_range(m.start[0]..m.start[1]),
         };
-        let (loss_value, norm, admitted) = self.update(out.loss, lr)?;
+
+        let batch = idx.len();
+        let shards = self.config.shards.min(batch);
+        let (grads, outs) = sharded_grads(&self.policy, shards, |policy, i| {
+            let rows = shard_rows(batch, shards, i);
+            let (a, n) = (rows.start, rows.len());
+            let MethodLoss {
+                loss,
+                reward,
+                kl,
+                uncertainty,
+                graded,
+            } = self.method_loss(
+                policy,
+                noise.clone().narrow(0, a, n),
+                text.clone().narrow(0, a, n),
+                &prompts[rows],
+                start,
+                rollout_seed,
+            )?;
+            // the shard's share of the batch mean
+            let weight = n as f64 / batch as f64;
+            let loss = loss.mul_scalar(weight);
+            let value = loss.clone().into_scalar().elem::<f64>();
+            let out = ShardOut {
+                weight,
+                value,
+                reward,
+                kl,
+                uncertainty,
+                graded,
+            };
+            Ok::<_, TrainError>((loss, out))
+        })?;
+        let out = ShardOut::merge(outs);
+        let (loss_value, norm, admitted) = self.update(grads, out.value, lr)?;
 
         let mut sft_loss = None;
         if let Method::Prfl(m) = &self.config.method {
@@ -482,6 +572,7 @@ where
     /// steps `start..start + len` only (PRFL's and VELR's windows).
     fn windowed_rollout(
         &self,
+        policy: &Policy<B>,
         start: usize,
         len: usize,
         noise: Tensor<B, 5>,
@@ -491,7 +582,25 @@ where
         Ok(Rollout::new(&self.schedule, &EulerOde)
             .with_steps(0..start + len)
             .with_window(GradWindow::Range { start, len })
-            .run(&self.policy, noise, &Conditioning::new(text.clone()), seed)?)
+            .run(policy, noise, &Conditioning::new(text.clone()), seed)?)
+    }
+
+    /// The configured method's loss on `policy` (a shard's fork of the policy) for a batch of
+    /// noise and prompts; `start` is the gradient window's start step (PRFL, VELR).
+    fn method_loss(
+        &self,
+        policy: &Policy<B>,
+        noise: Tensor<B, 5>,
+        text: Tensor<B, 3>,
+        prompts: &[P],
+        start: usize,
+        seed: u64,
+    ) -> Result<MethodLoss<B>> {
+        match &self.config.method {
+            Method::RgbRefl(m) => self.rgb_loss(policy, m, noise, text, prompts, seed),
+            Method::Prfl(m) => self.prfl_loss(policy, m, noise, text, start, seed),
+            Method::Velr(m) => self.velr_loss(policy, m, noise, text, start, seed),
+        }
     }
 
     /// RGB ReFL (ImageReward ReFL; VADER): the full chain with the last `window` steps under
@@ -499,6 +608,7 @@ where
     /// scored by the pixel reward; `L = -lambda * r`.
     fn rgb_loss(
         &self,
+        policy: &Policy<B>,
         m: &crate::config::RgbReflConfig,
         noise: Tensor<B, 5>,
         text: Tensor<B, 3>,
@@ -507,7 +617,7 @@ where
     ) -> Result<MethodLoss<B>> {
         let traj = Rollout::new(&self.schedule, &EulerOde)
             .with_window(GradWindow::LastK(m.window))
-            .run(&self.policy, noise, &Conditioning::new(text), seed)?;
+            .run(policy, noise, &Conditioning::new(text), seed)?;
         let z0 = traj.last().clone();
         let z = match m.frames {
             FrameSelection::All => z0,
@@ -530,19 +640,17 @@ where
     /// level with the process reward model, `L = lambda * relu(margin - r)`.
     fn prfl_loss(
         &self,
+        policy: &Policy<B>,
         m: &crate::config::PrflConfig,
         noise: Tensor<B, 5>,
         text: Tensor<B, 3>,
-        rng: &mut rand::rngs::StdRng,
+        s: usize,
         seed: u64,
     ) -> Result<MethodLoss<B>> {
         let LatentRewards::Process(prm) = &self.reward else {
             unreachable!("checked in Trainer::new")
         };
-        let steps = self.config.sampling.steps;
-        let [a, b] = m.start.unwrap_or([0, steps - m.window]);
-        let s = rng.random_range(a..b);
-        let traj = self.windowed_rollout(s, m.window, noise, &text, seed)?;
+        let traj = self.windowed_rollout(policy, s, m.window, noise, &text, seed)?;
         let b = text.dims()[0];
         let sigma = *traj.sigmas.last().expect("non-empty");
         let device = text.device();
@@ -567,25 +675,25 @@ where
     /// per-step constant).
     fn velr_loss(
         &self,
+        policy: &Policy<B>,
         m: &crate::config::VelrConfig,
         noise: Tensor<B, 5>,
         text: Tensor<B, 3>,
-        rng: &mut rand::rngs::StdRng,
+        start: usize,
         seed: u64,
     ) -> Result<MethodLoss<B>> {
         let LatentRewards::Ensemble(ens) = &self.reward else {
             unreachable!("checked in Trainer::new")
         };
-        let start = rng.random_range(m.start[0]..m.start[1]);
         let end = start + m.window;
-        let traj = self.windowed_rollout(start, m.window, noise, &text, seed)?;
+        let traj = self.windowed_rollout(policy, start, m.window, noise, &text, seed)?;
         let z = traj.last().clone();
         let b = text.dims()[0];
         let device = text.device();
         let (x0, kl) = if end < self.config.sampling.steps {
             let sigma = self.schedule.sigmas()[end];
             let t = Tensor::<B, 1>::full([b], self.schedule.timesteps()[end], &device);
-            let v = self.policy.velocity(z.clone(), t.clone(), text.clone());
+            let v = policy.velocity(z.clone(), t.clone(), text.clone());
             let v_ref = self
                 .reference
                 .velocity(z.clone().inner(), t.inner(), text.clone().inner());
@@ -616,11 +724,9 @@ where
         })
     }
 
-    /// Backward, global-norm clipping and the guarded AdamW update of the policy. Returns
-    /// `(loss, gradient norm, whether the update was applied)`.
-    fn update(&mut self, loss: Tensor<B, 1>, lr: f64) -> Result<(f64, f64, bool)> {
-        let value = loss.clone().into_scalar().elem::<f64>();
-        let grads = GradientsParams::from_grads(loss.backward(), &self.policy);
+    /// Global-norm clipping and the guarded AdamW update of the policy with the gradients of a
+    /// loss of value `value`. Returns `(loss, gradient norm, whether the update was applied)`.
+    fn update(&mut self, grads: GradientsParams, value: f64, lr: f64) -> Result<(f64, f64, bool)> {
         let clip = self.config.optim.grad_clip.unwrap_or(f64::INFINITY);
         let (grads, norm) = clip_grad_norm(&self.policy, grads, clip);
         let admitted = self.guard.admit(self.step, &[value, norm])?;
@@ -646,16 +752,27 @@ where
             shift: self.config.sampling.shift,
         }
         .sample(idx.len(), rng);
-        let loss = flow_matching_loss(
-            &self.policy,
-            x0,
-            eps,
-            &sigmas,
-            1000,
-            Tensor::from_inner(text),
-        )
-        .mean();
-        Ok(Some(self.update(loss, lr)?.0))
+        let text = Tensor::<B, 3>::from_inner(text);
+        let batch = idx.len();
+        let shards = self.config.shards.min(batch);
+        let (grads, values) = sharded_grads(&self.policy, shards, |policy, i| {
+            let rows = shard_rows(batch, shards, i);
+            let (a, n) = (rows.start, rows.len());
+            let part = |t: &Tensor<B, 5>| t.clone().narrow(0, a, n);
+            let loss = flow_matching_loss(
+                policy,
+                part(&x0),
+                part(&eps),
+                &sigmas[rows],
+                1000,
+                text.clone().narrow(0, a, n),
+            )
+            .sum()
+            .div_scalar(batch as f64);
+            let value = loss.clone().into_scalar().elem::<f64>();
+            Ok::<_, TrainError>((loss, value))
+        })?;
+        Ok(Some(self.update(grads, values.iter().sum(), lr)?.0))
     }
 
     /// VELR's buffer: each graded latent with its pixel reward, prioritised by the ensemble's
@@ -750,23 +867,28 @@ pub fn heldout_reward<B, V, R, P>(
 ) -> Result<f64>
 where
     B: Backend,
-    V: VideoAutoencoder<B>,
-    R: PixelReward<B, Prompt = P>,
-    P: Clone,
+    V: VideoAutoencoder<B> + Sync,
+    R: PixelReward<B, Prompt = P> + Sync,
+    P: Clone + Sync,
 {
     let device = policy.devices()[0].clone();
     let [c, f, h, w] = latent_shape;
-    let mut total = 0.0;
     let all: Vec<usize> = (0..heldout.len()).collect();
-    for (k, chunk) in all.chunks(8).enumerate() {
-        let (prompts, text) = heldout.batch(chunk);
+    let chunks: Vec<&[usize]> = all.chunks(8).collect();
+    // the chunks are independent (each has its own noise seed): one per thread, summed in order
+    let sums = parallel_map(chunks.len(), cores(), |k| -> Result<f64> {
+        let (prompts, text) = heldout.batch(chunks[k]);
         let mut rng = rand::rngs::StdRng::seed_from_u64(0xE7A1 + k as u64);
-        let noise = randn([chunk.len(), c, f, h, w], &mut rng, &device);
+        let noise = randn([chunks[k].len(), c, f, h, w], &mut rng, &device);
         let traj =
             Rollout::new(schedule, &EulerOde).sample(policy, noise, &Conditioning::new(text), 0)?;
         let video = norm.decode(vae, traj.last().clone());
         let r = pixel.score_pixels(video, &prompts)?;
-        total += r.sum().into_scalar().elem::<f64>();
+        Ok(r.sum().into_scalar().elem::<f64>())
+    });
+    let mut total = 0.0;
+    for s in sums {
+        total += s?;
     }
     Ok(total / heldout.len() as f64)
 }

@@ -7,13 +7,18 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 /// axis is rotated by `p * theta^(-2i / part_dim)` (Su et al. 2021, RoPE; `WanRotaryPosEmbed`
 /// in diffusers, interleaved pairs).
 ///
+/// The tables are stored at full head width, interleaved like the pairs, so that the rotation
+/// is two products and a sum with the pair-swapped input (no split and re-join of the pairs):
+/// `rot(x) = x * cos + swap(x) * sin` with `swap(x1, x2) = (x2, x1)`, `cos = (c, c)` and
+/// `sin = (-s, s)` per pair.
+///
 /// # Shapes
-/// - `cos`, `sin`: `[L, head_dim / 2]` with `L = F' * H' * W'` tokens in frame-major order
+/// - `cos`, `sin`: `[L, head_dim]` with `L = F' * H' * W'` tokens in frame-major order
 #[derive(Debug, Clone)]
 pub struct RopeTable<B: Backend> {
-    /// Cosines per token and pair.
+    /// Cosine of each pair's angle, twice per pair.
     pub cos: Tensor<B, 2>,
-    /// Sines per token and pair.
+    /// Sine of each pair's angle, negated for the pair's first element.
     pub sin: Tensor<B, 2>,
 }
 
@@ -22,7 +27,6 @@ impl<B: Backend> RopeTable<B> {
     pub fn new(head_dim: usize, grid: [usize; 3], theta: f64, device: &B::Device) -> Self {
         let hw = 2 * (head_dim / 6);
         let parts = [head_dim - 2 * hw, hw, hw];
-        let half = head_dim / 2;
         // per axis: inverse frequencies of its pairs
         let inv: Vec<Vec<f64>> = parts
             .iter()
@@ -34,22 +38,22 @@ impl<B: Backend> RopeTable<B> {
             .collect();
         let [f, h, w] = grid;
         let len = f * h * w;
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
+        let mut cos = Vec::with_capacity(len * head_dim);
+        let mut sin = Vec::with_capacity(len * head_dim);
         for fi in 0..f {
             for hi in 0..h {
                 for wi in 0..w {
                     for (axis, pos) in [fi, hi, wi].into_iter().enumerate() {
                         for &fr in &inv[axis] {
-                            let a = pos as f64 * fr;
-                            cos.push(a.cos() as f32);
-                            sin.push(a.sin() as f32);
+                            let (s, c) = (pos as f64 * fr).sin_cos();
+                            cos.extend([c as f32, c as f32]);
+                            sin.extend([-s as f32, s as f32]);
                         }
                     }
                 }
             }
         }
-        let mk = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [len, half]), device);
+        let mk = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [len, head_dim]), device);
         Self {
             cos: mk(cos),
             sin: mk(sin),
@@ -62,14 +66,13 @@ impl<B: Backend> RopeTable<B> {
     /// - `x`: `[B, L, H, head_dim]` -> same
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, l, h, d] = x.dims();
-        let pairs: Tensor<B, 5> = x.reshape([b, l, h, d / 2, 2]);
-        let x1 = pairs.clone().narrow(4, 0, 1);
-        let x2 = pairs.narrow(4, 1, 1);
-        let cos: Tensor<B, 5> = self.cos.clone().reshape([1, l, 1, d / 2, 1]);
-        let sin: Tensor<B, 5> = self.sin.clone().reshape([1, l, 1, d / 2, 1]);
-        let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-        let r2 = x1 * sin + x2 * cos;
-        Tensor::cat(vec![r1, r2], 4).reshape([b, l, h, d])
+        let swapped: Tensor<B, 4> = x
+            .clone()
+            .reshape([b, l, h, d / 2, 2])
+            .flip([4])
+            .reshape([b, l, h, d]);
+        let table = |t: &Tensor<B, 2>| t.clone().reshape([1, l, 1, d]);
+        x * table(&self.cos) + swapped * table(&self.sin)
     }
 }
 
@@ -85,8 +88,10 @@ mod tests {
         let t = RopeTable::<B>::new(6, [1, 1, 2], 10000.0, &dev);
         // token 1 is at w = 1: its third pair rotates by 1 rad, the others by 0.
         let c: Vec<f32> = t.cos.to_data().to_vec().unwrap();
-        assert_eq!(&c[..3], &[1.0, 1.0, 1.0]);
-        assert!((c[5] - 1f32.cos()).abs() < 1e-6);
+        let s: Vec<f32> = t.sin.to_data().to_vec().unwrap();
+        assert_eq!(&c[..6], &[1.0; 6]);
+        assert!((c[10] - 1f32.cos()).abs() < 1e-6 && (c[11] - 1f32.cos()).abs() < 1e-6);
+        assert!((s[10] + 1f32.sin()).abs() < 1e-6 && (s[11] - 1f32.sin()).abs() < 1e-6);
         let x = Tensor::<B, 4>::from_data(
             TensorData::new(
                 vec![0f32, 0., 0., 0., 0., 0., 1., 0., 1., 0., 1., 0.],

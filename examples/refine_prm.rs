@@ -1,0 +1,320 @@
+//! Refines the PRFL process reward model on the policy's own samples, in rounds.
+//!
+//! A reward model trained on base-model samples alone is exploited by PRFL: the policy finds
+//! latents it scores high that the pixel oracle does not (docs/comparison.md). Each round here
+//! fine-tunes a fresh copy of the DiT with PRFL against the current reward model (the quickstart's
+//! settings), samples the tuned policy on training prompts, labels those samples with the oracle,
+//! adds them to the preference data (paired by caption with the base samples and rendered videos
+//! already there, so "tuned sample vs base sample" pairs teach the model where it was wrong), and
+//! fine-tunes the reward model on the union. This is offline reward-model training, as in
+//! iterated RLHF: the oracle labels data between runs, and PRFL itself never sees it.
+//!
+//! ```text
+//! cargo run --release --example train_rewards   # base preference data (cached in out/reward-data)
+//! cargo run --release --example refine_prm
+//! ```
+//!
+//! Writes the refined model to `--save` (default out/refine-prm; copy `prm.mpk` to
+//! assets/shapes-world/rewards to ship it) and a table of every round to `--report` (default
+//! docs/refine_prm.md). Flags: `--rounds N`, `--prm-steps N` (reward-model steps per round),
+//! `--prompts N` (training prompts sampled per round), `--per-prompt N`, `--prfl-steps N`,
+//! `--sft-every N` (PRFL's SFT steps; 0: none, which shows exploitation unmasked),
+//! `--fgsm EPS` (adversarial training of the reward model, `InputPerturbation::Fgsm`),
+//! `--fit-first N` (steps on the base data before round 0), `--data DIR`, `--prm DIR`
+//! (starting model), `--models DIR`, `--save DIR`, `--report FILE`.
+
+use std::{path::PathBuf, time::Instant};
+
+use burn::{backend::Autodiff, module::AutodiffModule};
+use diffusion_core::{
+    backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
+    checkpoint::save_record,
+    loss::TimestepSampling,
+};
+use latent_reward::{
+    evaluate_pairs, fit_preference, FitConfig, InputPerturbation, PairSet, PreferenceLoss,
+    ProcessReward,
+};
+use shapes_world::{Caption, RewardData, WorldModels};
+
+mod common;
+
+type B = DefaultBackend;
+type AD = Autodiff<B>;
+
+/// Least oracle-reward gap of a preference pair (as `train_rewards`).
+const MARGIN: f32 = 0.05;
+
+struct Args {
+    fit_first: usize,
+    perturb: InputPerturbation,
+    rounds: usize,
+    prm_steps: usize,
+    prompts: usize,
+    per_prompt: usize,
+    run: common::PrflRun,
+    data: PathBuf,
+    prm: PathBuf,
+    models: PathBuf,
+    save: PathBuf,
+    report: PathBuf,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        fit_first: 0,
+        perturb: InputPerturbation::None,
+        rounds: 3,
+        prm_steps: 300,
+        prompts: 96,
+        per_prompt: 4,
+        run: common::PrflRun::default(),
+        data: "out/reward-data".into(),
+        prm: "assets/shapes-world/rewards".into(),
+        models: "assets/shapes-world".into(),
+        save: "out/refine-prm".into(),
+        report: "docs/refine_prm.md".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--rounds" => a.rounds = num(val()?)?,
+            "--prm-steps" => a.prm_steps = num(val()?)?,
+            "--prompts" => a.prompts = num(val()?)?,
+            "--per-prompt" => a.per_prompt = num(val()?)?,
+            "--prfl-steps" => a.run.steps = num(val()?)?,
+            "--sft-every" => a.run.sft_every = num(val()?)?,
+            "--fit-first" => a.fit_first = num(val()?)?,
+            "--data" => a.data = val()?.into(),
+            "--prm" => a.prm = val()?.into(),
+            "--models" => a.models = val()?.into(),
+            "--save" => a.save = val()?.into(),
+            "--report" => a.report = val()?.into(),
+            "--fgsm" => {
+                let eps: f64 = val()?.parse().map_err(|e| format!("--fgsm: {e}"))?;
+                a.perturb = InputPerturbation::Fgsm { eps };
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if a.per_prompt < 2 || a.prompts == 0 {
+        return Err("--per-prompt must be >= 2 and --prompts >= 1".into());
+    }
+    Ok(a)
+}
+
+/// The base preference data `train_rewards` cached for `split` (`<split>_<n>x4_m0.05.json`).
+fn cached(args: &Args, name: &str) -> Result<RewardData, String> {
+    let path = args.data.join(format!("{name}_m{MARGIN}.json"));
+    let mut data = RewardData::load(&path).map_err(|e| {
+        format!(
+            "cannot load {} (run the train_rewards example first): {e}",
+            path.display()
+        )
+    })?;
+    data.pair_by_caption(MARGIN);
+    Ok(data)
+}
+
+/// The captions of `data`'s samples, in order, each once.
+fn captions_of(data: &RewardData) -> Vec<Caption> {
+    let mut caps: Vec<Caption> = Vec::new();
+    for s in &data.samples {
+        if !caps.contains(&s.caption) {
+            caps.push(s.caption);
+        }
+    }
+    caps
+}
+
+/// The pairs of `data` (base data with `added` samples appended after index `from`) that
+/// involve at least one added sample.
+fn pairs_with_added(mut data: RewardData, from: usize) -> RewardData {
+    data.pairs.retain(|p| p.winner >= from || p.loser >= from);
+    data
+}
+
+/// Pairwise accuracy of `prm` on `pairs` at `t/T = 0.0` and `0.6`.
+fn accuracy(prm: &ProcessReward<AD>, pairs: &PairSet<B>) -> latent_reward::Result<[f64; 2]> {
+    let prm = prm.valid();
+    Ok([
+        evaluate_pairs(&prm, pairs, 0.0, 17, 32)?,
+        evaluate_pairs(&prm, pairs, 0.6, 17, 32)?,
+    ])
+}
+
+/// `args.prm_steps` (round >= 1) or `args.fit_first` (round 0) steps of the reward model on all
+/// pairs of `pool` (Bradley-Terry, batch 16, AdamW lr 1e-4, `args.perturb`); saves it. Returns
+/// the model and the seconds taken.
+fn refit(
+    prm: ProcessReward<AD>,
+    pool: &RewardData,
+    models: &WorldModels<B>,
+    args: &Args,
+    round: usize,
+) -> Result<(ProcessReward<AD>, f64), Box<dyn std::error::Error>> {
+    let fit = FitConfig {
+        steps: if round == 0 {
+            args.fit_first
+        } else {
+            args.prm_steps
+        },
+        batch: 16,
+        lr: 1e-4,
+        weight_decay: 0.01,
+        grad_clip: Some(1.0),
+        seed: round as u64 + 1,
+    };
+    let pairs = common::to_autodiff_pairs(&pool.pair_set(models, &Default::default())?)?;
+    let (prm, report) = fit_preference(
+        prm,
+        &pairs,
+        PreferenceLoss::BradleyTerry,
+        Some(TimestepSampling::Uniform { shift: 3.0 }),
+        args.perturb,
+        &fit,
+        &format!("prm round {round}"),
+    )?;
+    save_record(prm.clone(), &args.save.join("prm.mpk"))?;
+    Ok((prm, report.seconds))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse()?;
+    let t_all = Instant::now();
+    let dev = Default::default();
+    let models = WorldModels::<B>::load(&args.models, &dev)
+        .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
+    let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
+    let mut prm = common::load_prm(&models_ad.dit, &args.prm, &dev)?;
+    std::fs::create_dir_all(&args.save)?;
+    std::fs::copy(args.prm.join("prm.json"), args.save.join("prm.json"))?;
+
+    let mut pool = cached(&args, "train_192x4")?;
+    let test = cached(&args, "test_48x4")?;
+    let test_pairs = test.pair_set(&models, &dev)?;
+    let train_caps = captions_of(&pool);
+    let mut test_caps = captions_of(&test);
+    test_caps.truncate(24);
+
+    let mut md = format!(
+        "# Refining the process reward model on the policy's samples\n\n\
+         Produced by `cargo run --release --example refine_prm` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
+         Round 0 is the shipped model, trained by `train_rewards` on base-model samples. Each round: PRFL fine-tunes a fresh copy of the DiT against the current reward model \
+         ({} steps of {} videos, lr {:e}, lambda {}, {}); the tuned policy samples {} videos for each of {} training prompts, \
+         the oracle labels them, they join the preference data (pairs by caption, gap >= {MARGIN}, with the base samples and rendered videos of the same captions), \
+         and the reward model trains {} more steps (Bradley-Terry, batch 16, AdamW lr 1e-4, {:?} perturbation) on all of it. \
+         Columns: pairwise accuracy at t/T = 0 and 0.6 on the base test pairs, and on test pairs that involve samples of the PRFL-tuned policy \
+         (24 test prompts x {}: how well the model ranks what PRFL actually produces); PRFL's held-out oracle reward (32 test prompts) before and after its run.\n\n\
+         | round | train pairs | test acc (0 / 0.6) | on-policy test acc (0 / 0.6) | PRFL held-out before | after | change |\n|---|---|---|---|---|---|---|\n",
+        args.run.steps,
+        args.run.batch,
+        args.run.lr,
+        args.run.lambda,
+        match args.run.sft_every {
+            0 => "no SFT steps".to_string(),
+            1 => "an SFT step per reward step, as the quickstart".to_string(),
+            n => format!("an SFT step every {n} reward steps"),
+        },
+        args.per_prompt,
+        args.prompts,
+        args.prm_steps,
+        args.perturb,
+        args.per_prompt,
+    );
+    if args.fit_first > 0 {
+        let seconds;
+        (prm, seconds) = refit(prm, &pool, &models, &args, 0)?;
+        md = md.replace(
+            "Round 0 is the shipped model",
+            &format!(
+                "Round 0 is the starting model (`--prm`) after {} steps on the base data with {:?} ({seconds:.0} s)",
+                args.fit_first, args.perturb
+            ),
+        );
+    }
+    for round in 0..=args.rounds {
+        let t_round = Instant::now();
+        let out = args.save.join(format!("prfl_{round}"));
+        let (mut trainer, _) =
+            common::prfl_trainer(&models, &models_ad, prm.clone(), &args.run, &out)?;
+        let before = trainer.heldout_reward()?;
+        let metrics = trainer.run()?;
+        let after = metrics
+            .last()
+            .and_then(|m| m.heldout_reward)
+            .unwrap_or(f64::NAN);
+        let mut tuned = models.clone();
+        tuned.dit = trainer.policy.valid();
+
+        // how the reward model ranks the tuned policy's samples on held-out prompts
+        let onp_test = RewardData::generate(
+            &tuned,
+            &test_caps,
+            args.per_prompt,
+            20,
+            MARGIN,
+            7000 + round as u64,
+            &dev,
+        )?;
+        let mut with_test = test.clone();
+        let from = with_test.samples.len();
+        with_test.extend(onp_test)?;
+        with_test.pair_by_caption(MARGIN);
+        let onp_pairs = pairs_with_added(with_test, from).pair_set(&models, &dev)?;
+        let acc = accuracy(&prm, &test_pairs)?;
+        let onp = accuracy(&prm, &onp_pairs)?;
+        let row = format!(
+            "| {round} | {} | {:.3} / {:.3} | {:.3} / {:.3} ({} pairs) | {before:.4} | {after:.4} | {:+.4} |\n",
+            pool.pairs.len(),
+            acc[0],
+            acc[1],
+            onp[0],
+            onp[1],
+            onp_pairs.len(),
+            after - before
+        );
+        print!("round {round}: {row}");
+        md += &row;
+        std::fs::write(&args.report, &md)?;
+        if round == args.rounds {
+            break;
+        }
+
+        // on-policy training data, then the reward model's refinement
+        let start = (round * args.prompts) % train_caps.len();
+        let caps: Vec<Caption> = train_caps
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(args.prompts)
+            .copied()
+            .collect();
+        let onp_train = RewardData::generate(
+            &tuned,
+            &caps,
+            args.per_prompt,
+            20,
+            MARGIN,
+            6000 + round as u64,
+            &dev,
+        )?;
+        pool.extend(onp_train)?;
+        pool.pair_by_caption(MARGIN);
+        let seconds;
+        (prm, seconds) = refit(prm, &pool, &models, &args, round + 1)?;
+        println!(
+            "round {round} took {:.0} s (reward model {seconds:.0} s)",
+            t_round.elapsed().as_secs_f64(),
+        );
+    }
+    md += &format!(
+        "\nTotal run time {:.1} min.\n",
+        t_all.elapsed().as_secs_f64() / 60.0
+    );
+    std::fs::write(&args.report, &md)?;
+    println!("report: {}", args.report.display());
+    Ok(())
+}

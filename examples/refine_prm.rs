@@ -20,21 +20,25 @@
 //! `--prompts N` (training prompts sampled per round), `--per-prompt N`, `--prfl-steps N`,
 //! `--sft-every N` (PRFL's SFT steps; 0: none, which shows exploitation unmasked),
 //! `--fgsm EPS` (adversarial training of the reward model, `InputPerturbation::Fgsm`),
-//! `--fit-first N` (steps on the base data before round 0), `--data DIR`, `--prm DIR`
+//! `--fit-first N` (steps on the base data before round 0), `--oracle-step H` (adds each
+//! base sample's two neighbours along the oracle's latent gradient, `RewardData::oracle_neighbours`,
+//! to the data before round 0), `--data DIR`, `--prm DIR`
 //! (starting model), `--models DIR`, `--save DIR`, `--report FILE`.
 
 use std::{path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, module::AutodiffModule};
+use burn::{backend::Autodiff, module::AutodiffModule, tensor::Tensor};
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     checkpoint::save_record,
     loss::TimestepSampling,
+    rollout::randn,
 };
 use latent_reward::{
-    evaluate_pairs, fit_preference, FitConfig, InputPerturbation, PairSet, PreferenceLoss,
-    ProcessReward,
+    evaluate_pairs, fit_preference, noisy, FitConfig, InputPerturbation, LatentReward, PairSet,
+    PreferenceLoss, ProcessReward,
 };
+use rand::{rngs::StdRng, SeedableRng};
 use shapes_world::{Caption, RewardData, WorldModels};
 
 mod common;
@@ -47,6 +51,7 @@ const MARGIN: f32 = 0.05;
 
 struct Args {
     fit_first: usize,
+    oracle_step: Option<f32>,
     perturb: InputPerturbation,
     rounds: usize,
     prm_steps: usize,
@@ -63,6 +68,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut a = Args {
         fit_first: 0,
+        oracle_step: None,
         perturb: InputPerturbation::None,
         rounds: 3,
         prm_steps: 300,
@@ -87,6 +93,10 @@ fn parse() -> Result<Args, String> {
             "--prfl-steps" => a.run.steps = num(val()?)?,
             "--sft-every" => a.run.sft_every = num(val()?)?,
             "--fit-first" => a.fit_first = num(val()?)?,
+            "--oracle-step" => {
+                let h: f32 = val()?.parse().map_err(|e| format!("--oracle-step: {e}"))?;
+                a.oracle_step = Some(h);
+            }
             "--data" => a.data = val()?.into(),
             "--prm" => a.prm = val()?.into(),
             "--models" => a.models = val()?.into(),
@@ -145,6 +155,46 @@ fn accuracy(prm: &ProcessReward<AD>, pairs: &PairSet<B>) -> latent_reward::Resul
     ])
 }
 
+/// Mean cosine between the reward model's and the oracle's gradients in the clean latent, over
+/// `data`'s samples noised to `sigma` (fixed noise): whether climbing the model climbs the oracle
+/// where the data lies.
+fn gradient_cosine(
+    prm: &ProcessReward<AD>,
+    models: &WorldModels<AD>,
+    data: &RewardData,
+    sigma: f32,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let dev = Default::default();
+    let set = data.regression_set(&models.valid(), &dev)?;
+    let caps: Vec<Caption> = data.samples.iter().map(|s| s.caption).collect();
+    let mut rng = StdRng::seed_from_u64(23);
+    let (mut sum, n) = (0.0, caps.len());
+    for start in (0..n).step_by(16) {
+        let end = (start + 16).min(n);
+        let z = set.latents.clone().slice(start..end);
+        let b = end - start;
+        let sig = Tensor::<B, 1>::full([b], sigma, &dev);
+        let x = noisy(z.clone(), randn(z.dims(), &mut rng, &dev), sig.clone());
+        let leaf = Tensor::<AD, 5>::from_inner(x).require_grad();
+        let score = prm.score(
+            leaf.clone(),
+            Tensor::from_inner(sig),
+            Tensor::from_inner(set.text.clone().slice(start..end)),
+        );
+        let g_prm = leaf
+            .grad(&score.sum().backward())
+            .ok_or("no reward-model gradient")?;
+        let g_oracle = models.reward_gradient(z, &caps[start..end])?;
+        let dot = (g_prm.clone() * g_oracle.clone())
+            .reshape([b as i32, -1])
+            .sum_dim(1);
+        let norm = |g: Tensor<B, 5>| g.powi_scalar(2).reshape([b as i32, -1]).sum_dim(1).sqrt();
+        let cos = dot / (norm(g_prm) * norm(g_oracle)).add_scalar(1e-12);
+        sum += cos.sum().into_scalar() as f64;
+    }
+    Ok(sum / n as f64)
+}
+
 /// `args.prm_steps` (round >= 1) or `args.fit_first` (round 0) steps of the reward model on all
 /// pairs of `pool` (Bradley-Terry, batch 16, AdamW lr 1e-4, `args.perturb`); saves it. Returns
 /// the model and the seconds taken.
@@ -193,6 +243,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::copy(args.prm.join("prm.json"), args.save.join("prm.json"))?;
 
     let mut pool = cached(&args, "train_192x4")?;
+    if let Some(step) = args.oracle_step {
+        let t = Instant::now();
+        let moved = pool.oracle_neighbours(&models_ad, step, &dev)?;
+        let gaps: Vec<f32> = moved
+            .samples
+            .chunks(2)
+            .map(|p| p[0].reward - p[1].reward)
+            .collect();
+        println!(
+            "oracle neighbours at step {step}: {} samples, mean r+ - r- {:.4}, {} of {} above the margin ({:.0} s)",
+            moved.samples.len(),
+            gaps.iter().sum::<f32>() / gaps.len() as f32,
+            gaps.iter().filter(|g| g.abs() >= MARGIN).count(),
+            gaps.len(),
+            t.elapsed().as_secs_f64()
+        );
+        pool.extend(moved)?;
+        pool.pair_by_caption(MARGIN);
+    }
     let test = cached(&args, "test_48x4")?;
     let test_pairs = test.pair_set(&models, &dev)?;
     let train_caps = captions_of(&pool);
@@ -207,8 +276,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          the oracle labels them, they join the preference data (pairs by caption, gap >= {MARGIN}, with the base samples and rendered videos of the same captions), \
          and the reward model trains {} more steps (Bradley-Terry, batch 16, AdamW lr 1e-4, {:?} perturbation) on all of it. \
          Columns: pairwise accuracy at t/T = 0 and 0.6 on the base test pairs, and on test pairs that involve samples of the PRFL-tuned policy \
-         (24 test prompts x {}: how well the model ranks what PRFL actually produces); PRFL's held-out oracle reward (32 test prompts) before and after its run.\n\n\
-         | round | train pairs | test acc (0 / 0.6) | on-policy test acc (0 / 0.6) | PRFL held-out before | after | change |\n|---|---|---|---|---|---|---|\n",
+         (24 test prompts x {}: how well the model ranks what PRFL actually produces); the mean cosine between the reward model's and the oracle's gradients in the latent on the test samples (at t/T = 0 and 0.6); PRFL's held-out oracle reward (32 test prompts) before and after its run.\n\n\
+         | round | train pairs | test acc (0 / 0.6) | on-policy test acc (0 / 0.6) | gradient cosine (0 / 0.6) | PRFL held-out before | after | change |\n|---|---|---|---|---|---|---|---|\n",
         args.run.steps,
         args.run.batch,
         args.run.lr,
@@ -266,14 +335,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let onp_pairs = pairs_with_added(with_test, from).pair_set(&models, &dev)?;
         let acc = accuracy(&prm, &test_pairs)?;
         let onp = accuracy(&prm, &onp_pairs)?;
+        let cos = [
+            gradient_cosine(&prm, &models_ad, &test, 0.0)?,
+            gradient_cosine(&prm, &models_ad, &test, 0.6)?,
+        ];
         let row = format!(
-            "| {round} | {} | {:.3} / {:.3} | {:.3} / {:.3} ({} pairs) | {before:.4} | {after:.4} | {:+.4} |\n",
+            "| {round} | {} | {:.3} / {:.3} | {:.3} / {:.3} ({} pairs) | {:.3} / {:.3} | {before:.4} | {after:.4} | {:+.4} |\n",
             pool.pairs.len(),
             acc[0],
             acc[1],
             onp[0],
             onp[1],
             onp_pairs.len(),
+            cos[0],
+            cos[1],
             after - before
         );
         print!("round {round}: {row}");

@@ -93,7 +93,9 @@ mod tests {
             .unwrap();
         for (k, layer) in model.layers.iter_mut().enumerate() {
             let [i, o] = layer.weight.dims();
-            let weight = wave([1, 1, 1, i, o], 0.7 + k as f32).reshape([i, o]).mul_scalar(0.5);
+            let weight = wave([1, 1, 1, i, o], 0.7 + k as f32)
+                .reshape([i, o])
+                .mul_scalar(0.5);
             layer.weight = Param::from_tensor(weight);
             layer.bias = None;
         }

@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use burn::{
     backend::Autodiff,
     module::{Module, ModuleVisitor, Param},
-    tensor::{backend::Backend, Distribution, Tensor},
+    tensor::{backend::Backend, Tensor},
 };
-use diffusion_core::{backend::DefaultBackend, vae::CausalVaeConfig, WanConfig};
+use diffusion_core::{backend::DefaultBackend, rollout::randn, vae::CausalVaeConfig, WanConfig};
 use ensemble::{Aggregation, Ensemble};
 use latent_reward::{PixelReward, ProcessRewardConfig, VelrReward, VelrRewardConfig};
+use rand::{rngs::StdRng, SeedableRng};
 use refl_trainer::*;
 
 type B = DefaultBackend;
@@ -101,9 +102,10 @@ fn parts(
     pixel: Brightness,
 ) -> TrainerParts<AD, diffusion_core::vae::CausalVae<AD>, Brightness, usize> {
     let dev = Default::default();
-    // the same prompts and SFT data for every trainer built from these parts
-    Inner::seed(&dev, 42);
-    let text = |n| Tensor::<Inner, 3>::random([n, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
+    // the same prompts and SFT data for every trainer built from these parts: drawn from a
+    // local generator (the device's global one is shared with the tests running beside this one)
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut text = |n| randn::<Inner, 3>([n, 3, 16], &mut rng, &dev);
     let [c, f, h, ww] = SHAPE;
     TrainerParts {
         config,
@@ -118,7 +120,7 @@ fn parts(
         train: PromptSet::new((0..6).collect(), text(6)).unwrap(),
         heldout: PromptSet::new((0..3).collect(), text(3)).unwrap(),
         sft: Some(SftData {
-            latents: Tensor::random([5, c, f, h, ww], Distribution::Normal(0.0, 1.0), &dev),
+            latents: randn([5, c, f, h, ww], &mut StdRng::seed_from_u64(43), &dev),
             text: text(5),
         }),
         latent_shape: SHAPE,

@@ -101,6 +101,24 @@ pub struct WorldModels<B: Backend> {
 }
 
 impl<B: burn::tensor::backend::AutodiffBackend> WorldModels<B> {
+    /// The oracle reward's gradient in the latent, `d reward(decode(z), caption_i) / d z_i`
+    /// (through the VAE decoder; each sample's reward depends on its own latent alone).
+    ///
+    /// # Shapes
+    /// - `latents`: `[B, C, F', H', W']`, `captions.len() == B` -> `[B, C, F', H', W']`
+    pub fn reward_gradient(
+        &self,
+        latents: Tensor<B::InnerBackend, 5>,
+        captions: &[Caption],
+    ) -> Result<Tensor<B::InnerBackend, 5>, WorldError> {
+        let leaf = Tensor::<B, 5>::from_inner(latents).require_grad();
+        let reward = crate::oracle::OracleReward.score(self.decode(leaf.clone()), captions)?;
+        let grads = reward.sum().backward();
+        leaf.grad(&grads).ok_or_else(|| {
+            WorldError::InvalidConfig("the oracle has no gradient in the latent".into())
+        })
+    }
+
     /// The models on the inner (inference) backend.
     pub fn valid(&self) -> WorldModels<B::InnerBackend> {
         use burn::module::AutodiffModule;

@@ -51,6 +51,42 @@ fn generated_data_pairs_and_batches() {
     assert_eq!(pairs[0].winners.dims()[0], data.pairs.len());
 }
 
+/// The neighbours sit `step` (root mean square per element) from their sample on either side,
+/// and the `+` side, up the oracle's gradient, scores higher on the whole.
+#[test]
+fn oracle_neighbours_follow_the_gradient() {
+    type AD = burn::backend::Autodiff<B>;
+    let dev = Default::default();
+    let models = WorldModelsConfig::small().init::<AD>(&dev).unwrap();
+    let caps: Vec<Caption> = captions(Split::Train).into_iter().take(2).collect();
+    let data = RewardData::generate(&models.valid(), &caps, 2, 2, 0.0, 5, &dev).unwrap();
+    let step = 0.02;
+    let moved = data.oracle_neighbours(&models, step, &dev).unwrap();
+    assert_eq!(moved.samples.len(), 2 * data.samples.len());
+    assert!(moved.pairs.is_empty());
+    let mut rise = 0.0;
+    for (s, pm) in data.samples.iter().zip(moved.samples.chunks(2)) {
+        assert_eq!((pm[0].caption, pm[1].caption), (s.caption, s.caption));
+        for (side, sign) in [(&pm[0], 1.0), (&pm[1], -1.0)] {
+            let rms = (side
+                .latent
+                .iter()
+                .zip(&s.latent)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                / s.latent.len() as f32)
+                .sqrt();
+            assert!((rms - step).abs() < 1e-4, "{sign}: rms {rms}");
+        }
+        rise += pm[0].reward - pm[1].reward;
+    }
+    assert!(rise > 0.0, "the + side should score higher, got {rise}");
+    assert!(matches!(
+        data.oracle_neighbours(&models, 0.0, &dev),
+        Err(WorldError::InvalidConfig(_))
+    ));
+}
+
 #[test]
 fn corrupt_data_file_is_a_typed_error() {
     let tmp = tempfile::tempdir().unwrap();

@@ -35,8 +35,8 @@ use diffusion_core::{
     rollout::randn,
 };
 use latent_reward::{
-    evaluate_pairs, fit_preference, noisy, FitConfig, InputPerturbation, LatentReward, PairSet,
-    PreferenceLoss, ProcessReward,
+    evaluate_pairs, fit_preference, train::noisy, FitConfig, InputPerturbation, LatentReward,
+    PairSet, PreferenceLoss, ProcessReward,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use shapes_world::{Caption, RewardData, WorldModels};

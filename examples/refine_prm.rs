@@ -16,7 +16,7 @@
 //!
 //! Writes the refined model to `--save` (default out/refine-prm; copy `prm.mpk` to
 //! assets/shapes-world/rewards to ship it) and a table of every round to `--report` (default
-//! docs/refine_prm.md). Flags: `--rounds N`, `--prm-steps N` (reward-model steps per round),
+//! out/refine-prm/report.md; docs/refine_prm.md holds the tables of the runs it cites). Flags: `--rounds N`, `--prm-steps N` (reward-model steps per round),
 //! `--prompts N` (training prompts sampled per round), `--per-prompt N`, `--prfl-steps N`,
 //! `--sft-every N` (PRFL's SFT steps; 0: none, which shows exploitation unmasked),
 //! `--fgsm EPS` (adversarial training of the reward model, `InputPerturbation::Fgsm`),
@@ -79,7 +79,7 @@ fn parse() -> Result<Args, String> {
         prm: "assets/shapes-world/rewards".into(),
         models: "assets/shapes-world".into(),
         save: "out/refine-prm".into(),
-        report: "docs/refine_prm.md".into(),
+        report: "out/refine-prm/report.md".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -240,6 +240,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
     let mut prm = common::load_prm(&models_ad.dit, &args.prm, &dev)?;
     std::fs::create_dir_all(&args.save)?;
+    if let Some(dir) = args.report.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::copy(args.prm.join("prm.json"), args.save.join("prm.json"))?;
 
     let mut pool = cached(&args, "train_192x4")?;

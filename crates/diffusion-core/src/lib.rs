@@ -15,6 +15,7 @@ pub mod rollout;
 pub mod schedule;
 pub mod stepper;
 pub mod text;
+pub mod threaded_adamw;
 pub mod vae;
 pub mod wan;
 
@@ -24,4 +25,5 @@ pub use prompt::PromptEnhancer;
 pub use rollout::{Conditioning, GradWindow, Rollout, Trajectory};
 pub use schedule::{FlowMatchScheduleConfig, Schedule, VpScheduleConfig};
 pub use stepper::{DanceGrpoSde, EulerOde, FlowGrpoSde, Guidance, LogProbReduction, Stepper};
+pub use threaded_adamw::ThreadedAdamW;
 pub use wan::{WanConfig, WanTransformer};

@@ -10,7 +10,7 @@
 //! checkpoints are interchangeable with `AdamWConfig::init()`'s.
 
 use burn::{
-    module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId},
+    module::{AutodiffModule, ModuleMapper, Param, ParamId},
     optim::{
         adaptor::GradAdaptor, record::AdaptorRecord, AdamW, AdamWConfig, AdamWState,
         AdaptiveMomentumState, GradientsParams, LearningRate, MultiGradientsParams, Optimizer,
@@ -19,6 +19,7 @@ use burn::{
     tensor::{backend::AutodiffBackend, backend::Backend, Tensor},
 };
 use hashbrown::HashMap;
+use rayon::prelude::*;
 
 /// The optimiser state of every parameter, keyed as burn's `OptimizerAdaptor` keys it.
 pub type AdamWRecord<B> = HashMap<ParamId, AdaptorRecord<AdamW, B>>;
@@ -52,7 +53,9 @@ impl<B: AutodiffBackend> ThreadedAdamW<B> {
             records: &mut self.records,
             jobs: Vec::new(),
         };
-        module.visit(&mut gather);
+        // the parameters leave the module (an empty placeholder stays in their place), so each
+        // update owns its tensors, as in burn's parameter-by-parameter mapper
+        let module = module.map(&mut gather);
         let jobs = gather.jobs;
 
         // groups of about equal size: largest parameters first, each to the lightest group
@@ -77,26 +80,17 @@ impl<B: AutodiffBackend> ThreadedAdamW<B> {
                     let (param, state) = optim.step(lr, j.param, j.grad, j.state);
                     Done {
                         id: j.id,
+                        dims: j.dims,
+                        require_grad: j.require_grad,
                         param,
                         state: state.expect("AdamW always returns its state"),
                     }
                 })
                 .collect()
         };
-        let done: Vec<Done<B::InnerBackend>> = if self.threads == 1 {
-            groups.into_iter().flat_map(run).collect()
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = groups
-                    .into_iter()
-                    .map(|g| s.spawn(move || run(g)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                    .collect()
-            })
-        };
+        // on rayon's pool, whose threads persist between steps (fresh threads every step would
+        // each get their own allocator arena and raise the peak memory)
+        let done: Vec<Done<B::InnerBackend>> = groups.into_par_iter().flat_map_iter(run).collect();
 
         module.map(&mut Scatter {
             done: done.into_iter().map(|d| (d.id, d)).collect(),
@@ -108,6 +102,8 @@ impl<B: AutodiffBackend> ThreadedAdamW<B> {
 /// One parameter's update: the flattened parameter, gradient and state.
 struct Job<B: Backend> {
     id: ParamId,
+    dims: Vec<usize>,
+    require_grad: bool,
     param: Tensor<B, 1>,
     grad: Tensor<B, 1>,
     state: Option<AdamWState<B, 1>>,
@@ -116,6 +112,8 @@ struct Job<B: Backend> {
 /// One parameter's result, flattened.
 struct Done<B: Backend> {
     id: ParamId,
+    dims: Vec<usize>,
+    require_grad: bool,
     param: Tensor<B, 1>,
     state: AdamWState<B, 1>,
 }
@@ -136,29 +134,35 @@ fn reshape_state<B: Backend, const D: usize, const E: usize>(
     }
 }
 
-/// Collects a [`Job`] for every parameter that has a gradient.
+/// Takes every parameter that has a gradient out of the module into a [`Job`].
 struct Gather<'a, B: AutodiffBackend> {
     grads: &'a mut GradAdaptor,
     records: &'a mut AdamWRecord<B>,
     jobs: Vec<Job<B::InnerBackend>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+impl<B: AutodiffBackend> ModuleMapper<B> for Gather<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let Some((grad, _)) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
-            return;
+            return param;
         };
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims();
         let n = grad.shape().num_elements();
         let state = self
             .records
-            .remove(&param.id)
+            .remove(&id)
             .map(|r| reshape_state(r.into_state::<D>(), [n]));
+        let placeholder = Tensor::empty([0; D], &tensor.device());
         self.jobs.push(Job {
-            id: param.id,
-            param: param.val().inner().reshape([n]),
+            id,
+            dims: dims.to_vec(),
+            require_grad: tensor.is_require_grad(),
+            param: tensor.inner().reshape([n]),
             grad: grad.reshape([n]),
             state,
         });
+        Param::from_mapped_value(id, placeholder, mapper)
     }
 }
 
@@ -174,13 +178,13 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Scatter<'_, B> {
         let Some(done) = self.done.remove(&id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let dims = tensor.dims();
+        let dims: [usize; D] = done.dims.try_into().expect("a parameter keeps its rank");
         self.records.insert(
             id,
             AdaptorRecord::from_state::<D>(reshape_state(done.state, dims)),
         );
         let mut value = Tensor::from_inner(done.param.reshape(dims));
-        if tensor.is_require_grad() {
+        if done.require_grad {
             value = value.require_grad();
         }
         Param::from_mapped_value(id, value, mapper)

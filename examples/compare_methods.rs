@@ -11,8 +11,9 @@
 //!
 //! Needs the process reward model (shipped) and the VELR members `velr_0.mpk ...` that the
 //! `train_rewards` example writes to `--rewards` (default assets/shapes-world/rewards).
-//! Flags: `--seconds`, `--eval-every`, `--batch`, `--lr`, `--heldout`, `--members`, `--out`,
-//! `--report`.
+//! Flags: `--seconds`, `--eval-every`, `--batch`, `--lr`, `--heldout`, `--members`,
+//! `--methods` (a comma-separated subset of `rgb-refl,prfl,velr,grpo-latent,grpo-pixel`; the
+//! VELR members are needed only for `velr` and `grpo-latent`), `--out`, `--report`.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -72,6 +73,9 @@ impl Runner {
     }
 }
 
+/// The methods compared, in the order they run (`--methods` picks some).
+const METHODS: [&str; 5] = ["rgb refl", "prfl", "velr", "grpo latent", "grpo pixel"];
+
 struct Args {
     seconds: f64,
     eval_every: f64,
@@ -79,6 +83,7 @@ struct Args {
     lr: f64,
     heldout: usize,
     members: usize,
+    methods: Vec<String>,
     models: PathBuf,
     rewards: PathBuf,
     out: PathBuf,
@@ -93,6 +98,7 @@ fn parse() -> Result<Args, String> {
         lr: 1e-4,
         heldout: 16,
         members: 5,
+        methods: METHODS.iter().map(|m| m.to_string()).collect(),
         models: "assets/shapes-world".into(),
         rewards: "assets/shapes-world/rewards".into(),
         out: "out/compare".into(),
@@ -110,6 +116,17 @@ fn parse() -> Result<Args, String> {
             "--lr" => a.lr = f(val()?)?,
             "--heldout" => a.heldout = n(val()?)?,
             "--members" => a.members = n(val()?)?,
+            "--methods" => {
+                a.methods = val()?
+                    .split(',')
+                    .map(|m| m.trim().replace('-', " "))
+                    .collect();
+                if let Some(bad) = a.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+                    return Err(format!(
+                        "--methods: unknown {bad:?} (of {METHODS:?}, spaces or '-')"
+                    ));
+                }
+            }
             "--models" => a.models = val()?.into(),
             "--rewards" => a.rewards = val()?.into(),
             "--out" => a.out = val()?.into(),
@@ -129,8 +146,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models = WorldModels::<B>::load(&args.models, &dev)?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
     let prm = common::load_prm(&models_ad.dit, &args.rewards, &dev)?;
-    let members = common::load_velr_members::<AD>(&args.rewards, args.members, &dev)?;
-    let ensemble = Ensemble::new(members)?.with_aggregation(Aggregation::Mean);
+    let want = |name: &str| args.methods.iter().any(|m| m == name);
+    // the VELR members only where a method uses them (`train_rewards` writes them; not shipped)
+    let ensemble = if want("velr") || want("grpo latent") {
+        let members = common::load_velr_members::<AD>(&args.rewards, args.members, &dev)?;
+        Some(Ensemble::new(members)?.with_aggregation(Aggregation::Mean))
+    } else {
+        None
+    };
 
     let train = common::shuffled_captions(Split::Train, 1, 512);
     let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
@@ -139,9 +162,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sft = common::sft_data(&models, &train[..128], &dev)?;
     let norm = models.latent_norm();
 
-    let grpo_ensemble = ensemble
-        .valid()
-        .with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 });
     let refl = |method: Method, reward: LatentRewards<AD>, name: &str| {
         let config = RunConfig {
             method,
@@ -188,54 +208,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         norm: norm.clone(),
         pixel: OracleReward,
     };
-    let runs: Vec<(&str, Runner)> = vec![
-        (
-            "rgb refl",
-            refl(
-                Method::RgbRefl(RgbReflConfig {
-                    window: 1,
-                    frames: FrameSelection::All,
-                    lambda: 1.0,
-                }),
-                LatentRewards::Pixel,
-                "rgb refl",
-            )?,
-        ),
-        (
-            "prfl",
-            refl(
-                Method::Prfl(PrflConfig {
-                    start: None,
-                    window: 1,
-                    lambda: 1.0,
-                    margin: 2.0,
-                    sft_every: 1,
-                }),
-                LatentRewards::Process(prm),
-                "prfl",
-            )?,
-        ),
-        (
-            "velr",
-            refl(
-                Method::Velr(VelrConfig {
-                    start: [6, 10],
-                    window: 2,
-                    kl_beta: 1.0,
-                    aggregation: Aggregation::Mean,
-                    buffer: 64,
-                    label_every: 1,
-                    align_every: 10,
-                    align_steps: 4,
-                    align_lr: 1e-5,
-                }),
-                LatentRewards::Ensemble(ensemble),
-                "velr",
-            )?,
-        ),
-        ("grpo latent", grpo(Box::new(LatentScore(grpo_ensemble)))?),
-        ("grpo pixel", grpo(Box::new(pixel_score))?),
-    ];
+    let mut runs: Vec<(&str, Runner)> = Vec::new();
+    if want("rgb refl") {
+        let method = Method::RgbRefl(RgbReflConfig {
+            window: 1,
+            frames: FrameSelection::All,
+            lambda: 1.0,
+        });
+        runs.push(("rgb refl", refl(method, LatentRewards::Pixel, "rgb refl")?));
+    }
+    if want("prfl") {
+        let method = Method::Prfl(PrflConfig {
+            start: None,
+            window: 1,
+            lambda: 1.0,
+            margin: 2.0,
+            sft_every: 1,
+        });
+        runs.push(("prfl", refl(method, LatentRewards::Process(prm), "prfl")?));
+    }
+    if let Some(ensemble) = ensemble {
+        if want("velr") {
+            let method = Method::Velr(VelrConfig {
+                start: [6, 10],
+                window: 2,
+                kl_beta: 1.0,
+                aggregation: Aggregation::Mean,
+                buffer: 64,
+                label_every: 1,
+                align_every: 10,
+                align_steps: 4,
+                align_lr: 1e-5,
+            });
+            let reward = LatentRewards::Ensemble(ensemble.clone());
+            runs.push(("velr", refl(method, reward, "velr")?));
+        }
+        if want("grpo latent") {
+            let lcb = ensemble
+                .valid()
+                .with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 });
+            runs.push(("grpo latent", grpo(Box::new(LatentScore(lcb)))?));
+        }
+    }
+    if want("grpo pixel") {
+        runs.push(("grpo pixel", grpo(Box::new(pixel_score))?));
+    }
     let schedule = FlowMatchScheduleConfig::new(20).with_shift(3.0).init()?;
     let evaluate = |runner: &Runner| {
         heldout_reward(

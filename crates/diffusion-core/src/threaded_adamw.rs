@@ -56,18 +56,15 @@ impl<B: AutodiffBackend> ThreadedAdamW<B> {
         // the parameters leave the module (an empty placeholder stays in their place), so each
         // update owns its tensors, as in burn's parameter-by-parameter mapper
         let module = module.map(&mut gather);
-        let jobs = gather.jobs;
+        let mut jobs = gather.jobs;
 
         // groups of about equal size: largest parameters first, each to the lightest group
-        let mut order: Vec<usize> = (0..jobs.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].param.dims()[0]));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.param.dims()[0]));
         let mut load = vec![0usize; self.threads];
         let mut groups: Vec<Vec<Job<B::InnerBackend>>> =
             (0..self.threads).map(|_| Vec::new()).collect();
-        let mut slots: Vec<Option<Job<B::InnerBackend>>> = jobs.into_iter().map(Some).collect();
-        for i in order {
+        for job in jobs {
             let g = (0..load.len()).min_by_key(|&g| load[g]).unwrap_or(0);
-            let job = slots[i].take().expect("each job is placed once");
             load[g] += job.param.dims()[0];
             groups[g].push(job);
         }
@@ -79,9 +76,7 @@ impl<B: AutodiffBackend> ThreadedAdamW<B> {
                 .map(|j| {
                     let (param, state) = optim.step(lr, j.param, j.grad, j.state);
                     Done {
-                        id: j.id,
-                        dims: j.dims,
-                        require_grad: j.require_grad,
+                        slot: j.slot,
                         param,
                         state: state.expect("AdamW always returns its state"),
                     }
@@ -93,17 +88,22 @@ impl<B: AutodiffBackend> ThreadedAdamW<B> {
         let done: Vec<Done<B::InnerBackend>> = groups.into_par_iter().flat_map_iter(run).collect();
 
         module.map(&mut Scatter {
-            done: done.into_iter().map(|d| (d.id, d)).collect(),
+            done: done.into_iter().map(|d| (d.slot.id, d)).collect(),
             records: &mut self.records,
         })
     }
 }
 
-/// One parameter's update: the flattened parameter, gradient and state.
-struct Job<B: Backend> {
+/// Where a parameter goes back: its id, shape and whether it requires a gradient.
+struct Slot {
     id: ParamId,
     dims: Vec<usize>,
     require_grad: bool,
+}
+
+/// One parameter's update: the flattened parameter, gradient and state.
+struct Job<B: Backend> {
+    slot: Slot,
     param: Tensor<B, 1>,
     grad: Tensor<B, 1>,
     state: Option<AdamWState<B, 1>>,
@@ -111,9 +111,7 @@ struct Job<B: Backend> {
 
 /// One parameter's result, flattened.
 struct Done<B: Backend> {
-    id: ParamId,
-    dims: Vec<usize>,
-    require_grad: bool,
+    slot: Slot,
     param: Tensor<B, 1>,
     state: AdamWState<B, 1>,
 }
@@ -155,9 +153,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Gather<'_, B> {
             .map(|r| reshape_state(r.into_state::<D>(), [n]));
         let placeholder = Tensor::empty([0; D], &tensor.device());
         self.jobs.push(Job {
-            id,
-            dims: dims.to_vec(),
-            require_grad: tensor.is_require_grad(),
+            slot: Slot {
+                id,
+                dims: dims.to_vec(),
+                require_grad: tensor.is_require_grad(),
+            },
             param: tensor.inner().reshape([n]),
             grad: grad.reshape([n]),
             state,
@@ -178,13 +178,17 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Scatter<'_, B> {
         let Some(done) = self.done.remove(&id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let dims: [usize; D] = done.dims.try_into().expect("a parameter keeps its rank");
+        let dims: [usize; D] = done
+            .slot
+            .dims
+            .try_into()
+            .expect("a parameter keeps its rank");
         self.records.insert(
             id,
             AdaptorRecord::from_state::<D>(reshape_state(done.state, dims)),
         );
         let mut value = Tensor::from_inner(done.param.reshape(dims));
-        if done.require_grad {
+        if done.slot.require_grad {
             value = value.require_grad();
         }
         Param::from_mapped_value(id, value, mapper)

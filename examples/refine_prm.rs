@@ -16,14 +16,15 @@
 //!
 //! Writes the refined model to `--save` (default out/refine-prm; copy `prm.mpk` to
 //! assets/shapes-world/rewards to ship it) and a table of every round to `--report` (default
-//! out/refine-prm/report.md; docs/refine_prm.md holds the tables of the runs it cites). Flags: `--rounds N`, `--prm-steps N` (reward-model steps per round),
-//! `--prompts N` (training prompts sampled per round), `--per-prompt N`, `--prfl-steps N`,
+//! out/refine-prm/report.md; docs/refine_prm.md holds the tables of the runs it cites).
+//! Flags: `--rounds N`, `--prm-steps N` (reward-model steps per round), `--prompts N`
+//! (training prompts sampled per round), `--per-prompt N`, `--prfl-steps N`,
 //! `--sft-every N` (PRFL's SFT steps; 0: none, which shows exploitation unmasked),
 //! `--fgsm EPS` (adversarial training of the reward model, `InputPerturbation::Fgsm`),
-//! `--fit-first N` (steps on the base data before round 0), `--oracle-step H` (adds each
-//! base sample's two neighbours along the oracle's latent gradient, `RewardData::oracle_neighbours`,
-//! to the data before round 0), `--data DIR`, `--prm DIR`
-//! (starting model), `--models DIR`, `--save DIR`, `--report FILE`.
+//! `--fit-first N` (steps on the base data before round 0), `--oracle-step H` (adds each base
+//! sample's two neighbours along the oracle's latent gradient, `RewardData::oracle_neighbours`,
+//! to the data before round 0), `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
+//! `--save DIR`, `--report FILE`.
 
 use std::{path::PathBuf, time::Instant};
 

@@ -13,6 +13,7 @@ pub mod progress;
 pub mod prompt;
 pub mod rollout;
 pub mod schedule;
+pub mod snapshot;
 pub mod stepper;
 pub mod text;
 pub mod threaded_adamw;

@@ -1,16 +1,16 @@
 //! The GRPO trainer on the tiny DiT: the reward rises, every parameter that gets a gradient
 //! moves, the first step has zero KL and no clipped ratio, and bad rewards are typed errors.
 
-use std::collections::HashMap;
-
 use burn::{
     backend::Autodiff,
-    module::{AutodiffModule, Module, ModuleVisitor, Param},
+    module::AutodiffModule,
     tensor::{backend::Backend, Distribution, Tensor},
 };
 use diffusion_core::{
-    backend::DefaultBackend, rollout::randn, Conditioning, EulerOde, FlowGrpoSde,
-    FlowMatchScheduleConfig, Rollout, WanConfig,
+    backend::DefaultBackend,
+    rollout::randn,
+    snapshot::{differing_entries, param_snapshot},
+    Conditioning, EulerOde, FlowGrpoSde, FlowMatchScheduleConfig, Rollout, WanConfig,
 };
 use grpo::*;
 use latent_reward::{LatentReward, RewardRange};
@@ -64,19 +64,6 @@ fn config(timesteps: TimestepSelection) -> GrpoConfig {
     }
 }
 
-fn values<M: Module<AD>>(m: &M) -> HashMap<String, Vec<f32>> {
-    struct V(HashMap<String, Vec<f32>>);
-    impl ModuleVisitor<AD> for V {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<AD, D>>) {
-            let v = p.val().into_data().convert::<f32>().to_vec().unwrap();
-            self.0.insert(p.id.to_string(), v);
-        }
-    }
-    let mut v = V(HashMap::new());
-    m.visit(&mut v);
-    v.0
-}
-
 /// Mean reward of ODE samples from fixed noise.
 fn evaluate(policy: &diffusion_core::WanTransformer<B>, text: &Tensor<B, 3>) -> f32 {
     let schedule = FlowMatchScheduleConfig::new(4).init().unwrap();
@@ -113,7 +100,7 @@ fn sharded_rows_match_one_graph() {
         let m = trainer
             .train_step(&[0, 1], text.clone(), SHAPE, &reward)
             .unwrap();
-        runs.push((m, values(&trainer.policy)));
+        runs.push((m, param_snapshot(&trainer.policy).unwrap()));
     }
     let ((m1, v1), (m2, v2)) = (&runs[0], &runs[1]);
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * (1.0 + a.abs());
@@ -127,15 +114,7 @@ fn sharded_rows_match_one_graph() {
     );
     assert_eq!(m1.clip_fraction, m2.clip_fraction);
     // AdamW's first step is about lr * sign(g): count the entries that differ
-    let (mut total, mut off) = (0usize, 0usize);
-    for (id, a) in v1 {
-        total += a.len();
-        off += a
-            .iter()
-            .zip(&v2[id])
-            .filter(|(x, y)| (*x - *y).abs() > 1e-6)
-            .count();
-    }
+    let (off, total) = differing_entries(v1, v2, 1e-6);
     assert!(off * 100 < total, "{off} of {total} entries differ");
 }
 
@@ -146,7 +125,7 @@ fn grpo_raises_the_reward_and_moves_the_policy() {
     let policy = WanConfig::tiny().init::<AD>(&dev).unwrap();
     let text = Tensor::<B, 3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
     let eval_text = Tensor::<B, 3>::random([8, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
-    let before = values(&policy);
+    let before = param_snapshot(&policy).unwrap();
     let r0 = evaluate(&policy.valid(), &eval_text);
     let reward = LatentScore(MeanLatent { poison: false });
     let mut trainer = GrpoTrainer::new(
@@ -176,7 +155,7 @@ fn grpo_raises_the_reward_and_moves_the_policy() {
     assert!(r1 > r0 + 0.1, "held-out reward {r0} -> {r1}");
     // every parameter with a gradient moved (attention key biases get none; rope tables and
     // the unused parts of the time embedding are buffers)
-    let after = values(&trainer.policy);
+    let after = param_snapshot(&trainer.policy).unwrap();
     let moved = before.iter().filter(|(id, v)| &after[*id] != *v).count();
     assert!(
         moved as f64 >= 0.9 * before.len() as f64,

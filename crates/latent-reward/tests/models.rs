@@ -4,28 +4,19 @@ use std::collections::HashMap;
 
 use burn::{
     backend::Autodiff,
-    module::{AutodiffModule, Module, ModuleVisitor, Param},
-    tensor::{backend::Backend, Distribution, Tensor},
+    module::{AutodiffModule, Param},
+    tensor::{Distribution, Tensor},
 };
-use diffusion_core::{backend::DefaultBackend, loss::TimestepSampling, WanConfig};
+use diffusion_core::{
+    backend::DefaultBackend,
+    loss::TimestepSampling,
+    snapshot::{param_snapshot, ParamValues},
+    WanConfig,
+};
 use latent_reward::*;
 
 type B = DefaultBackend;
 type AD = Autodiff<B>;
-
-/// Every float parameter's values and whether it is trainable, by parameter id.
-fn snapshot<Bk: Backend, M: Module<Bk>>(m: &M) -> HashMap<String, (Vec<f32>, bool)> {
-    struct Snap(HashMap<String, (Vec<f32>, bool)>);
-    impl<Bk: Backend> ModuleVisitor<Bk> for Snap {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-            let v = p.val().into_data().convert::<f32>().to_vec().unwrap();
-            self.0.insert(p.id.to_string(), (v, p.is_require_grad()));
-        }
-    }
-    let mut s = Snap(HashMap::new());
-    m.visit(&mut s);
-    s.0
-}
 
 /// Ids of attention key biases: softmax is invariant to adding the same score to every key,
 /// so `q . b_k` cancels and their gradient is exactly zero (a property of attention, not of the
@@ -41,25 +32,25 @@ fn key_biases<'a>(
 }
 
 fn assert_trainable_moved_frozen_kept(
-    before: &HashMap<String, (Vec<f32>, bool)>,
-    after: &HashMap<String, (Vec<f32>, bool)>,
+    before: &HashMap<String, ParamValues>,
+    after: &HashMap<String, ParamValues>,
     exempt: &[String],
 ) -> (usize, usize) {
     let (mut moved, mut frozen) = (0, 0);
-    for (id, (v0, trainable)) in before {
-        let (v1, _) = &after[id];
+    for (id, p0) in before {
+        let v1 = &after[id].values;
         if exempt.contains(id) {
             continue;
         }
-        if *trainable {
+        if p0.trainable {
             assert!(
-                v0 != v1,
+                &p0.values != v1,
                 "trainable parameter {id} ({} values) did not move",
-                v0.len()
+                p0.values.len()
             );
             moved += 1;
         } else {
-            assert_eq!(v0, v1, "frozen parameter {id} moved");
+            assert_eq!(&p0.values, v1, "frozen parameter {id} moved");
             frozen += 1;
         }
     }
@@ -92,7 +83,7 @@ fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
     assert_eq!(prm.depth(), 1);
     assert_eq!(prm.range(), RewardRange::Unit);
     let pairs = offset_pairs(32, [4, 1, 4, 4], 16);
-    let before = snapshot(&prm);
+    let before = param_snapshot(&prm).unwrap();
     let acc0 = evaluate_pairs(&prm.valid(), &valid(&pairs), 0.2, 1, 16).unwrap();
     let cfg = FitConfig {
         steps: 60,
@@ -120,7 +111,8 @@ fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
             .iter()
             .flat_map(|b| [&b.attn1.to_k.bias, &b.attn2.to_k.bias]),
     ));
-    let (moved, frozen) = assert_trainable_moved_frozen_kept(&before, &snapshot(&prm), &exempt);
+    let (moved, frozen) =
+        assert_trainable_moved_frozen_kept(&before, &param_snapshot(&prm).unwrap(), &exempt);
     assert!(moved > 10 && frozen >= 8, "moved {moved}, frozen {frozen}");
     assert!(report.grad_norms.iter().all(|n| n.is_finite()));
     let acc = evaluate_pairs(&prm.valid(), &valid(&pairs), 0.2, 1, 16).unwrap();
@@ -214,7 +206,7 @@ fn velr_and_mlp_regress_a_structured_target() {
         .with_layers(1)
         .init::<AD>(&dev)
         .unwrap();
-    let before = snapshot(&velr);
+    let before = param_snapshot(&velr).unwrap();
     let (velr, report) = fit_regression(
         velr,
         &train,
@@ -227,7 +219,7 @@ fn velr_and_mlp_regress_a_structured_target() {
         std::iter::once(&velr.cross.key.bias)
             .chain(velr.encoder.layers.iter().map(|l| &l.mha.key.bias)),
     );
-    assert_trainable_moved_frozen_kept(&before, &snapshot(&velr), &exempt);
+    assert_trainable_moved_frozen_kept(&before, &param_snapshot(&velr).unwrap(), &exempt);
     let q = report.losses.len() / 4;
     let quarter = |xs: &[f64]| xs.iter().sum::<f64>() / q as f64;
     let n = report.losses.len();

@@ -1,14 +1,17 @@
 //! The trainer on tiny models: every method runs, trainable parameters move, the NaN guard
 //! skips and aborts, and a resumed run equals an uninterrupted one.
 
-use std::collections::HashMap;
-
 use burn::{
     backend::Autodiff,
-    module::{Module, ModuleVisitor, Param},
     tensor::{backend::Backend, Tensor},
 };
-use diffusion_core::{backend::DefaultBackend, rollout::randn, vae::CausalVaeConfig, WanConfig};
+use diffusion_core::{
+    backend::DefaultBackend,
+    rollout::randn,
+    snapshot::{differing_entries, param_snapshot},
+    vae::CausalVaeConfig,
+    WanConfig,
+};
 use ensemble::{Aggregation, Ensemble};
 use latent_reward::{PixelReward, ProcessRewardConfig, VelrReward, VelrRewardConfig};
 use rand::{rngs::StdRng, SeedableRng};
@@ -136,21 +139,6 @@ fn prm(w: &World) -> LatentRewards<AD> {
     LatentRewards::Process(prm)
 }
 
-fn values<M: Module<AD>>(m: &M) -> HashMap<String, Vec<f32>> {
-    struct V(HashMap<String, Vec<f32>>);
-    impl ModuleVisitor<AD> for V {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<AD, D>>) {
-            self.0.insert(
-                p.id.to_string(),
-                p.val().into_data().convert::<f32>().to_vec().unwrap(),
-            );
-        }
-    }
-    let mut v = V(HashMap::new());
-    m.visit(&mut v);
-    v.0
-}
-
 fn ensemble() -> Ensemble<VelrReward<AD>> {
     let members = (0..2)
         .map(|_| {
@@ -186,7 +174,7 @@ fn prfl_moves_the_policy_logs_and_resumes_exactly() {
     let cfg = config(prfl(2), "prfl_full");
     let _ = std::fs::remove_dir_all(&cfg.out);
     let prm = prm(&w);
-    let before = values(&w.dit);
+    let before = param_snapshot(&w.dit).unwrap();
     let mut full = Trainer::new(parts(
         &w,
         cfg.clone(),
@@ -201,7 +189,7 @@ fn prfl_moves_the_policy_logs_and_resumes_exactly() {
         .all(|m| m.loss.is_some() && m.grad_norm.unwrap().is_finite()));
     assert!(metrics[0].sft_loss.is_some() && metrics[1].sft_loss.is_none());
     assert!(metrics[1].heldout_reward.is_some() && metrics[2].heldout_reward.is_none());
-    let after = values(&full.policy);
+    let after = param_snapshot(&full.policy).unwrap();
     let moved = before.iter().filter(|(id, v)| &after[*id] != *v).count();
     // every policy parameter gets a gradient from the reward step or the SFT step
     assert_eq!(moved, before.len(), "{moved} of {} moved", before.len());
@@ -233,7 +221,7 @@ fn prfl_moves_the_policy_logs_and_resumes_exactly() {
     .unwrap();
     assert_eq!(resumed.step(), 2);
     resumed.run().unwrap();
-    let resumed_values = values(&resumed.policy);
+    let resumed_values = param_snapshot(&resumed.policy).unwrap();
     // bit-exact on the CPU; GPU backends may pick other kernels (autotuning) between runs
     let cpu = diffusion_core::backend::DEFAULT_BACKEND_NAME.contains("cpu");
     for (id, v) in &after {
@@ -242,8 +230,9 @@ fn prfl_moves_the_policy_logs_and_resumes_exactly() {
             assert_eq!(r, v, "parameter {id} differs after resume");
         } else {
             let diff = r
+                .values
                 .iter()
-                .zip(v)
+                .zip(&v.values)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(diff < 1e-4, "parameter {id} differs after resume by {diff}");
@@ -289,7 +278,7 @@ fn sharded_steps_match_one_graph() {
             ))
             .unwrap();
             let m = t.train_step().unwrap();
-            runs.push((m, values(&t.policy)));
+            runs.push((m, param_snapshot(&t.policy).unwrap()));
             let _ = std::fs::remove_dir_all(&cfg.out);
         }
         let ((m1, v1), (m2, v2)) = (&runs[0], &runs[1]);
@@ -310,15 +299,7 @@ fn sharded_steps_match_one_graph() {
         );
         // AdamW's first step is about lr * sign(g): entries whose gradient is near zero may
         // flip on rounding, so count the entries that differ instead of bounding every one
-        let (mut total, mut off) = (0usize, 0usize);
-        for (id, a) in v1 {
-            total += a.len();
-            off += a
-                .iter()
-                .zip(&v2[id])
-                .filter(|(x, y)| (*x - *y).abs() > 1e-6)
-                .count();
-        }
+        let (off, total) = differing_entries(v1, v2, 1e-6);
         assert!(off * 100 < total, "{name}: {off} of {total} entries differ");
     }
 }
@@ -335,7 +316,7 @@ fn nan_rewards_are_skipped_then_abort() {
         "nan",
     );
     let _ = std::fs::remove_dir_all(&cfg.out);
-    let before = values(&w.dit);
+    let before = param_snapshot(&w.dit).unwrap();
     let mut t = Trainer::new(parts(
         &w,
         cfg.clone(),
@@ -345,7 +326,11 @@ fn nan_rewards_are_skipped_then_abort() {
     .unwrap();
     let m = t.train_step().unwrap();
     assert_eq!((m.loss, m.skipped), (None, 1));
-    assert_eq!(values(&t.policy), before, "a skipped step must not update");
+    assert_eq!(
+        param_snapshot(&t.policy).unwrap(),
+        before,
+        "a skipped step must not update"
+    );
     assert!(matches!(t.train_step(), Err(TrainError::Diverged { .. })));
     let _ = std::fs::remove_dir_all(&cfg.out);
 }
@@ -394,6 +379,9 @@ fn rgb_refl_and_velr_steps_run() {
     let LatentRewards::Ensemble(aligned) = &t.reward else {
         unreachable!()
     };
-    assert_ne!(values(&aligned.members[0]), values(&ens.members[0]));
+    assert_ne!(
+        param_snapshot(&aligned.members[0]).unwrap(),
+        param_snapshot(&ens.members[0]).unwrap()
+    );
     let _ = std::fs::remove_dir_all(&cfg.out);
 }

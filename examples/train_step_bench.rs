@@ -13,9 +13,8 @@
 //!
 //! `--shards N` splits the batch into N shards that run forward and backward on their own threads
 //! (`diffusion_core::parallel::sharded_grads`; default: one per core, at most the batch);
-//! `--shards 1` is the plain single-graph step. `--adamw threads` (default) updates the parameters
-//! with `diffusion_core::ThreadedAdamW` on as many threads as shards, `--adamw burn` with burn's
-//! own AdamW (one parameter after another); the update's own median time is printed too. `--export DIR` writes the DiT's diffusers `config.json` and `weights.safetensors` and the
+//! `--shards 1` is the plain single-graph step. The AdamW update's own median time is printed too.
+//! `--export DIR` writes the DiT's diffusers `config.json` and `weights.safetensors` and the
 //! step's shapes (`bench.json`) so that the PyTorch twin runs the same model on the same
 //! weights. Prints the median step time and the peak resident memory above the start of the
 //! timed loop (`VmHWM - VmRSS` from `/proc/self/status`, the measure the twin uses too).
@@ -25,7 +24,7 @@ use std::{path::PathBuf, time::Instant};
 use burn::{
     backend::Autodiff,
     module::Module,
-    optim::{adaptor::OptimizerAdaptor, AdamW, AdamWConfig, GradientsParams, Optimizer},
+    optim::{AdamWConfig, Optimizer},
     tensor::{activation::relu, backend::Backend, Distribution, Tensor},
 };
 use diffusion_core::{
@@ -33,8 +32,8 @@ use diffusion_core::{
     checkpoint::{load_safetensors, save_safetensors},
     loss::flow_matching_loss,
     parallel::{cores, sharded_grads},
-    Conditioning, CoreError, EulerOde, FlowMatchScheduleConfig, GradWindow, Rollout, ThreadedAdamW,
-    WanConfig, WanTransformer,
+    Conditioning, CoreError, EulerOde, FlowMatchScheduleConfig, GradWindow, Rollout, WanConfig,
+    WanTransformer,
 };
 use latent_reward::{LatentReward, ProcessRewardConfig};
 
@@ -61,21 +60,6 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// The two AdamW implementations compared (`--adamw`).
-enum Adamw {
-    Burn(OptimizerAdaptor<AdamW, WanTransformer<AD>, AD>),
-    Threads(ThreadedAdamW<AD>),
-}
-
-impl Adamw {
-    fn step(&mut self, model: WanTransformer<AD>, grads: GradientsParams) -> WanTransformer<AD> {
-        match self {
-            Self::Burn(o) => o.step(1e-4, model, grads),
-            Self::Threads(o) => o.step(1e-4, model, grads),
-        }
-    }
-}
-
 /// PRFL step: sampling steps of the chain and the step taken with gradients.
 const PRFL_STEPS: usize = 20;
 const PRFL_START: usize = 10;
@@ -85,7 +69,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut shards: Option<usize> = None;
     let mut kind = "flow".to_string();
     let mut export: Option<PathBuf> = None;
-    let mut adamw = "threads".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or(format!("{a} needs a value"));
@@ -96,7 +79,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--shards" => shards = Some(val()?.parse()?),
             "--step" => kind = val()?,
             "--export" => export = Some(val()?.into()),
-            "--adamw" => adamw = val()?,
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -174,12 +156,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init()?;
     // the process reward model starts from the exported DiT and stays frozen in the step
     let prm = ProcessRewardConfig::new(2).init(&model, &dev)?.no_grad();
-    let adamw_cfg = AdamWConfig::new().with_weight_decay(0.01);
-    let mut optim = match adamw.as_str() {
-        "burn" => Adamw::Burn(adamw_cfg.init()),
-        "threads" => Adamw::Threads(ThreadedAdamW::new(&adamw_cfg, shards)),
-        other => return Err(format!("--adamw burn|threads, not {other}").into()),
-    };
+    let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
     let mut update_ms = Vec::with_capacity(reps + 1);
     let mut step = |model: WanTransformer<AD>| -> WanTransformer<AD> {
         let (grads, _) = sharded_grads(&model, shards, |m, i| {
@@ -208,7 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .expect("shards >= 1");
         let t = Instant::now();
-        let model = optim.step(model, grads);
+        let model = optim.step(1e-4, model, grads);
         let _ = <B as Backend>::sync(&dev);
         update_ms.push(t.elapsed().as_secs_f64() * 1e3);
         model
@@ -228,7 +205,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     update_ms.sort_by(f64::total_cmp);
     let tokens = f / cfg.patch_size[0] * (h / cfg.patch_size[1]) * (w / cfg.patch_size[2]);
     println!(
-        "burn {DEFAULT_BACKEND_NAME} | {kind} step | preset {preset} ({:.2}M params, batch {batch}, {tokens} tokens, {shards} shards, {adamw} AdamW) | step {:.1} ms (median of {reps}; AdamW update {:.1} ms) | peak {:.1} MiB above start",
+        "burn {DEFAULT_BACKEND_NAME} | {kind} step | preset {preset} ({:.2}M params, batch {batch}, {tokens} tokens, {shards} shards) | step {:.1} ms (median of {reps}; AdamW update {:.1} ms) | peak {:.1} MiB above start",
         cfg.num_params() as f64 / 1e6,
         times[reps / 2],
         update_ms[reps / 2],

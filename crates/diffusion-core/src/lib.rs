@@ -16,7 +16,6 @@ pub mod schedule;
 pub mod snapshot;
 pub mod stepper;
 pub mod text;
-pub mod threaded_adamw;
 pub mod vae;
 pub mod wan;
 
@@ -26,5 +25,4 @@ pub use prompt::PromptEnhancer;
 pub use rollout::{Conditioning, GradWindow, Rollout, Trajectory};
 pub use schedule::{FlowMatchScheduleConfig, Schedule, VpScheduleConfig};
 pub use stepper::{DanceGrpoSde, EulerOde, FlowGrpoSde, Guidance, LogProbReduction, Stepper};
-pub use threaded_adamw::ThreadedAdamW;
 pub use wan::{WanConfig, WanTransformer};

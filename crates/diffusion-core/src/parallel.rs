@@ -12,6 +12,11 @@ use burn::{
     tensor::{backend::AutodiffBackend, Tensor},
 };
 
+use std::{
+    panic::{catch_unwind, resume_unwind, AssertUnwindSafe},
+    sync::Barrier,
+};
+
 use crate::error::{invalid, CoreError};
 
 /// Gradients of `sum_i loss_i` where `(loss_i, out_i) = shard(model_i, i)` for `i` in
@@ -20,7 +25,8 @@ use crate::error::{invalid, CoreError};
 ///
 /// Each thread works on a fork of `model` (the same parameter data and ids, fresh autodiff
 /// leaves; frozen parameters stay frozen), so the shards' graphs share no node and burn's
-/// autodiff runs them side by side; the gradients are then summed per parameter. Give each shard
+/// autodiff runs them side by side; every shard's forward ends before the first backward starts
+/// (see the body); the gradients are then summed per parameter. Give each shard
 /// its share of a batch mean (the shard's summed loss divided by the whole batch size) and the
 /// result is the whole batch's gradient; `shards = 1` runs on the calling thread.
 ///
@@ -44,12 +50,12 @@ where
     if shards == 0 {
         return Err(invalid("shards", "must be at least 1").into());
     }
-    let run = |m: &M, i: usize| {
-        shard(m, i).map(|(loss, out)| (GradientsParams::from_grads(loss.backward(), m), out))
-    };
     if shards == 1 {
-        let (grads, out) = run(model, 0)?;
-        return Ok((grads, vec![out]));
+        let (loss, out) = shard(model, 0)?;
+        return Ok((
+            GradientsParams::from_grads(loss.backward(), model),
+            vec![out],
+        ));
     }
     // visiting the parameters also initialises lazy ones in place, so the forks share them
     let device = model
@@ -57,18 +63,28 @@ where
         .into_iter()
         .next()
         .ok_or_else(|| invalid("model", "has no parameters"))?;
+    // every forward ends before any backward starts: a backward ends by sweeping burn's global
+    // autodiff graph table, and a graph still being built on another thread can lose steps to
+    // that sweep, and with them gradients, silently (tracel-ai/burn#5573, in burn 0.21)
+    let forwards_done = Barrier::new(shards);
     let results: Vec<_> = std::thread::scope(|scope| {
-        let run = &run;
+        let (shard, forwards_done) = (&shard, &forwards_done);
         let handles: Vec<_> = (0..shards)
             .map(|i| {
                 let fork = model.clone().fork(&device);
-                scope.spawn(move || run(&fork, i))
+                scope.spawn(move || {
+                    // a panicking shard still reaches the barrier, so the others do not hang
+                    let forward = catch_unwind(AssertUnwindSafe(|| shard(&fork, i)));
+                    forwards_done.wait();
+                    let (loss, out) = forward.unwrap_or_else(|e| resume_unwind(e))?;
+                    Ok((GradientsParams::from_grads(loss.backward(), &fork), out))
+                })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+            .map(|h| h.join().unwrap_or_else(|e| resume_unwind(e)))
+            .collect::<Vec<std::result::Result<_, E>>>()
     });
     let mut acc = GradientsAccumulator::<M>::new();
     let mut outs = Vec::with_capacity(shards);
@@ -205,5 +221,78 @@ mod tests {
             failing,
             Err(CoreError::InvalidConfig { field: "shard", .. })
         ));
+        // a panic on one shard reaches the caller (the other shard does not wait forever)
+        let panicking = catch_unwind(AssertUnwindSafe(|| {
+            sharded_grads(&model, 2, |m, i| {
+                assert!(i == 0, "shard {i} panics");
+                loss(m, x.clone())
+            })
+        }));
+        assert!(panicking.is_err());
+    }
+
+    /// Shards of very different lengths (the short ones wait at the barrier for the long ones),
+    /// with concatenations (the operation named in tracel-ai/burn#5573), many times over: the
+    /// summed gradients are the whole batch's every time.
+    #[test]
+    fn uneven_shards_lose_no_gradient() {
+        let dev = Default::default();
+        let a: Linear<AD> = LinearConfig::new(16, 16).init(&dev);
+        let b: Linear<AD> = LinearConfig::new(16, 16).init(&dev);
+        let model = (a, b);
+        let x = Tensor::<AD, 2>::from_data(
+            TensorData::new((0..64).map(|i| (i as f32 * 0.37).sin()).collect(), [4, 16]),
+            &dev,
+        );
+        // shard i: (i + 1) * 8 rounds of a, cat, b
+        let loss = |m: &(Linear<AD>, Linear<AD>), i: usize| {
+            let mut h = x.clone();
+            for _ in 0..(i + 1) * 8 {
+                let u = m.0.forward(h).tanh();
+                h =
+                    m.1.forward(Tensor::cat(vec![u.clone(), u], 0).narrow(0, 0, 4))
+                        .tanh();
+            }
+            h.sum()
+        };
+        let shards = 4;
+        let (reference, _) = sharded_grads(&model, 1, |m, _| {
+            let total = (0..shards)
+                .map(|i| loss(m, i))
+                .reduce(|p, q| p + q)
+                .unwrap();
+            Ok::<_, CoreError>((total, ()))
+        })
+        .unwrap();
+        let flat = |g: &GradientsParams| -> Vec<f32> {
+            [
+                model.0.weight.id,
+                model.1.weight.id,
+                model.0.bias.as_ref().unwrap().id,
+            ]
+            .into_iter()
+            .flat_map(|id| {
+                g.get::<TestBackend, 1>(id)
+                    .map(|t| t.into_data().to_vec::<f32>().unwrap())
+                    .or_else(|| {
+                        g.get::<TestBackend, 2>(id)
+                            .map(|t| t.into_data().to_vec::<f32>().unwrap())
+                    })
+                    .expect("every parameter has a gradient")
+            })
+            .collect()
+        };
+        let want = flat(&reference);
+        for round in 0..20 {
+            let (got, _) =
+                sharded_grads(&model, shards, |m, i| Ok::<_, CoreError>((loss(m, i), ()))).unwrap();
+            let got = flat(&got);
+            for (u, v) in want.iter().zip(&got) {
+                assert!(
+                    (u - v).abs() < 1e-4 * (1.0 + u.abs()),
+                    "round {round}: {u} vs {v}"
+                );
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::{
     module::AutodiffModule,
-    optim::{GradientsAccumulator, Optimizer},
+    optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, Optimizer},
     tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor, TensorData},
 };
 use diffusion_core::{
@@ -16,7 +16,7 @@ use diffusion_core::{
     rollout::{randn, step_rng},
     stepper::{gaussian_log_prob, Transition},
     Conditioning, DanceGrpoSde, FlowGrpoSde, FlowMatchScheduleConfig, LogProbReduction, Rollout,
-    Schedule, Stepper, ThreadedAdamW, VelocityModel, WanTransformer,
+    Schedule, Stepper, VelocityModel, WanTransformer,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -177,7 +177,7 @@ pub struct GrpoTrainer<B: AutodiffBackend> {
     /// The policy being trained.
     pub policy: WanTransformer<B>,
     reference: WanTransformer<B::InnerBackend>,
-    optim: ThreadedAdamW<B>,
+    optim: OptimizerAdaptor<AdamW, WanTransformer<B>, B>,
     schedule: Schedule,
     step: usize,
 }
@@ -195,7 +195,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
             .map_err(GrpoError::Core)?;
         Ok(Self {
             reference: policy.valid(),
-            optim: ThreadedAdamW::new(&adamw(config.weight_decay), config.shards),
+            optim: adamw(config.weight_decay).init(),
             policy,
             schedule,
             step: 0,

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Instant};
 
 use burn::{
     module::{AutodiffModule, Module},
-    optim::{GradientsParams, Optimizer},
+    optim::{adaptor::OptimizerAdaptor, AdamW, GradientsParams, Optimizer},
     record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder},
     tensor::{
         activation,
@@ -21,8 +21,8 @@ use diffusion_core::{
     progress::Progress,
     rollout::{predict_x0, randn, step_rng},
     vae::VideoAutoencoder,
-    Conditioning, EulerOde, FlowMatchScheduleConfig, GradWindow, Rollout, Schedule, ThreadedAdamW,
-    VelocityModel, WanTransformer,
+    Conditioning, EulerOde, FlowMatchScheduleConfig, GradWindow, Rollout, Schedule, VelocityModel,
+    WanTransformer,
 };
 use ensemble::Ensemble;
 use latent_reward::{
@@ -174,7 +174,7 @@ where
     /// The model being fine-tuned.
     pub policy: Policy<B>,
     reference: Policy<B::InnerBackend>,
-    optim: ThreadedAdamW<B>,
+    optim: OptimizerAdaptor<AdamW, Policy<B>, B>,
     vae: V,
     norm: LatentNorm,
     pixel: R,
@@ -281,7 +281,7 @@ where
         let mut trainer = Self {
             reference: policy.valid(),
             policy,
-            optim: ThreadedAdamW::new(&adamw(config.optim.weight_decay), config.shards),
+            optim: adamw(config.optim.weight_decay).init(),
             vae: vae.no_grad(),
             norm,
             pixel,
@@ -328,7 +328,7 @@ where
         let tag = format!("{:08}", self.step);
         save_record(self.policy.clone(), &dir.join(format!("policy-{tag}.mpk")))?;
         let optim = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
-            .record(Optimizer::<Policy<B>, B>::to_record(&self.optim), ())
+            .record(self.optim.to_record(), ())
             .map_err(|e| self.ckpt_error(e.to_string()))?;
         write_atomic(&dir.join(format!("optim-{tag}.mpk")), &optim)?;
         if let LatentRewards::Ensemble(e) = &self.reward {
@@ -392,8 +392,7 @@ where
         let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
             .load(bytes, &device)
             .map_err(|e| self.ckpt_error(format!("{}: {e}", path.display())))?;
-        let optim = std::mem::replace(&mut self.optim, ThreadedAdamW::new(&adamw(0.0), 1));
-        self.optim = Optimizer::<Policy<B>, B>::load_record(optim, record);
+        self.optim = std::mem::replace(&mut self.optim, adamw(0.0).init()).load_record(record);
         if let LatentRewards::Ensemble(e) = &mut self.reward {
             for (i, m) in e.members.iter_mut().enumerate() {
                 *m = load_record(

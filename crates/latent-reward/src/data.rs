@@ -38,7 +38,7 @@ pub struct RegressionSet<B: Backend> {
     pub targets: Vec<f32>,
 }
 
-fn index<B: Backend>(idx: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+pub(crate) fn index<B: Backend>(idx: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
     let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
     Tensor::from_data(TensorData::new(ids, [idx.len()]), device)
 }

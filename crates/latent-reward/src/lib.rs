@@ -4,6 +4,7 @@
 pub mod base;
 pub mod data;
 pub mod error;
+pub mod gradient_match;
 pub mod loss;
 pub mod metrics;
 pub mod mlp;
@@ -17,6 +18,10 @@ pub mod velr;
 pub use base::{LatentReward, PixelReward, RewardRange};
 pub use data::{PairBatch, PairSet, RegressionBatch, RegressionSet};
 pub use error::{Result, RewardError};
+pub use gradient_match::{
+    fit_gradient_match, gradient_match_loss, GradientBatch, GradientMatchConfig, GradientSet,
+    ProbeDirections,
+};
 pub use loss::{PreferenceLoss, RegressionLoss};
 pub use metrics::{mse, pairwise_accuracy, pearson, RegressionMetrics};
 pub use mlp::{MlpReward, MlpRewardConfig};

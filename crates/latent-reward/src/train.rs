@@ -76,7 +76,7 @@ pub fn noisy<B: Backend>(x0: Tensor<B, 5>, eps: Tensor<B, 5>, sigma: Tensor<B, 1
     x0 * (s.clone().neg() + 1.0) + eps * s
 }
 
-fn sigmas<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+pub(crate) fn sigmas<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
@@ -91,7 +91,7 @@ fn finite(value: f64, what: &'static str, step: usize) -> Result<f64> {
 
 /// The loop both objectives share: `cfg.steps` AdamW steps over shuffled epochs of `n` items,
 /// `loss(model, batch indices, rng)` per step, clipping, the NaN check and a progress bar.
-fn fit<B, M, F>(
+pub(crate) fn fit<B, M, F>(
     mut model: M,
     n: usize,
     cfg: &FitConfig,

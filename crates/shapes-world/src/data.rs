@@ -322,6 +322,25 @@ impl RewardData {
         .map_err(|e| WorldError::InvalidConfig(e.to_string()))
     }
 
+    /// All samples with the oracle's value and its gradient in the latent (through the VAE
+    /// decoder, [`WorldModels::reward_gradient`]), on the autodiff backend that
+    /// `latent_reward::fit_gradient_match` trains on.
+    pub fn gradient_set<B: AutodiffBackend>(
+        &self,
+        models: &WorldModels<B>,
+        device: &B::Device,
+    ) -> Result<latent_reward::GradientSet<B>, WorldError> {
+        let values = self.regression_set(models, device)?;
+        let mut grads = Vec::new();
+        for (k, chunk) in self.samples.chunks(8).enumerate() {
+            let idx: Vec<usize> = (k * 8..k * 8 + chunk.len()).collect();
+            let caps: Vec<Caption> = chunk.iter().map(|s| s.caption).collect();
+            grads.push(models.reward_gradient(self.stack(&idx, device), &caps)?);
+        }
+        latent_reward::GradientSet::new(values, Tensor::from_inner(Tensor::cat(grads, 0)))
+            .map_err(|e| WorldError::InvalidConfig(e.to_string()))
+    }
+
     /// All pairs as a `latent_reward` pair set, prompts embedded by the world's text encoder.
     pub fn pair_set<B: Backend>(
         &self,

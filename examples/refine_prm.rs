@@ -347,7 +347,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         md = md.replace(
             "Round 0 is the shipped model",
             &format!(
-                "Round 0 is the starting model (`--prm`) after {} steps of value-and-gradient matching against the oracle                  (`fit_gradient_match`, {:?} directions, gradient weight {}, half-step {}, batch 16, AdamW lr 1e-4; oracle gradients of {} samples in {grads_s:.0} s;                  loss {:.3} -> {:.3} (mean of the last 50), {:.0} s)",
+                "Round 0 is the starting model (`--prm`) after {} steps of value-and-gradient matching against the oracle \
+                 (`fit_gradient_match`, {:?} directions, gradient weight {}, half-step {}, batch 16, AdamW lr 1e-4; oracle gradients of {} samples in {grads_s:.0} s; \
+                 loss {:.3} -> {:.3} (mean of the last 50), {:.0} s)",
                 args.sobolev,
                 cfg.directions,
                 cfg.weight,

@@ -144,13 +144,14 @@ fn per_sample<B: Backend>(t: Tensor<B, 5>) -> Tensor<B, 1> {
 /// of `batch`'s clean latents `z`, probed along each of `dirs` (each scaled per sample to unit
 /// RMS, `u`, with unit vector `û`): with `r± = model(x ± h u, sigma)`,
 ///
-/// `(mean of all r± - o)^2 + weight * mean over dirs of ((1 - sigma) (r+ - r-) / 2h|u| - g . û)^2 / |g|^2`
+/// `(mean of all r± - o)^2 + weight * mean over dirs of ((1 - sigma) (r+ - r-) / 2h|u| - g . û)^2 / mean |g|^2`
 ///
-/// averaged over the batch. The target of `x`'s gradient is the oracle's gradient in the clean
+/// averaged over the batch (`mean |g|^2` is the batch's: a sample's own would blow up where the
+/// oracle is flat). The target of `x`'s gradient is the oracle's gradient in the clean
 /// latent of the same noise, `z = (x - sigma eps) / (1 - sigma)`, which is `g / (1 - sigma)`;
 /// the gradient term is written with `(1 - sigma)` multiplied through so that it stays finite
-/// as `sigma -> 1`, and divided by `|g|^2` so that it is a relative error (along `û = g / |g|`,
-/// 1 for a model with no slope there).
+/// as `sigma -> 1`, and divided by the gradients' mean square so that it is a relative error
+/// (along `û = g / |g|`, 1 for a model with no slope there and a batch of equal `|g|`).
 ///
 /// # Shapes
 /// - `x`: `[B, C, F, H, W]`, `sigma`: `[B]`, each of `dirs`: as `x` -> `[1]`
@@ -194,7 +195,10 @@ pub fn gradient_match_loss<B: Backend, M: LatentReward<B>>(
     );
     let value = scores.clone().reshape([k, b]).mean_dim(0).reshape([b]);
     let value_loss = (value - batch.targets.clone()).powi_scalar(2).mean();
-    let g_norm2 = per_sample(batch.grads.clone().powi_scalar(2)).add_scalar(1e-12);
+    // the batch's mean |g|^2: a per-sample one would blow up where the oracle is flat
+    let g_norm2 = per_sample(batch.grads.clone().powi_scalar(2))
+        .mean()
+        .add_scalar(1e-12);
     let keep = sigma.neg().add_scalar(1.0);
     let slope_errors: Vec<Tensor<B, 1>> = units
         .into_iter()
@@ -205,7 +209,7 @@ pub fn gradient_match_loss<B: Backend, M: LatentReward<B>>(
             // unit vector û = u / sqrt(d): slope along û and the oracle's
             let slope = (plus - minus).div_scalar(2.0 * h * d.sqrt()) * keep.clone();
             let target = per_sample(batch.grads.clone() * u).div_scalar(d.sqrt());
-            ((slope - target).powi_scalar(2) / g_norm2.clone()).mean()
+            (slope - target).powi_scalar(2).mean() / g_norm2.clone()
         })
         .collect();
     let grad_loss = Tensor::cat(slope_errors, 0).mean();

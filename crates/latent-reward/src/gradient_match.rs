@@ -19,7 +19,7 @@ use crate::{
     base::{shape_error, LatentReward},
     data::{index, RegressionSet},
     error::{invalid, Result},
-    train::{fit, noisy, sigmas, FitConfig, FitReport},
+    train::{fit, noisy, sample_sigmas, FitConfig, FitReport},
 };
 
 /// Samples with the oracle's value and its gradient in the clean latent.
@@ -239,12 +239,7 @@ where
     let device = data.grads.device();
     fit(model, data.len(), fit_cfg, label, |model, idx, rng| {
         let batch = data.batch(idx);
-        let b = idx.len();
-        let s: Vec<f32> = match noise {
-            Some(n) => n.sample(b, rng).into_iter().map(|v| v as f32).collect(),
-            None => vec![0.0; b],
-        };
-        let sigma = sigmas::<B>(s, &device);
+        let sigma = sample_sigmas::<B>(noise, idx.len(), rng, &device);
         let dims = batch.latents.dims();
         let x = noisy(
             batch.latents.clone(),

@@ -76,7 +76,21 @@ pub fn noisy<B: Backend>(x0: Tensor<B, 5>, eps: Tensor<B, 5>, sigma: Tensor<B, 1
     x0 * (s.clone().neg() + 1.0) + eps * s
 }
 
-pub(crate) fn sigmas<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+/// `b` noise levels drawn from `noise` (`None`: all 0, clean latents).
+pub(crate) fn sample_sigmas<B: Backend>(
+    noise: Option<TimestepSampling>,
+    b: usize,
+    rng: &mut StdRng,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let s: Vec<f32> = match noise {
+        Some(n) => n.sample(b, rng).into_iter().map(|v| v as f32).collect(),
+        None => vec![0.0; b],
+    };
+    sigmas(s, device)
+}
+
+fn sigmas<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
@@ -179,12 +193,7 @@ where
     let device = pairs.winners.device();
     fit(model, pairs.len(), cfg, label, |model, idx, rng| {
         let batch = pairs.batch(idx);
-        let b = idx.len();
-        let s: Vec<f32> = match noise {
-            Some(n) => n.sample(b, rng).into_iter().map(|v| v as f32).collect(),
-            None => vec![0.0; b],
-        };
-        let sigma = sigmas::<B>(s, &device);
+        let sigma = sample_sigmas::<B>(noise, idx.len(), rng, &device);
         let (w, l) = noised_pair(&batch, sigma.clone(), rng);
         perturb.loss(model, loss_fn, w, l, sigma, batch.text)
     })

@@ -24,7 +24,8 @@
 //! `--fit-first N` (steps on the base data before round 0), `--oracle-step H` (adds each base
 //! sample's two neighbours along the oracle's latent gradient, `RewardData::oracle_neighbours`,
 //! to the data before round 0), `--sobolev N` (N steps of value-and-gradient matching against the
-//! oracle before round 0, `latent_reward::fit_gradient_match`, with `--grad-weight W`), `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
+//! oracle before round 0, `latent_reward::fit_gradient_match`, with `--grad-weight W` and
+//! `--sobolev-lr LR`), `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
 //! `--save DIR`, `--report FILE`.
 
 use std::{path::PathBuf, time::Instant};
@@ -54,6 +55,7 @@ const MARGIN: f32 = 0.05;
 struct Args {
     fit_first: usize,
     sobolev: usize,
+    sobolev_lr: f64,
     grad_weight: f64,
     oracle_step: Option<f32>,
     perturb: InputPerturbation,
@@ -73,6 +75,7 @@ fn parse() -> Result<Args, String> {
     let mut a = Args {
         fit_first: 0,
         sobolev: 0,
+        sobolev_lr: 1e-4,
         grad_weight: 1.0,
         oracle_step: None,
         perturb: InputPerturbation::None,
@@ -100,6 +103,9 @@ fn parse() -> Result<Args, String> {
             "--sft-every" => a.run.sft_every = num(val()?)?,
             "--fit-first" => a.fit_first = num(val()?)?,
             "--sobolev" => a.sobolev = num(val()?)?,
+            "--sobolev-lr" => {
+                a.sobolev_lr = val()?.parse().map_err(|e| format!("--sobolev-lr: {e}"))?
+            }
             "--grad-weight" => {
                 a.grad_weight = val()?.parse().map_err(|e| format!("--grad-weight: {e}"))?
             }
@@ -328,7 +334,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let fit = FitConfig {
             steps: args.sobolev,
             batch: 16,
-            lr: 1e-4,
+            lr: args.sobolev_lr,
             weight_decay: 0.01,
             grad_clip: Some(1.0),
             seed: 99,
@@ -348,12 +354,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "Round 0 is the shipped model",
             &format!(
                 "Round 0 is the starting model (`--prm`) after {} steps of value-and-gradient matching against the oracle \
-                 (`fit_gradient_match`, {:?} directions, gradient weight {}, half-step {}, batch 16, AdamW lr 1e-4; oracle gradients of {} samples in {grads_s:.0} s; \
+                 (`fit_gradient_match`, {:?} directions, gradient weight {}, half-step {}, batch 16, AdamW lr {:e}; oracle gradients of {} samples in {grads_s:.0} s; \
                  loss {:.3} -> {:.3} (mean of the last 50), {:.0} s)",
                 args.sobolev,
                 cfg.directions,
                 cfg.weight,
                 cfg.step,
+                args.sobolev_lr,
                 set.len(),
                 report.losses[0],
                 tail.iter().sum::<f64>() / tail.len() as f64,

@@ -39,7 +39,8 @@ use diffusion_core::{
 };
 use latent_reward::{
     evaluate_pairs, fit_gradient_match, fit_preference, train::noisy, FitConfig,
-    GradientMatchConfig, InputPerturbation, LatentReward, PairSet, PreferenceLoss, ProcessReward,
+    GradientMatchConfig, GradientSet, InputPerturbation, LatentReward, PairSet, PreferenceLoss,
+    ProcessReward,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use shapes_world::{Caption, RewardData, WorldModels};
@@ -172,35 +173,29 @@ fn accuracy(prm: &ProcessReward<AD>, pairs: &PairSet<B>) -> latent_reward::Resul
 }
 
 /// Mean cosine between the reward model's and the oracle's gradients in the clean latent, over
-/// `data`'s samples noised to `sigma` (fixed noise): whether climbing the model climbs the oracle
+/// `set`'s samples noised to `sigma` (fixed noise): whether climbing the model climbs the oracle
 /// where the data lies.
 fn gradient_cosine(
     prm: &ProcessReward<AD>,
-    models: &WorldModels<AD>,
-    data: &RewardData,
+    set: &GradientSet<AD>,
     sigma: f32,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let dev = Default::default();
-    let set = data.regression_set(&models.valid(), &dev)?;
-    let caps: Vec<Caption> = data.samples.iter().map(|s| s.caption).collect();
     let mut rng = StdRng::seed_from_u64(23);
-    let (mut sum, n) = (0.0, caps.len());
+    let (mut sum, n) = (0.0, set.len());
     for start in (0..n).step_by(16) {
         let end = (start + 16).min(n);
-        let z = set.latents.clone().slice(start..end);
+        let batch = set.batch(&(start..end).collect::<Vec<_>>());
+        let z = batch.latents.inner();
         let b = end - start;
         let sig = Tensor::<B, 1>::full([b], sigma, &dev);
         let x = noisy(z.clone(), randn(z.dims(), &mut rng, &dev), sig.clone());
         let leaf = Tensor::<AD, 5>::from_inner(x).require_grad();
-        let score = prm.score(
-            leaf.clone(),
-            Tensor::from_inner(sig),
-            Tensor::from_inner(set.text.clone().slice(start..end)),
-        );
+        let score = prm.score(leaf.clone(), Tensor::from_inner(sig), batch.text);
         let g_prm = leaf
             .grad(&score.sum().backward())
             .ok_or("no reward-model gradient")?;
-        let g_oracle = models.reward_gradient(z, &caps[start..end])?;
+        let g_oracle = batch.grads.inner();
         let dot = (g_prm.clone() * g_oracle.clone())
             .reshape([b as i32, -1])
             .sum_dim(1);
@@ -283,6 +278,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let test = cached(&args, "test_48x4")?;
     let test_pairs = test.pair_set(&models, &dev)?;
+    // the oracle's gradients on the test samples, once for every round's gradient cosine
+    let test_grads = test.gradient_set(&models_ad, &dev)?;
     let train_caps = captions_of(&pool);
     let mut test_caps = captions_of(&test);
     test_caps.truncate(24);
@@ -400,8 +397,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let acc = accuracy(&prm, &test_pairs)?;
         let onp = accuracy(&prm, &onp_pairs)?;
         let cos = [
-            gradient_cosine(&prm, &models_ad, &test, 0.0)?,
-            gradient_cosine(&prm, &models_ad, &test, 0.6)?,
+            gradient_cosine(&prm, &test_grads, 0.0)?,
+            gradient_cosine(&prm, &test_grads, 0.6)?,
         ];
         let row = format!(
             "| {round} | {} | {:.3} / {:.3} | {:.3} / {:.3} ({} pairs) | {:.3} / {:.3} | {before:.4} | {after:.4} | {:+.4} |\n",

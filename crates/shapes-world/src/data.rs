@@ -330,7 +330,14 @@ impl RewardData {
         models: &WorldModels<B>,
         device: &B::Device,
     ) -> Result<latent_reward::GradientSet<B>, WorldError> {
-        let values = self.regression_set(models, device)?;
+        // on the inner backend, then lifted: the prompt embeddings carry no autodiff graph
+        let v = self.regression_set(&models.valid(), device)?;
+        let values = latent_reward::RegressionSet::new(
+            Tensor::from_inner(v.latents),
+            Tensor::from_inner(v.text),
+            v.targets,
+        )
+        .map_err(|e| WorldError::InvalidConfig(e.to_string()))?;
         let mut grads = Vec::new();
         for (k, chunk) in self.samples.chunks(8).enumerate() {
             let idx: Vec<usize> = (k * 8..k * 8 + chunk.len()).collect();

@@ -23,7 +23,10 @@
 //! `--fgsm EPS` (adversarial training of the reward model, `InputPerturbation::Fgsm`),
 //! `--fit-first N` (steps on the base data before round 0), `--oracle-step H` (adds each base
 //! sample's two neighbours along the oracle's latent gradient, `RewardData::oracle_neighbours`,
-//! to the data before round 0), `--sobolev N` (N steps of value-and-gradient matching against the
+//! to the data before round 0), `--policy-pairs K` (adds, before round 0, samples of K copies of
+//! the DiT with weight noise `--policy-sigma S` times each tensor's RMS, from the base samples'
+//! noise, paired with them and each other at gap `--policy-margin M`:
+//! `RewardData::policy_neighbours`), `--sobolev N` (N steps of value-and-gradient matching against the
 //! oracle before round 0, `latent_reward::fit_gradient_match`, with `--grad-weight W` and
 //! `--sobolev-lr LR`), `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
 //! `--save DIR`, `--report FILE`.
@@ -59,6 +62,9 @@ struct Args {
     sobolev_lr: f64,
     grad_weight: f64,
     oracle_step: Option<f32>,
+    policy_pairs: usize,
+    policy_sigma: f64,
+    policy_margin: f32,
     perturb: InputPerturbation,
     rounds: usize,
     prm_steps: usize,
@@ -79,6 +85,9 @@ fn parse() -> Result<Args, String> {
         sobolev_lr: 1e-4,
         grad_weight: 1.0,
         oracle_step: None,
+        policy_pairs: 0,
+        policy_sigma: 0.02,
+        policy_margin: 0.02,
         perturb: InputPerturbation::None,
         rounds: 3,
         prm_steps: 300,
@@ -113,6 +122,15 @@ fn parse() -> Result<Args, String> {
             "--oracle-step" => {
                 let h: f32 = val()?.parse().map_err(|e| format!("--oracle-step: {e}"))?;
                 a.oracle_step = Some(h);
+            }
+            "--policy-pairs" => a.policy_pairs = num(val()?)?,
+            "--policy-sigma" => {
+                a.policy_sigma = val()?.parse().map_err(|e| format!("--policy-sigma: {e}"))?
+            }
+            "--policy-margin" => {
+                a.policy_margin = val()?
+                    .parse()
+                    .map_err(|e| format!("--policy-margin: {e}"))?
             }
             "--data" => a.data = val()?.into(),
             "--prm" => a.prm = val()?.into(),
@@ -276,10 +294,72 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.extend(moved)?;
         pool.pair_by_caption(MARGIN);
     }
+    if args.policy_pairs > 0 {
+        let t = Instant::now();
+        let near = RewardData::policy_neighbours(
+            &models,
+            &captions_of(&pool),
+            args.policy_pairs,
+            args.policy_sigma,
+            20,
+            args.policy_margin,
+            8000,
+            &dev,
+        )?;
+        let n = near.samples.len() / (args.policy_pairs + 1);
+        let (mut gap, mut dist) = (0.0f64, 0.0f64);
+        for (s, b) in near.samples[n..].iter().zip(near.samples.iter().cycle()) {
+            gap += (s.reward - b.reward).abs() as f64;
+            let d2: f32 = s
+                .latent
+                .iter()
+                .zip(&b.latent)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum();
+            dist += (d2 / s.latent.len() as f32).sqrt() as f64;
+        }
+        let m = (near.samples.len() - n) as f64;
+        println!(
+            "policy neighbours (weight noise {} x rms, {} policies): mean |r' - r| {:.4}, mean rms latent distance {:.4}, {} pairs at margin {} ({:.0} s)",
+            args.policy_sigma,
+            args.policy_pairs,
+            gap / m,
+            dist / m,
+            near.pairs.len(),
+            args.policy_margin,
+            t.elapsed().as_secs_f64()
+        );
+        // keep only the local pairs (same caption, same noise): no re-pairing by caption
+        pool.extend(near)?;
+    }
     let test = cached(&args, "test_48x4")?;
     let test_pairs = test.pair_set(&models, &dev)?;
     // the oracle's gradients on the test samples, once for every round's gradient cosine
     let test_grads = test.gradient_set(&models_ad, &dev)?;
+    let test_near = match args.policy_pairs {
+        0 => None,
+        k => {
+            let near = RewardData::policy_neighbours(
+                &models,
+                &captions_of(&test),
+                k.min(2),
+                args.policy_sigma,
+                20,
+                args.policy_margin,
+                9000,
+                &dev,
+            )?;
+            let set = near.pair_set(&models, &dev)?;
+            let acc = accuracy(&prm, &set)?;
+            println!(
+                "starting model on {} test policy-neighbour pairs: accuracy {:.3} / {:.3}",
+                set.len(),
+                acc[0],
+                acc[1]
+            );
+            Some(set)
+        }
+    };
     let train_caps = captions_of(&pool);
     let mut test_caps = captions_of(&test);
     test_caps.truncate(24);
@@ -364,6 +444,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 report.seconds
             ),
         );
+    }
+    if let Some(set) = &test_near {
+        let acc = accuracy(&prm, set)?;
+        let line = format!(
+            "Accuracy on {} test policy-neighbour pairs (48 test prompts, 2 perturbed policies, `RewardData::policy_neighbours`) of round 0's model: {:.3} / {:.3} (t/T = 0 / 0.6).\n\n",
+            set.len(),
+            acc[0],
+            acc[1]
+        );
+        print!("{line}");
+        md = md.replace("| round |", &format!("{line}| round |"));
     }
     for round in 0..=args.rounds {
         let t_round = Instant::now();

@@ -8,6 +8,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod parallel;
+pub mod param_noise;
 pub mod probe;
 pub mod progress;
 pub mod prompt;

@@ -98,6 +98,77 @@ impl RewardData {
         })
     }
 
+    /// Samples of nearby policies from the same noise, paired with each other: for each caption,
+    /// one video (Euler, `steps`, noise drawn from `seed`) by the base DiT and one by each of
+    /// `perturbations` copies whose weights carry Gaussian noise of `rel_sigma` times each
+    /// tensor's RMS ([`diffusion_core::param_noise::perturb_params`]); every two samples of one
+    /// caption whose oracle rewards differ by at least `margin` form a pair.
+    ///
+    /// Pairs from different noise (what [`RewardData::generate`] gives) differ in everything; these
+    /// differ only along directions a fine-tuning step of the DiT can move its samples in (about
+    /// `J delta` for the weight noise `delta`), so a reward model trained on them learns the
+    /// oracle's slope where PRFL's gradient will push the policy.
+    pub fn policy_neighbours<B: Backend>(
+        models: &WorldModels<B>,
+        captions: &[Caption],
+        perturbations: usize,
+        rel_sigma: f64,
+        steps: usize,
+        margin: f32,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self, WorldError> {
+        let shape = models.config.latent_shape();
+        let per: usize = shape.iter().product();
+        let n = captions.len();
+        // samples[k * n + i]: policy k (0 = base), caption i
+        let mut samples = Vec::with_capacity(n * (perturbations + 1));
+        let mut pb = diffusion_core::progress::Progress::new(perturbations + 1, "policies");
+        for k in 0..=perturbations {
+            let mut policy = models.clone();
+            if k > 0 {
+                let mut rng = StdRng::seed_from_u64(seed ^ (k as u64).wrapping_mul(0x9E37_79B9));
+                policy.dit = diffusion_core::param_noise::perturb_params(
+                    models.dit.clone(),
+                    rel_sigma,
+                    &mut rng,
+                );
+            }
+            for (ci, chunk) in captions.chunks(8).enumerate() {
+                let (z, rewards) =
+                    policy.sample_scored(chunk, steps, seed.wrapping_add(ci as u64), device)?;
+                let rewards = crate::error::host_f32(rewards)?;
+                let flat = crate::error::host_f32(z)?;
+                for (j, (caption, reward)) in chunk.iter().zip(rewards).enumerate() {
+                    samples.push(ScoredSample {
+                        caption: *caption,
+                        latent: flat[j * per..(j + 1) * per].to_vec(),
+                        reward,
+                    });
+                }
+            }
+            pb.tick(format!("policy {k}"));
+        }
+        let mut pairs = Vec::new();
+        for i in 0..n {
+            for a in 0..=perturbations {
+                for b in a + 1..=perturbations {
+                    let (ia, ib) = (a * n + i, b * n + i);
+                    let (ra, rb) = (samples[ia].reward, samples[ib].reward);
+                    if (ra - rb).abs() >= margin {
+                        let (winner, loser) = if ra > rb { (ia, ib) } else { (ib, ia) };
+                        pairs.push(PreferencePair { winner, loser });
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            latent_shape: shape,
+            samples,
+            pairs,
+        })
+    }
+
     /// Renders a video for each of `videos`, encodes it with the VAE (posterior mean, normalised)
     /// and scores it with the oracle against `prompts[i]` (pass `videos` again for ground
     /// truth, other captions for mismatched, low-reward samples). VELR trains its reward models on

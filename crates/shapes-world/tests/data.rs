@@ -51,6 +51,47 @@ fn generated_data_pairs_and_batches() {
     assert_eq!(pairs[0].winners.dims()[0], data.pairs.len());
 }
 
+/// Policy neighbours: the base policy's samples come first and are what the unperturbed models
+/// sample from the same seed; perturbed policies move them a little; pairs stay within a caption
+/// and its noise; with no weight noise every policy samples the same latents and nothing pairs.
+#[test]
+fn policy_neighbours_share_noise_and_pair_within_a_caption() {
+    let dev = Default::default();
+    let models = tiny_models();
+    let caps: Vec<Caption> = captions(Split::Train).into_iter().take(3).collect();
+    let data = RewardData::policy_neighbours(&models, &caps, 2, 0.05, 2, 0.0, 9, &dev).unwrap();
+    assert_eq!(data.samples.len(), 9);
+    let (z, _) = models.sample_scored(&caps, 2, 9, &dev).unwrap();
+    let base: Vec<f32> = z.into_data().to_vec().unwrap();
+    let flat: Vec<f32> = data.samples[..3]
+        .iter()
+        .flat_map(|s| s.latent.clone())
+        .collect();
+    assert_eq!(flat, base);
+    let dist = |a: &[f32], b: &[f32]| {
+        (a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>() / a.len() as f32).sqrt()
+    };
+    for k in 1..3 {
+        for i in 0..3 {
+            let (s, b) = (&data.samples[3 * k + i], &data.samples[i]);
+            assert_eq!(s.caption, b.caption);
+            let d = dist(&s.latent, &b.latent);
+            assert!(
+                d > 0.0 && d < 0.5,
+                "policy {k}, caption {i}: rms distance {d}"
+            );
+        }
+    }
+    assert!(!data.pairs.is_empty() && data.pairs.len() <= 9);
+    for p in &data.pairs {
+        assert_eq!(p.winner % 3, p.loser % 3, "a pair mixes captions");
+        assert!(data.samples[p.winner].reward >= data.samples[p.loser].reward);
+    }
+    let same = RewardData::policy_neighbours(&models, &caps, 2, 0.0, 2, 1e-6, 9, &dev).unwrap();
+    assert!(same.pairs.is_empty());
+    assert_eq!(same.samples[0].latent, same.samples[6].latent);
+}
+
 /// The neighbours sit `step` (root mean square per element) from their sample on either side,
 /// and the `+` side, up the oracle's gradient, scores higher on the whole.
 #[test]

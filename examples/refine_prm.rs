@@ -65,6 +65,8 @@ struct Args {
     policy_pairs: usize,
     policy_sigma: f64,
     policy_margin: f32,
+    frozen_trunk: bool,
+    fit_lr: f64,
     perturb: InputPerturbation,
     rounds: usize,
     prm_steps: usize,
@@ -88,6 +90,8 @@ fn parse() -> Result<Args, String> {
         policy_pairs: 0,
         policy_sigma: 0.02,
         policy_margin: 0.02,
+        frozen_trunk: false,
+        fit_lr: 1e-4,
         perturb: InputPerturbation::None,
         rounds: 3,
         prm_steps: 300,
@@ -132,6 +136,8 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--policy-margin: {e}"))?
             }
+            "--frozen-trunk" => a.frozen_trunk = true,
+            "--fit-lr" => a.fit_lr = val()?.parse().map_err(|e| format!("--fit-lr: {e}"))?,
             "--data" => a.data = val()?.into(),
             "--prm" => a.prm = val()?.into(),
             "--models" => a.models = val()?.into(),
@@ -241,7 +247,7 @@ fn refit(
             args.prm_steps
         },
         batch: 16,
-        lr: 1e-4,
+        lr: if round == 0 { args.fit_lr } else { 1e-4 },
         weight_decay: 0.01,
         grad_clip: Some(1.0),
         seed: round as u64 + 1,
@@ -268,6 +274,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
     let mut prm = common::load_prm(&models_ad.dit, &args.prm, &dev)?;
+    if args.frozen_trunk {
+        // a fresh pool and head on the pretrained DiT's blocks, which stay as they are
+        use burn::config::Config;
+        prm = latent_reward::ProcessRewardConfig::load(args.prm.join("prm.json"))?
+            .init(&models_ad.dit, &dev)?
+            .freeze_trunk();
+    }
     std::fs::create_dir_all(&args.save)?;
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;

@@ -106,6 +106,16 @@ impl<B: Backend> ProcessReward<B> {
         self
     }
 
+    /// Marks the trunk's blocks as not trainable as well: only the query pool and the head
+    /// train, on the pretrained DiT's features. The limit of the release's learning rates
+    /// (blocks 1e-6 against the head's 1e-5; seed 001, section 4.1), which keep the trunk near the
+    /// generator. Call again after loading a record.
+    pub fn freeze_trunk(mut self) -> Self {
+        self = self.freeze_embeddings();
+        self.trunk.blocks = self.trunk.blocks.into_iter().map(|b| b.no_grad()).collect();
+        self
+    }
+
     /// Number of DiT blocks in the trunk.
     pub fn depth(&self) -> usize {
         self.trunk.blocks.len()

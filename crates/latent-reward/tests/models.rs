@@ -126,6 +126,50 @@ fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
     assert!(s.iter().all(|v| (0.0..=1.0).contains(v)));
 }
 
+/// With the trunk frozen only the pool and the head train, and the score still has a gradient
+/// in the latent (through the frozen blocks: what PRFL needs).
+#[test]
+fn frozen_trunk_trains_pool_and_head_only() {
+    let dev = Default::default();
+    let dit = WanConfig::tiny().init::<AD>(&dev).unwrap();
+    let prm = ProcessRewardConfig::new(1)
+        .with_pool_heads(2)
+        .with_head(vec![16])
+        .init(&dit, &dev)
+        .unwrap()
+        .freeze_trunk();
+    let pairs = offset_pairs(16, [4, 1, 4, 4], 16);
+    let before = param_snapshot(&prm).unwrap();
+    let cfg = FitConfig {
+        steps: 5,
+        batch: 16,
+        lr: 1e-2,
+        weight_decay: 0.0,
+        grad_clip: None,
+        seed: 0,
+    };
+    let (prm, _) = fit_preference(
+        prm,
+        &pairs,
+        PreferenceLoss::BradleyTerry,
+        None,
+        InputPerturbation::None,
+        &cfg,
+        "prm",
+    )
+    .unwrap();
+    let exempt = key_biases([&prm.pool.attention.key.bias]);
+    let (moved, frozen) =
+        assert_trainable_moved_frozen_kept(&before, &param_snapshot(&prm).unwrap(), &exempt);
+    // pool: query + 4 projections with biases (key bias exempt); head: 2 layers with biases
+    assert_eq!(moved, 12, "moved {moved}");
+    assert!(frozen > 20, "frozen {frozen}");
+    let x = pairs.winners.clone().require_grad();
+    let score = prm.score(x.clone(), Tensor::zeros([16], &dev), pairs.text.clone());
+    let g = x.grad(&score.sum().backward()).unwrap();
+    assert!(g.abs().sum().into_scalar() > 0.0);
+}
+
 fn valid(p: &PairSet<AD>) -> PairSet<B> {
     PairSet::new(
         p.winners.clone().inner(),

@@ -28,7 +28,9 @@
 //! noise, paired with them and each other at gap `--policy-margin M`:
 //! `RewardData::policy_neighbours`), `--sobolev N` (N steps of value-and-gradient matching against the
 //! oracle before round 0, `latent_reward::fit_gradient_match`, with `--grad-weight W` and
-//! `--sobolev-lr LR`), `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
+//! `--sobolev-lr LR`), `--frozen-trunk` (start from a fresh pool and head on the DiT's frozen
+//! blocks, `ProcessReward::freeze_trunk`), `--fit-lr LR` (the learning rate of `--fit-first`),
+//! `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
 //! `--save DIR`, `--report FILE`.
 
 use std::{path::PathBuf, time::Instant};

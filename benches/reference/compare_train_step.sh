@@ -11,10 +11,11 @@ cd "$(dirname "$0")/../.."
 cargo build --release --quiet --example train_step_bench
 presets=("${@:-tiny shapes small wan}")
 steps=(${STEPS:-flow prfl})
-echo "| preset | step | ours, 1 shard (ms) | ours, sharded (ms) | PyTorch (ms) | ratio 1 shard | ratio sharded | ours peak (MiB) | PyTorch peak (MiB) |"
+echo "| preset | step | ours, 1 shard (ms) | ours, sharded (ms) | PyTorch (ms) | ratio 1 shard | ratio sharded | peak above loop start, ours 1 shard / sharded / PyTorch (MiB) | training peak above the loaded model, ours 1 shard / sharded / PyTorch (MiB) |"
 echo "|---|---|---|---|---|---|---|---|---|"
 ms() { sed -E 's/.*step ([0-9.]+) ms.*/\1/' <<<"$1"; }
 mib() { sed -E 's/.*peak ([0-9.]+) MiB.*/\1/' <<<"$1"; }
+train() { sed -E 's/.*training ([0-9.]+) MiB.*/\1/' <<<"$1"; }
 for p in ${presets[@]}; do
   for s in "${steps[@]}"; do
     dir="out/twin/$p-$s"
@@ -22,7 +23,8 @@ for p in ${presets[@]}; do
     many=$(./target/release/examples/train_step_bench --preset "$p" --step "$s")
     theirs=$(python3 benches/reference/wan_train_step.py "$dir")
     awk -v p="$p" -v s="$s" -v a="$(ms "$one")" -v b="$(ms "$many")" -v t="$(ms "$theirs")" \
-      -v c="$(mib "$many")" -v d="$(mib "$theirs")" \
-      'BEGIN { printf "| %s | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.1f |\n", p, s, a, b, t, a / t, b / t, c, d }'
+      -v c1="$(mib "$one")" -v c="$(mib "$many")" -v d="$(mib "$theirs")" \
+      -v e1="$(train "$one")" -v e="$(train "$many")" -v g="$(train "$theirs")" \
+      'BEGIN { printf "| %s | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f / %.1f / %.1f | %.1f / %.1f / %.1f |\n", p, s, a, b, t, a / t, b / t, c1, c, d, e1, e, g }'
   done
 done

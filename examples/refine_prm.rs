@@ -323,7 +323,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         let n = near.samples.len() / (args.policy_pairs + 1);
         let (mut gap, mut dist) = (0.0f64, 0.0f64);
-        for (s, b) in near.samples[n..].iter().zip(near.samples.iter().cycle()) {
+        // each perturbed policy's sample against the base policy's sample of the same caption
+        for (s, b) in near.samples[n..]
+            .iter()
+            .zip(near.samples[..n].iter().cycle())
+        {
             gap += (s.reward - b.reward).abs() as f64;
             let d2: f32 = s
                 .latent

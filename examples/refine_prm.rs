@@ -28,8 +28,9 @@
 //! noise, paired with them and each other at gap `--policy-margin M`:
 //! `RewardData::policy_neighbours`), `--sobolev N` (N steps of value-and-gradient matching against the
 //! oracle before round 0, `latent_reward::fit_gradient_match`, with `--grad-weight W` and
-//! `--sobolev-lr LR`), `--frozen-trunk` (start from a fresh pool and head on the DiT's frozen
-//! blocks, `ProcessReward::freeze_trunk`), `--fit-lr LR` (the learning rate of `--fit-first`),
+//! `--sobolev-lr LR`), `--fresh query|token-mean` (start from a fresh pool and head on the DiT's
+//! blocks, with that `Pooling`), `--frozen-trunk` (the same, query pool unless `--fresh` says
+//! otherwise, with the blocks frozen: `ProcessReward::freeze_trunk`), `--fit-lr LR` (the learning rate of `--fit-first`),
 //! `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
 //! `--save DIR`, `--report FILE`.
 
@@ -44,8 +45,8 @@ use diffusion_core::{
 };
 use latent_reward::{
     evaluate_pairs, fit_gradient_match, fit_preference, train::noisy, FitConfig,
-    GradientMatchConfig, GradientSet, InputPerturbation, LatentReward, PairSet, PreferenceLoss,
-    ProcessReward,
+    GradientMatchConfig, GradientSet, InputPerturbation, LatentReward, PairSet, Pooling,
+    PreferenceLoss, ProcessReward,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use shapes_world::{Caption, RewardData, WorldModels};
@@ -68,6 +69,7 @@ struct Args {
     policy_sigma: f64,
     policy_margin: f32,
     frozen_trunk: bool,
+    fresh: Option<Pooling>,
     fit_lr: f64,
     perturb: InputPerturbation,
     rounds: usize,
@@ -93,6 +95,7 @@ fn parse() -> Result<Args, String> {
         policy_sigma: 0.02,
         policy_margin: 0.02,
         frozen_trunk: false,
+        fresh: None,
         fit_lr: 1e-4,
         perturb: InputPerturbation::None,
         rounds: 3,
@@ -139,6 +142,13 @@ fn parse() -> Result<Args, String> {
                     .map_err(|e| format!("--policy-margin: {e}"))?
             }
             "--frozen-trunk" => a.frozen_trunk = true,
+            "--fresh" => {
+                a.fresh = Some(match val()?.as_str() {
+                    "query" => Pooling::Query,
+                    "token-mean" => Pooling::TokenMean,
+                    other => return Err(format!("--fresh takes query or token-mean, not {other}")),
+                })
+            }
             "--fit-lr" => a.fit_lr = val()?.parse().map_err(|e| format!("--fit-lr: {e}"))?,
             "--data" => a.data = val()?.into(),
             "--prm" => a.prm = val()?.into(),
@@ -276,18 +286,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
     let mut prm = common::load_prm(&models_ad.dit, &args.prm, &dev)?;
-    if args.frozen_trunk {
-        // a fresh pool and head on the pretrained DiT's blocks, which stay as they are
-        use burn::config::Config;
-        prm = latent_reward::ProcessRewardConfig::load(args.prm.join("prm.json"))?
-            .init(&models_ad.dit, &dev)?
-            .freeze_trunk();
-    }
     std::fs::create_dir_all(&args.save)?;
+    std::fs::copy(args.prm.join("prm.json"), args.save.join("prm.json"))?;
+    if args.frozen_trunk || args.fresh.is_some() {
+        // a fresh pool and head on the pretrained DiT's blocks (which stay as they are with
+        // --frozen-trunk)
+        use burn::config::Config;
+        let cfg = latent_reward::ProcessRewardConfig::load(args.prm.join("prm.json"))?
+            .with_pooling(Some(args.fresh.unwrap_or(Pooling::Query)));
+        cfg.save(args.save.join("prm.json"))?;
+        prm = cfg.init(&models_ad.dit, &dev)?;
+        if args.frozen_trunk {
+            prm = prm.freeze_trunk();
+        }
+    }
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::copy(args.prm.join("prm.json"), args.save.join("prm.json"))?;
 
     let mut pool = cached(&args, "train_192x4")?;
     if let Some(step) = args.oracle_step {

@@ -26,7 +26,7 @@ pub use loss::{PreferenceLoss, RegressionLoss};
 pub use metrics::{mse, pairwise_accuracy, pearson, RegressionMetrics};
 pub use mlp::{MlpReward, MlpRewardConfig};
 pub use perturb::InputPerturbation;
-pub use process::{ProcessReward, ProcessRewardConfig};
+pub use process::{Pooling, ProcessReward, ProcessRewardConfig};
 pub use train::{
     evaluate_pairs, evaluate_regression, fit_preference, fit_regression, predict, FitConfig,
     FitReport,

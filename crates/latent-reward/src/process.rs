@@ -25,6 +25,21 @@ pub struct ProcessRewardConfig {
     /// Hidden widths of the MLP head (release: 1024, 512 for width 1536).
     #[config(default = "vec![256, 128]")]
     pub head: Vec<usize>,
+    /// How the trunk's tokens reach the head; `None` is [`Pooling::Query`] (an `Option` so that
+    /// configs saved before this field existed still load).
+    #[config(default = "None")]
+    pub pooling: Option<Pooling>,
+}
+
+/// How [`ProcessReward`] turns the trunk's tokens into one score.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// PRFL's: a learnable query attends over the tokens, the MLP head reads the pooled vector.
+    Query,
+    /// The MLP head reads every token (one spatio-temporal patch each) and the logits are
+    /// averaged: the score keeps spatial resolution up to the head, so its gradient in the latent
+    /// is a sum of local terms. The query pool is unused (and frozen).
+    TokenMean,
 }
 
 impl ProcessRewardConfig {
@@ -62,6 +77,7 @@ impl ProcessRewardConfig {
         widths.push(1);
         let model = ProcessReward {
             trunk,
+            pooling: self.pooling.unwrap_or(Pooling::Query),
             pool: QueryPoolConfig::new(d, self.pool_heads).init(device),
             head: widths
                 .windows(2)
@@ -89,6 +105,9 @@ pub struct ProcessReward<B: Backend> {
     /// The DiT copy: embeddings frozen, `depth` blocks trained. Its output head is unused and
     /// frozen.
     pub trunk: WanTransformer<B>,
+    /// How the tokens are pooled (from the config; not part of the record).
+    #[module(skip)]
+    pub pooling: Pooling,
     /// Query-attention pooling.
     pub pool: QueryPool<B>,
     /// MLP head `D -> ... -> 1` with ReLU between layers.
@@ -103,6 +122,9 @@ impl<B: Backend> ProcessReward<B> {
         self.trunk.condition = self.trunk.condition.no_grad();
         self.trunk.proj_out = self.trunk.proj_out.no_grad();
         self.trunk.scale_shift_table = self.trunk.scale_shift_table.no_grad();
+        if self.pooling == Pooling::TokenMean {
+            self.pool = self.pool.no_grad();
+        }
         self
     }
 
@@ -136,8 +158,17 @@ impl<B: Backend> ProcessReward<B> {
         let (tokens, _) = self
             .trunk
             .forward_trunk(latents, timestep, text, self.depth());
-        let pooled = self.pool.forward(tokens); // [B, D]
-        crate::mlp::mlp_forward(&self.head, pooled).reshape([b])
+        match self.pooling {
+            Pooling::Query => {
+                let pooled = self.pool.forward(tokens); // [B, D]
+                crate::mlp::mlp_forward(&self.head, pooled).reshape([b])
+            }
+            Pooling::TokenMean => {
+                let [_, l, d] = tokens.dims();
+                let per_token = crate::mlp::mlp_forward(&self.head, tokens.reshape([b * l, d]));
+                per_token.reshape([b, l]).mean_dim(1).reshape([b])
+            }
+        }
     }
 }
 
@@ -157,5 +188,54 @@ impl<B: Backend> LatentReward<B> for ProcessReward<B> {
 
     fn check_input(&self, latents: [usize; 5], text: [usize; 3]) -> crate::Result<()> {
         Ok(self.trunk.check_input(latents, text)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::{
+        backend::Autodiff,
+        tensor::{Distribution, Tensor},
+    };
+    use diffusion_core::{backend::DefaultBackend as B, WanConfig};
+
+    use super::*;
+
+    /// With a linear head, token-mean pooling is the head applied to the mean token (a mean of
+    /// affine maps is the affine map of the mean); the unused query pool is frozen.
+    #[test]
+    fn token_mean_is_the_head_of_the_mean_token() {
+        let dev = Default::default();
+        let dit = WanConfig::tiny().init::<Autodiff<B>>(&dev).unwrap();
+        let prm = ProcessRewardConfig::new(1)
+            .with_pool_heads(2)
+            .with_head(vec![])
+            .with_pooling(Some(Pooling::TokenMean))
+            .init(&dit, &dev)
+            .unwrap();
+        assert!(!prm.pool.query.is_require_grad());
+        assert!(prm.head[0].weight.is_require_grad());
+        let x = Tensor::<Autodiff<B>, 5>::random([2, 4, 1, 4, 4], Distribution::Default, &dev);
+        let text = Tensor::random([2, 3, 16], Distribution::Default, &dev);
+        let sigma = Tensor::from_floats([0.3, 0.7], &dev);
+        let logit = prm.logit(x.clone(), sigma.clone(), text.clone());
+        let (tokens, _) = prm
+            .trunk
+            .forward_trunk(x, sigma.mul_scalar(1000.0), text, 1);
+        let want = prm.head[0].forward(tokens.mean_dim(1).squeeze_dim::<2>(1));
+        let (got, want): (Vec<f32>, Vec<f32>) = (
+            logit.into_data().to_vec().unwrap(),
+            want.into_data().to_vec().unwrap(),
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+        // the default pooling is the query pool, trained
+        let query = ProcessRewardConfig::new(1)
+            .with_pool_heads(2)
+            .init(&dit, &dev)
+            .unwrap();
+        assert_eq!(query.pooling, Pooling::Query);
+        assert!(query.pool.query.is_require_grad());
     }
 }

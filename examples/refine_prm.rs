@@ -49,7 +49,7 @@ use latent_reward::{
     PreferenceLoss, ProcessReward,
 };
 use rand::{rngs::StdRng, SeedableRng};
-use shapes_world::{Caption, RewardData, WorldModels};
+use shapes_world::{Caption, PolicyNeighboursConfig, RewardData, WorldModels};
 
 mod common;
 
@@ -192,6 +192,18 @@ fn captions_of(data: &RewardData) -> Vec<Caption> {
     caps
 }
 
+/// `RewardData::policy_neighbours`' settings: `perturbations` policies besides the base, the
+/// flags' weight noise and margin, 20 Euler steps.
+fn neighbours(args: &Args, perturbations: usize, seed: u64) -> PolicyNeighboursConfig {
+    PolicyNeighboursConfig {
+        perturbations,
+        rel_sigma: args.policy_sigma,
+        steps: 20,
+        margin: args.policy_margin,
+        seed,
+    }
+}
+
 /// The pairs of `data` (base data with `added` samples appended after index `from`) that
 /// involve at least one added sample.
 fn pairs_with_added(mut data: RewardData, from: usize) -> RewardData {
@@ -329,11 +341,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let near = RewardData::policy_neighbours(
             &models,
             &captions_of(&pool),
-            args.policy_pairs,
-            args.policy_sigma,
-            20,
-            args.policy_margin,
-            8000,
+            &neighbours(&args, args.policy_pairs, 8000),
             &dev,
         )?;
         let n = near.samples.len() / (args.policy_pairs + 1);
@@ -376,11 +384,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let near = RewardData::policy_neighbours(
                 &models,
                 &captions_of(&test),
-                k.min(2),
-                args.policy_sigma,
-                20,
-                args.policy_margin,
-                9000,
+                &neighbours(&args, k.min(2), 9000),
                 &dev,
             )?;
             let set = near.pair_set(&models, &dev)?;

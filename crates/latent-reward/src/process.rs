@@ -61,7 +61,7 @@ impl ProcessRewardConfig {
                 format!("{} not in 1..={}", self.depth, dit.blocks.len()),
             ));
         }
-        if self.pool_heads == 0 || d % self.pool_heads != 0 {
+        if self.pool_heads == 0 || !d.is_multiple_of(self.pool_heads) {
             return Err(invalid(
                 "pool_heads",
                 format!("{} must divide the DiT width {d}", self.pool_heads),

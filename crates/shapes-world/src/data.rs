@@ -33,6 +33,21 @@ pub struct PreferencePair {
     pub loser: usize,
 }
 
+/// Settings of [`RewardData::policy_neighbours`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyNeighboursConfig {
+    /// Perturbed copies of the DiT besides the base one.
+    pub perturbations: usize,
+    /// Weight noise, relative to each parameter tensor's RMS.
+    pub rel_sigma: f64,
+    /// Euler sampling steps.
+    pub steps: usize,
+    /// Least oracle-reward gap of a pair.
+    pub margin: f32,
+    /// Seed of the sampling noise and of the weight noise.
+    pub seed: u64,
+}
+
 /// Regression data `(latent, reward)` and preference pairs for latent reward models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RewardData {
@@ -99,10 +114,12 @@ impl RewardData {
     }
 
     /// Samples of nearby policies from the same noise, paired with each other: for each caption,
-    /// one video (Euler, `steps`, noise drawn from `seed`) by the base DiT and one by each of
-    /// `perturbations` copies whose weights carry Gaussian noise of `rel_sigma` times each
-    /// tensor's RMS ([`diffusion_core::param_noise::perturb_params`]); every two samples of one
-    /// caption whose oracle rewards differ by at least `margin` form a pair.
+    /// one video (Euler, `cfg.steps`, noise drawn from `cfg.seed`) by the base DiT and one by each
+    /// of `cfg.perturbations` copies whose weights carry Gaussian noise of `cfg.rel_sigma` times
+    /// each tensor's RMS ([`diffusion_core::param_noise::perturb_params`]); every two samples of
+    /// one caption whose oracle rewards differ by at least `cfg.margin` form a pair. Samples are
+    /// stored policy by policy: `samples[k * captions.len() + i]` is policy `k`'s (0: the base)
+    /// sample of caption `i`.
     ///
     /// Pairs from different noise (what [`RewardData::generate`] gives) differ in everything; these
     /// differ only along directions a fine-tuning step of the DiT can move its samples in (about
@@ -111,17 +128,19 @@ impl RewardData {
     pub fn policy_neighbours<B: Backend>(
         models: &WorldModels<B>,
         captions: &[Caption],
-        perturbations: usize,
-        rel_sigma: f64,
-        steps: usize,
-        margin: f32,
-        seed: u64,
+        cfg: &PolicyNeighboursConfig,
         device: &B::Device,
     ) -> Result<Self, WorldError> {
+        let PolicyNeighboursConfig {
+            perturbations,
+            rel_sigma,
+            steps,
+            margin,
+            seed,
+        } = *cfg;
         let shape = models.config.latent_shape();
         let per: usize = shape.iter().product();
         let n = captions.len();
-        // samples[k * n + i]: policy k (0 = base), caption i
         let mut samples = Vec::with_capacity(n * (perturbations + 1));
         let mut pb = diffusion_core::progress::Progress::new(perturbations + 1, "policies");
         for k in 0..=perturbations {

@@ -16,7 +16,9 @@ pub mod vocab;
 
 pub use attributes::{Background, Color, Direction, Shape, Size, Speed};
 pub use caption::{Caption, CaptionEnhancer};
-pub use data::{PairBatch, PreferencePair, RegressionBatch, RewardData, ScoredSample};
+pub use data::{
+    PairBatch, PolicyNeighboursConfig, PreferencePair, RegressionBatch, RewardData, ScoredSample,
+};
 pub use error::WorldError;
 pub use media::{write_contact_sheet, write_gif};
 pub use models::{vae_psnr_batch, WorldModels, WorldModelsConfig};

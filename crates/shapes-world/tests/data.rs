@@ -59,7 +59,14 @@ fn policy_neighbours_share_noise_and_pair_within_a_caption() {
     let dev = Default::default();
     let models = tiny_models();
     let caps: Vec<Caption> = captions(Split::Train).into_iter().take(3).collect();
-    let data = RewardData::policy_neighbours(&models, &caps, 2, 0.05, 2, 0.0, 9, &dev).unwrap();
+    let cfg = PolicyNeighboursConfig {
+        perturbations: 2,
+        rel_sigma: 0.05,
+        steps: 2,
+        margin: 0.0,
+        seed: 9,
+    };
+    let data = RewardData::policy_neighbours(&models, &caps, &cfg, &dev).unwrap();
     assert_eq!(data.samples.len(), 9);
     let (z, _) = models.sample_scored(&caps, 2, 9, &dev).unwrap();
     let base: Vec<f32> = z.into_data().to_vec().unwrap();
@@ -87,7 +94,12 @@ fn policy_neighbours_share_noise_and_pair_within_a_caption() {
         assert_eq!(p.winner % 3, p.loser % 3, "a pair mixes captions");
         assert!(data.samples[p.winner].reward >= data.samples[p.loser].reward);
     }
-    let same = RewardData::policy_neighbours(&models, &caps, 2, 0.0, 2, 1e-6, 9, &dev).unwrap();
+    let cfg = PolicyNeighboursConfig {
+        rel_sigma: 0.0,
+        margin: 1e-6,
+        ..cfg
+    };
+    let same = RewardData::policy_neighbours(&models, &caps, &cfg, &dev).unwrap();
     assert!(same.pairs.is_empty());
     assert_eq!(same.samples[0].latent, same.samples[6].latent);
 }

@@ -71,15 +71,20 @@ fn offset_pairs(n: usize, shape: [usize; 4], text_dim: usize) -> PairSet<AD> {
     PairSet::new(base + offset, losers, text).unwrap()
 }
 
+/// A process reward model on the tiny DiT: one block, a 2-head pool, a 16-wide head.
+fn tiny_prm() -> ProcessReward<AD> {
+    let dit = WanConfig::tiny().init::<AD>(&Default::default()).unwrap();
+    ProcessRewardConfig::new(1)
+        .with_pool_heads(2)
+        .with_head(vec![16])
+        .init(&dit, &Default::default())
+        .unwrap()
+}
+
 #[test]
 fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
     let dev = Default::default();
-    let dit = WanConfig::tiny().init::<AD>(&dev).unwrap();
-    let prm = ProcessRewardConfig::new(1)
-        .with_pool_heads(2)
-        .with_head(vec![16])
-        .init(&dit, &dev)
-        .unwrap();
+    let prm = tiny_prm();
     assert_eq!(prm.depth(), 1);
     assert_eq!(prm.range(), RewardRange::Unit);
     let pairs = offset_pairs(32, [4, 1, 4, 4], 16);
@@ -131,13 +136,7 @@ fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
 #[test]
 fn frozen_trunk_trains_pool_and_head_only() {
     let dev = Default::default();
-    let dit = WanConfig::tiny().init::<AD>(&dev).unwrap();
-    let prm = ProcessRewardConfig::new(1)
-        .with_pool_heads(2)
-        .with_head(vec![16])
-        .init(&dit, &dev)
-        .unwrap()
-        .freeze_trunk();
+    let prm = tiny_prm().freeze_trunk();
     let pairs = offset_pairs(16, [4, 1, 4, 4], 16);
     let before = param_snapshot(&prm).unwrap();
     let cfg = FitConfig {

@@ -13,13 +13,16 @@
 //! Flags: `--steps N`, `--batch N`, `--lr X`, `--lambda X` (reward loss weight),
 //! `--sft-every N` (an SFT step every N reward steps, 0: none), `--start A,B` (range of the
 //! gradient window's start step), `--heldout N` (test prompts scored),
-//! `--models DIR`, `--prm DIR` (default assets/shapes-world/rewards), `--out DIR`.
+//! `--models DIR`, `--prm DIR[,DIR...]` (default assets/shapes-world/rewards; several: PRFL
+//! against their ensemble, scored by the lower confidence bound mean - K std with `--lcb K`,
+//! default 1), `--out DIR`.
 
 use std::{path::PathBuf, time::Instant};
 
 use burn::backend::Autodiff;
 use diffusion_core::{backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME};
-use refl_trainer::{write_curves_png, Series};
+use ensemble::{Aggregation, Ensemble};
+use refl_trainer::{write_curves_png, LatentRewards, Series};
 use shapes_world::{write_gif, Caption, OracleReward, Video, WorldModels};
 
 mod common;
@@ -30,7 +33,8 @@ type AD = Autodiff<B>;
 struct Args {
     run: common::PrflRun,
     models: PathBuf,
-    prm: PathBuf,
+    prm: Vec<PathBuf>,
+    lcb: f64,
     out: PathBuf,
 }
 
@@ -38,7 +42,8 @@ fn parse() -> Result<Args, String> {
     let mut a = Args {
         run: common::PrflRun::default(),
         models: "assets/shapes-world".into(),
-        prm: "assets/shapes-world/rewards".into(),
+        prm: vec!["assets/shapes-world/rewards".into()],
+        lcb: 1.0,
         out: "out/quickstart".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -60,7 +65,8 @@ fn parse() -> Result<Args, String> {
             }
             "--heldout" => a.run.heldout = num(val()?)?,
             "--models" => a.models = val()?.into(),
-            "--prm" => a.prm = val()?.into(),
+            "--prm" => a.prm = val()?.split(',').map(PathBuf::from).collect(),
+            "--lcb" => a.lcb = val()?.parse().map_err(|e| format!("--lcb: {e}"))?,
             "--out" => a.out = val()?.into(),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -95,13 +101,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models =
         WorldModels::<B>::load(&args.models, &dev).map_err(|e| missing("the world models", &e))?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
-    let prm = common::load_prm(&models_ad.dit, &args.prm, &dev)?;
+    let prms = args
+        .prm
+        .iter()
+        .map(|dir| common::load_prm(&models_ad.dit, dir, &dev))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reward = match prms.len() {
+        1 => LatentRewards::Process(prms.into_iter().next().expect("one")),
+        n => {
+            println!("{n} process reward models, lower confidence bound mean - {} std", args.lcb);
+            LatentRewards::ProcessEnsemble(
+                Ensemble::new(prms)?
+                    .with_aggregation(Aggregation::LowerConfidenceBound { k: args.lcb }),
+            )
+        }
+    };
     println!("backend {DEFAULT_BACKEND_NAME}; models and process reward model loaded");
 
     let out = args.out.clone();
     std::fs::create_dir_all(&out)?;
     let (mut trainer, heldout) =
-        common::prfl_trainer(&models, &models_ad, prm, &args.run, &out.join("run"))?;
+        common::prfl_trainer(&models, &models_ad, reward, &args.run, &out.join("run"))?;
     // the run's config, loadable with `RunConfig::load`
     std::fs::write(
         out.join("config.json"),

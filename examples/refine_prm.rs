@@ -49,6 +49,7 @@ use latent_reward::{
     PreferenceLoss, ProcessReward,
 };
 use rand::{rngs::StdRng, SeedableRng};
+use refl_trainer::LatentRewards;
 use shapes_world::{Caption, PolicyNeighboursConfig, RewardData, WorldModels};
 
 mod common;
@@ -498,7 +499,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t_round = Instant::now();
         let out = args.save.join(format!("prfl_{round}"));
         let (mut trainer, _) =
-            common::prfl_trainer(&models, &models_ad, prm.clone(), &args.run, &out)?;
+            common::prfl_trainer(
+            &models,
+            &models_ad,
+            LatentRewards::Process(prm.clone()),
+            &args.run,
+            &out,
+        )?;
         let before = trainer.heldout_reward()?;
         let metrics = trainer.run()?;
         let after = metrics

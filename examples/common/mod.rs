@@ -155,13 +155,13 @@ impl Default for PrflRun {
 pub type WorldTrainer<Bk> = Trainer<Bk, CausalVae<Bk>, OracleReward, Caption>;
 
 /// Builds the PRFL trainer of `run` on a fresh copy of the world's DiT with the process reward
-/// model `prm` (training prompts: 512 training captions; held-out: the first `run.heldout` test
+/// model(s) `reward` (training prompts: 512 training captions; held-out: the first `run.heldout` test
 /// captions; SFT on rendered videos of 128 training captions); its log goes to `out`.
 /// Returns the trainer and the held-out captions.
 pub fn prfl_trainer<Bk: AutodiffBackend>(
     models: &WorldModels<Bk::InnerBackend>,
     models_ad: &WorldModels<Bk>,
-    prm: ProcessReward<Bk>,
+    reward: LatentRewards<Bk>,
     run: &PrflRun,
     out: &Path,
 ) -> Result<(WorldTrainer<Bk>, Vec<Caption>), Box<dyn std::error::Error>> {
@@ -205,7 +205,7 @@ pub fn prfl_trainer<Bk: AutodiffBackend>(
         vae: models_ad.vae.clone(),
         norm: models.latent_norm(),
         pixel: OracleReward,
-        reward: LatentRewards::Process(prm),
+        reward,
         train: train_set,
         heldout: heldout_set,
         sft: Some(sft),

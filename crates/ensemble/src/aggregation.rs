@@ -12,12 +12,17 @@ pub enum Aggregation {
     Min,
     /// Most optimistic member.
     Max,
-    /// `mean - k * std`: a lower confidence bound that penalises uncertain samples.
+    /// `mean - k * std`: a lower confidence bound that penalises uncertain samples. The std is
+    /// `sqrt(var + 1e-12) - 1e-6`, which is 0 where the members agree and keeps a finite gradient
+    /// there (the plain square root's is infinite at 0).
     LowerConfidenceBound {
         /// Number of standard deviations subtracted.
         k: f64,
     },
 }
+
+/// Offset in the lower confidence bound's square root.
+const STD_EPS: f64 = 1e-6;
 
 impl Aggregation {
     /// Aggregates member scores.
@@ -32,7 +37,11 @@ impl Aggregation {
             Self::Max => scores.max_dim(0).reshape([b]),
             Self::LowerConfidenceBound { k } => {
                 let mean = scores.clone().mean_dim(0);
-                let std = variance(scores).sqrt().reshape([1, b]);
+                let std = variance(scores)
+                    .add_scalar(STD_EPS * STD_EPS)
+                    .sqrt()
+                    .sub_scalar(STD_EPS)
+                    .reshape([1, b]);
                 (mean - std.mul_scalar(k)).reshape([b])
             }
         }
@@ -79,5 +88,26 @@ mod tests {
         let lcb = vals(Aggregation::LowerConfidenceBound { k: 1.0 }.apply(scores()));
         assert!((lcb[0] - (2.0 - (2.0f32 / 3.0).sqrt())).abs() < 1e-5);
         assert!((lcb[1] - (2.0 - 8f32.sqrt())).abs() < 1e-5);
+    }
+
+    /// Members that agree: the bound is their score, and its gradient is the mean's (1/N per
+    /// member), not NaN.
+    #[test]
+    fn lower_confidence_bound_has_a_gradient_where_members_agree() {
+        type AD = burn::backend::Autodiff<B>;
+        let x = Tensor::<AD, 2>::from_data(
+            TensorData::new(vec![0.5f32, 0.5], [2, 1]),
+            &Default::default(),
+        )
+        .require_grad();
+        let lcb = Aggregation::LowerConfidenceBound { k: 1.0 }.apply(x.clone());
+        assert!((lcb.clone().into_scalar() - 0.5).abs() < 1e-6);
+        let g: Vec<f32> = x
+            .grad(&lcb.sum().backward())
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(g, vec![0.5, 0.5]);
     }
 }

@@ -50,6 +50,10 @@ pub enum LatentRewards<B: AutodiffBackend> {
     Pixel,
     /// PRFL's process reward model (kept frozen).
     Process(ProcessReward<B>),
+    /// PRFL with several process reward models (kept frozen), scored with the ensemble's
+    /// aggregation: with the lower confidence bound (mean - k std) the policy gains only where
+    /// the members agree, as VELR's uncertainty penalty (seed 002, section 4.2).
+    ProcessEnsemble(Ensemble<ProcessReward<B>>),
     /// VELR's ensemble (frozen for the policy; fine-tuned by online alignment).
     Ensemble(Ensemble<VelrReward<B>>),
 }
@@ -249,7 +253,10 @@ where
         let matches = matches!(
             (&config.method, &reward),
             (Method::RgbRefl(_), LatentRewards::Pixel)
-                | (Method::Prfl(_), LatentRewards::Process(_))
+                | (
+                    Method::Prfl(_),
+                    LatentRewards::Process(_) | LatentRewards::ProcessEnsemble(_)
+                )
                 | (Method::Velr(_), LatentRewards::Ensemble(_))
         );
         if !matches {
@@ -268,6 +275,10 @@ where
         }
         let reward = match reward {
             LatentRewards::Process(m) => LatentRewards::Process(m.no_grad()),
+            LatentRewards::ProcessEnsemble(e) => LatentRewards::ProcessEnsemble(Ensemble {
+                members: e.members.into_iter().map(Module::no_grad).collect(),
+                ..e
+            }),
             other => other,
         };
         let schedule = FlowMatchScheduleConfig::new(config.sampling.steps)
@@ -647,14 +658,15 @@ where
         s: usize,
         seed: u64,
     ) -> Result<MethodLoss<B>> {
-        let LatentRewards::Process(prm) = &self.reward else {
-            unreachable!("checked in Trainer::new")
-        };
         let traj = self.windowed_rollout(policy, s, m.window, noise, &text, seed)?;
         let b = text.dims()[0];
-        let sigma = *traj.sigmas.last().expect("non-empty");
-        let device = text.device();
-        let r = prm.score(traj.last().clone(), Tensor::full([b], sigma, &device), text);
+        let sigma = Tensor::full([b], *traj.sigmas.last().expect("non-empty"), &text.device());
+        let z = traj.last().clone();
+        let r = match &self.reward {
+            LatentRewards::Process(prm) => prm.score(z, sigma, text),
+            LatentRewards::ProcessEnsemble(ens) => ens.score(z, sigma, text),
+            _ => unreachable!("checked in Trainer::new"),
+        };
         let reward = r.clone().mean().into_scalar().elem::<f64>();
         let loss = activation::relu(r.neg().add_scalar(m.margin))
             .mean()

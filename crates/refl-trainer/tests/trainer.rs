@@ -385,3 +385,48 @@ fn rgb_refl_and_velr_steps_run() {
     );
     let _ = std::fs::remove_dir_all(&cfg.out);
 }
+
+/// PRFL against an ensemble of process reward models: an ensemble of two copies of one model
+/// under the lower confidence bound (std 0) is that model, step for step; two different members
+/// train the policy; VELR does not take process reward models.
+#[test]
+fn prfl_with_a_process_ensemble() {
+    let w = world();
+    let LatentRewards::Process(one) = prm(&w) else {
+        unreachable!()
+    };
+    let lcb = Aggregation::LowerConfidenceBound { k: 1.0 };
+    let run = |reward: LatentRewards<AD>, out: &str| {
+        let cfg = config(prfl(0), out);
+        let _ = std::fs::remove_dir_all(&cfg.out);
+        let mut t =
+            Trainer::new(parts(&w, cfg.clone(), reward, Brightness { poison: false })).unwrap();
+        let m = t.train_step().unwrap();
+        let _ = std::fs::remove_dir_all(&cfg.out);
+        m
+    };
+    let single = run(LatentRewards::Process(one.clone()), "prfl_single");
+    let twins = Ensemble::new(vec![one.clone(), one.clone()])
+        .unwrap()
+        .with_aggregation(lcb);
+    let pair = run(LatentRewards::ProcessEnsemble(twins), "prfl_twins");
+    let close = |a: Option<f64>, b: Option<f64>| (a.unwrap() - b.unwrap()).abs() < 1e-5;
+    assert!(close(pair.loss, single.loss), "{pair:?} vs {single:?}");
+    assert!(close(pair.latent_reward, single.latent_reward));
+
+    let LatentRewards::Process(other) = prm(&w) else {
+        unreachable!()
+    };
+    let mixed = Ensemble::new(vec![one, other])
+        .unwrap()
+        .with_aggregation(lcb);
+    let m = run(LatentRewards::ProcessEnsemble(mixed.clone()), "prfl_mixed");
+    assert!(m.loss.unwrap().is_finite() && m.grad_norm.unwrap() > 0.0);
+    assert!(Trainer::new(parts(
+        &w,
+        config(velr(), "velr_with_prms"),
+        LatentRewards::ProcessEnsemble(mixed),
+        Brightness { poison: false },
+    ))
+    .is_err());
+}

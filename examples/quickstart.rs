@@ -109,7 +109,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reward = match prms.len() {
         1 => LatentRewards::Process(prms.into_iter().next().expect("one")),
         n => {
-            println!("{n} process reward models, lower confidence bound mean - {} std", args.lcb);
+            println!(
+                "{n} process reward models, lower confidence bound mean - {} std",
+                args.lcb
+            );
             LatentRewards::ProcessEnsemble(
                 Ensemble::new(prms)?
                     .with_aggregation(Aggregation::LowerConfidenceBound { k: args.lcb }),

@@ -498,8 +498,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..=args.rounds {
         let t_round = Instant::now();
         let out = args.save.join(format!("prfl_{round}"));
-        let (mut trainer, _) =
-            common::prfl_trainer(
+        let (mut trainer, _) = common::prfl_trainer(
             &models,
             &models_ad,
             LatentRewards::Process(prm.clone()),

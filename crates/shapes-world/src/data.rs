@@ -33,6 +33,34 @@ pub struct PreferencePair {
     pub loser: usize,
 }
 
+impl PreferencePair {
+    /// Samples `a` and `b` as a pair, the higher reward first (`b` on a tie), when their rewards
+    /// differ by at least `margin`.
+    fn of(samples: &[ScoredSample], a: usize, b: usize, margin: f32) -> Option<Self> {
+        let (ra, rb) = (samples[a].reward, samples[b].reward);
+        let (winner, loser) = if ra > rb { (a, b) } else { (b, a) };
+        ((ra - rb).abs() >= margin).then_some(Self { winner, loser })
+    }
+}
+
+/// One sample per caption from latents `[N, C, F, H, W]` flattened row-major and their rewards.
+fn scored_samples<'a>(
+    captions: &'a [Caption],
+    latents: &'a [f32],
+    rewards: Vec<f32>,
+) -> impl Iterator<Item = ScoredSample> + 'a {
+    let per = latents.len() / captions.len().max(1);
+    captions
+        .iter()
+        .zip(rewards)
+        .enumerate()
+        .map(move |(i, (caption, reward))| ScoredSample {
+            caption: *caption,
+            latent: latents[i * per..(i + 1) * per].to_vec(),
+            reward,
+        })
+}
+
 /// Settings of [`RewardData::policy_neighbours`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PolicyNeighboursConfig {
@@ -80,28 +108,16 @@ impl RewardData {
             let batch = vec![*caption; per_prompt];
             let (z, rewards) =
                 models.sample_scored(&batch, steps, seed.wrapping_add(ci as u64), device)?;
-            let rewards: Vec<f32> = crate::error::host_f32(rewards)?;
-            let flat: Vec<f32> = crate::error::host_f32(z)?;
-            let per: usize = shape.iter().product();
+            let flat = crate::error::host_f32(z)?;
             let base = samples.len();
-            for (k, r) in rewards.iter().enumerate() {
-                samples.push(ScoredSample {
-                    caption: *caption,
-                    latent: flat[k * per..(k + 1) * per].to_vec(),
-                    reward: *r,
-                });
-            }
-            for a in 0..per_prompt {
-                for b in a + 1..per_prompt {
-                    let (ra, rb) = (rewards[a], rewards[b]);
-                    if (ra - rb).abs() >= margin {
-                        let (winner, loser) = if ra > rb {
-                            (base + a, base + b)
-                        } else {
-                            (base + b, base + a)
-                        };
-                        pairs.push(PreferencePair { winner, loser });
-                    }
+            samples.extend(scored_samples(
+                &batch,
+                &flat,
+                crate::error::host_f32(rewards)?,
+            ));
+            for a in base..samples.len() {
+                for b in a + 1..samples.len() {
+                    pairs.extend(PreferencePair::of(&samples, a, b, margin));
                 }
             }
             pb.tick(format!("{} pairs", pairs.len()));
@@ -138,8 +154,6 @@ impl RewardData {
             margin,
             seed,
         } = *cfg;
-        let shape = models.config.latent_shape();
-        let per: usize = shape.iter().product();
         let n = captions.len();
         let mut samples = Vec::with_capacity(n * (perturbations + 1));
         let mut pb = diffusion_core::progress::Progress::new(perturbations + 1, "policies");
@@ -156,15 +170,12 @@ impl RewardData {
             for (ci, chunk) in captions.chunks(8).enumerate() {
                 let (z, rewards) =
                     policy.sample_scored(chunk, steps, seed.wrapping_add(ci as u64), device)?;
-                let rewards = crate::error::host_f32(rewards)?;
                 let flat = crate::error::host_f32(z)?;
-                for (j, (caption, reward)) in chunk.iter().zip(rewards).enumerate() {
-                    samples.push(ScoredSample {
-                        caption: *caption,
-                        latent: flat[j * per..(j + 1) * per].to_vec(),
-                        reward,
-                    });
-                }
+                samples.extend(scored_samples(
+                    chunk,
+                    &flat,
+                    crate::error::host_f32(rewards)?,
+                ));
             }
             pb.tick(format!("policy {k}"));
         }
@@ -172,17 +183,12 @@ impl RewardData {
         for i in 0..n {
             for a in 0..=perturbations {
                 for b in a + 1..=perturbations {
-                    let (ia, ib) = (a * n + i, b * n + i);
-                    let (ra, rb) = (samples[ia].reward, samples[ib].reward);
-                    if (ra - rb).abs() >= margin {
-                        let (winner, loser) = if ra > rb { (ia, ib) } else { (ib, ia) };
-                        pairs.push(PreferencePair { winner, loser });
-                    }
+                    pairs.extend(PreferencePair::of(&samples, a * n + i, b * n + i, margin));
                 }
             }
         }
         Ok(Self {
-            latent_shape: shape,
+            latent_shape: models.config.latent_shape(),
             samples,
             pairs,
         })
@@ -210,7 +216,6 @@ impl RewardData {
             });
         }
         let shape = models.config.latent_shape();
-        let per: usize = shape.iter().product();
         let mut samples = Vec::with_capacity(videos.len());
         for (k, (v, p)) in videos.chunks(8).zip(prompts.chunks(8)).enumerate() {
             let clips = v
@@ -225,13 +230,7 @@ impl RewardData {
             let rewards =
                 crate::error::host_f32(crate::oracle::OracleReward.score(video.clone(), p)?)?;
             let z = crate::error::host_f32(models.encode(video))?;
-            for (i, (caption, reward)) in p.iter().zip(rewards).enumerate() {
-                samples.push(ScoredSample {
-                    caption: *caption,
-                    latent: z[i * per..(i + 1) * per].to_vec(),
-                    reward,
-                });
-            }
+            samples.extend(scored_samples(p, &z, rewards));
         }
         Ok(Self {
             latent_shape: shape,
@@ -363,11 +362,8 @@ impl RewardData {
         for idx in by_caption.values() {
             for (k, &a) in idx.iter().enumerate() {
                 for &b in &idx[k + 1..] {
-                    let (ra, rb) = (self.samples[a].reward, self.samples[b].reward);
-                    if (ra - rb).abs() >= margin {
-                        let (winner, loser) = if ra > rb { (a, b) } else { (b, a) };
-                        self.pairs.push(PreferencePair { winner, loser });
-                    }
+                    self.pairs
+                        .extend(PreferencePair::of(&self.samples, a, b, margin));
                 }
             }
         }

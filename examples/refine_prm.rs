@@ -298,21 +298,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models = WorldModels::<B>::load(&args.models, &dev)
         .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
-    let mut prm = common::load_prm(&models_ad.dit, &args.prm, &dev)?;
     std::fs::create_dir_all(&args.save)?;
-    std::fs::copy(args.prm.join("prm.json"), args.save.join("prm.json"))?;
-    if args.frozen_trunk || args.fresh.is_some() {
+    let mut prm = if args.frozen_trunk || args.fresh.is_some() {
         // a fresh pool and head on the pretrained DiT's blocks (which stay as they are with
-        // --frozen-trunk)
+        // --frozen-trunk): the starting model's config, not its weights
         use burn::config::Config;
         let cfg = latent_reward::ProcessRewardConfig::load(args.prm.join("prm.json"))?
             .with_pooling(Some(args.fresh.unwrap_or(Pooling::Query)));
         cfg.save(args.save.join("prm.json"))?;
-        prm = cfg.init(&models_ad.dit, &dev)?;
+        let fresh = cfg.init(&models_ad.dit, &dev)?;
         if args.frozen_trunk {
-            prm = prm.freeze_trunk();
+            fresh.freeze_trunk()
+        } else {
+            fresh
         }
-    }
+    } else {
+        std::fs::copy(args.prm.join("prm.json"), args.save.join("prm.json"))?;
+        common::load_prm(&models_ad.dit, &args.prm, &dev)?
+    };
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
     }

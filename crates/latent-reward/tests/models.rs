@@ -280,14 +280,15 @@ fn velr_and_mlp_regress_a_structured_target() {
 }
 
 /// Whether a video matches its prompt is a product of the two (`a * t`: the brightness must have
-/// the prompt's sign); the pooled prompt path learns it from 192 samples (test Pearson 0.78 on
-/// wgpu).
+/// the prompt's sign); the pooled prompt path learns it from 1,024 samples (test Pearson 0.976 to
+/// 0.988 over 20 CPU runs with unseeded initialisations; with 192 samples it overfitted and ranged
+/// from 0.50 to 0.96, which failed CI once).
 #[test]
 fn velr_pooled_prompt_path_learns_a_video_prompt_match() {
     let dev = Default::default();
     let shape = [4, 2, 8, 8];
     let product = |a: f32, t: f32| a * t;
-    let train = structured_set(192, shape, 8, 2, product);
+    let train = structured_set(1024, shape, 8, 2, product);
     let test = valid_set(&structured_set(64, shape, 8, 3, product));
     let cfg = FitConfig {
         steps: 150,
@@ -309,7 +310,7 @@ fn velr_pooled_prompt_path_learns_a_video_prompt_match() {
     let m = evaluate_regression(&velr.valid(), &test, 16).unwrap();
     // `a` and `t` are independent and symmetric, so any sum f(a) + g(t) correlates 0 with a * t:
     // a Pearson well above 0 means the model compares the video with the prompt.
-    assert!(m.pearson > 0.5, "pooled VELR test {m:?}");
+    assert!(m.pearson > 0.8, "pooled VELR test {m:?}");
     // the published variant has neither the FiLM nor the two-layer head
     let published = small
         .with_fusion(TextFusion::CrossAttention)

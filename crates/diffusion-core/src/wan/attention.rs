@@ -1,8 +1,10 @@
 use burn::{
     module::Module,
     nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig},
-    tensor::{backend::Backend, module::attention, ops::AttentionModuleOptions, Tensor},
+    tensor::{backend::Backend, Tensor},
 };
+
+use crate::attention::attention;
 
 use super::RopeTable;
 
@@ -62,14 +64,7 @@ impl<B: Backend> WanAttention<B> {
             k = rope.apply(k);
         }
         // [B, n, H, Dh] -> [B, H, n, Dh]
-        let out = attention(
-            q.swap_dims(1, 2),
-            k.swap_dims(1, 2),
-            v.swap_dims(1, 2),
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        );
+        let out = attention(q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         self.to_out.forward(out.swap_dims(1, 2).reshape([b, l, d]))
     }
 }

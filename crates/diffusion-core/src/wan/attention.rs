@@ -63,8 +63,7 @@ impl<B: Backend> WanAttention<B> {
             q = rope.apply(q);
             k = rope.apply(k);
         }
-        // [B, n, H, Dh] -> [B, H, n, Dh]
-        let out = attention(q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
-        self.to_out.forward(out.swap_dims(1, 2).reshape([b, l, d]))
+        let out = attention(q, k, v);
+        self.to_out.forward(out.reshape([b, l, d]))
     }
 }

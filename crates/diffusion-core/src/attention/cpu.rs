@@ -1,0 +1,331 @@
+//! Attention kernels for the CPU backend (flex, f32) in the `[B, L, H, Dh]` layout of the
+//! projections, so no head transpose is materialised. Each (batch, head) pair is one rayon task:
+//! its scores `[L, S]` come from one strided matrix product (gemm), the row softmax uses a
+//! vectorisable `exp`, and the result is gathered back into the token-major layout. The backward
+//! recomputes the probabilities from the saved row log-sum-exp (module docs of
+//! [`super`]); at most one `[L, S]` pair of buffers per worker thread is alive at a time.
+
+use burn::tensor::{Shape, TensorData};
+use burn_flex::FlexTensor;
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Sizes of one attention call: `q` `[b, l, h, dh]`, `k` and `v` `[b, s, h, dh]`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Dims {
+    pub b: usize,
+    pub l: usize,
+    pub s: usize,
+    pub h: usize,
+    pub dh: usize,
+}
+
+impl Dims {
+    /// The sizes of `q`, `k`, `v` if they fit the layout and are non-empty.
+    pub fn of(q: &[usize], k: &[usize], v: &[usize]) -> Option<Self> {
+        let &[b, l, h, dh] = q else { return None };
+        let &[_, s, _, _] = k else { return None };
+        let ok = k == v && k == [b, s, h, dh] && b * l * s * h * dh > 0;
+        ok.then_some(Self { b, l, s, h, dh })
+    }
+
+    fn scale(&self) -> f32 {
+        (self.dh as f32).powf(-0.5)
+    }
+
+    /// Head `bh` (= batch * heads + head) of a `[b, n, h, dh]` tensor as an `[n, dh]` matrix.
+    fn head(&self, bh: usize, n: usize) -> View {
+        let (b, h) = (bh / self.h, bh % self.h);
+        View {
+            offset: b * n * self.h * self.dh + h * self.dh,
+            rows: n,
+            cols: self.dh,
+            rs: self.h * self.dh,
+            cs: 1,
+        }
+    }
+}
+
+/// A strided `rows x cols` matrix inside a slice: element `(i, j)` at `offset + i rs + j cs`.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    fn dense(rows: usize, cols: usize) -> Self {
+        let (offset, rs, cs) = (0, cols, 1);
+        Self {
+            offset,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// One past the last element (rows and cols are at least 1).
+    fn end(&self) -> usize {
+        self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+    }
+}
+
+/// `dst = scale * lhs rhs` on one thread.
+fn matmul(dst: &mut [f32], d: View, lhs: &[f32], a: View, rhs: &[f32], b: View, scale: f32) {
+    assert!(a.rows == d.rows && b.cols == d.cols && a.cols == b.rows && a.cols > 0);
+    assert!(d.end() <= dst.len() && a.end() <= lhs.len() && b.end() <= rhs.len());
+    // SAFETY: gemm reads `lhs` and `rhs` and writes `dst` only at the elements of the three
+    // views, which the asserts above keep inside the slices; `dst` is borrowed mutably, so it
+    // aliases neither input, and the dense or head views never map two elements to one address.
+    unsafe {
+        gemm(
+            d.rows,
+            d.cols,
+            a.cols,
+            dst.as_mut_ptr().add(d.offset),
+            d.cs as isize,
+            d.rs as isize,
+            false,
+            lhs.as_ptr().add(a.offset),
+            a.cs as isize,
+            a.rs as isize,
+            rhs.as_ptr().add(b.offset),
+            b.cs as isize,
+            b.rs as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// `e^x`, within 2 ulp of `f32::exp` for `x` in `[-87, 88]`, flushed to `e^-87` below; NaN stays
+/// NaN. Written without branches or calls so that loops over slices vectorise: `x = n ln 2 + r`
+/// with `|r| <= ln 2 / 2` (Cody-Waite), `e^r` by its Taylor polynomial of degree 7 (truncation
+/// error below 6e-9), `2^n` built in the exponent bits.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + c;
+    }
+    let pow2n = f32::from_bits(((t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23) as u32);
+    p * pow2n
+}
+
+/// `row[j] = e^(row[j] - shift)`; returns the sum.
+fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        for (x, a) in chunk.iter_mut().zip(&mut acc) {
+            *x = exp(*x - shift);
+            *a += *x;
+        }
+    }
+    let mut sum: f32 = chunks
+        .into_remainder()
+        .iter_mut()
+        .map(|x| {
+            *x = exp(*x - shift);
+            *x
+        })
+        .sum();
+    sum += acc.iter().sum::<f32>();
+    sum
+}
+
+/// The largest element (NaN if any is NaN).
+fn max(row: &[f32]) -> f32 {
+    let nan = row.iter().any(|x| x.is_nan());
+    let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    if nan {
+        f32::NAN
+    } else {
+        m
+    }
+}
+
+/// Copies head `bh`'s dense `[n, dh]` block into its place in a `[b, n, h, dh]` buffer.
+fn scatter(dst: &mut [f32], view: View, block: &[f32]) {
+    for (i, src) in block.chunks_exact(view.cols).enumerate() {
+        let at = view.offset + i * view.rs;
+        dst[at..at + view.cols].copy_from_slice(src);
+    }
+}
+
+/// A contiguous f32 flex tensor.
+pub(super) fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, Shape::from(shape.to_vec())))
+}
+
+/// The values of a contiguous f32 flex tensor (`to_contiguous` of an f32 tensor).
+pub(super) fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice().expect("a contiguous f32 tensor")
+}
+
+/// Output `[b, l, h, dh]` and row log-sum-exp `[b, h, l]` of `softmax(q kᵀ / sqrt(dh)) v`.
+pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
+    let heads: Vec<(Vec<f32>, Vec<f32>)> = (0..d.b * d.h)
+        .into_par_iter()
+        .map(|bh| {
+            let (qv, kv) = (d.head(bh, d.l), d.head(bh, d.s));
+            let mut p = vec![0.0; d.l * d.s];
+            matmul(&mut p, View::dense(d.l, d.s), q, qv, k, kv.t(), d.scale());
+            let lse = p
+                .chunks_exact_mut(d.s)
+                .map(|row| {
+                    let m = max(row);
+                    let sum = exp_shifted(row, m);
+                    row.iter_mut().for_each(|x| *x /= sum);
+                    m + sum.ln()
+                })
+                .collect();
+            let mut out = vec![0.0; d.l * d.dh];
+            let dense = View::dense(d.l, d.s);
+            matmul(&mut out, View::dense(d.l, d.dh), &p, dense, v, kv, 1.0);
+            (out, lse)
+        })
+        .collect();
+    let mut out = vec![0.0; d.b * d.l * d.h * d.dh];
+    let mut lse = Vec::with_capacity(d.b * d.h * d.l);
+    for (bh, (block, rows)) in heads.into_iter().enumerate() {
+        scatter(&mut out, d.head(bh, d.l), &block);
+        lse.extend(rows);
+    }
+    (out, lse)
+}
+
+/// Gradients `(dq, dk, dv)` in the layouts of `q`, `k`, `v`, from the forward's inputs, output
+/// `out`, row log-sum-exp `lse` and the output gradient `d_out`.
+pub(super) fn backward(
+    [q, k, v, out, lse, d_out]: [&[f32]; 6],
+    d: Dims,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    type Grads = (Vec<f32>, Vec<f32>, Vec<f32>);
+    let heads: Vec<Grads> = (0..d.b * d.h)
+        .into_par_iter()
+        .map(|bh| {
+            let (qv, kv) = (d.head(bh, d.l), d.head(bh, d.s));
+            let scores = View::dense(d.l, d.s);
+            let mut p = vec![0.0; d.l * d.s];
+            matmul(&mut p, scores, q, qv, k, kv.t(), d.scale());
+            let lse = &lse[bh * d.l..(bh + 1) * d.l];
+            for (row, &m) in p.chunks_exact_mut(d.s).zip(lse) {
+                exp_shifted(row, m);
+            }
+            let mut dv = vec![0.0; d.s * d.dh];
+            matmul(
+                &mut dv,
+                View::dense(d.s, d.dh),
+                &p,
+                scores.t(),
+                d_out,
+                qv,
+                1.0,
+            );
+            // dP = dO vᵀ, then dS = scale P ∘ (dP - rowsum(dO ∘ O)) in place
+            let mut ds = vec![0.0; d.l * d.s];
+            matmul(&mut ds, scores, d_out, qv, v, kv.t(), 1.0);
+            for (i, (ds_row, p_row)) in ds
+                .chunks_exact_mut(d.s)
+                .zip(p.chunks_exact(d.s))
+                .enumerate()
+            {
+                let at = qv.offset + i * qv.rs;
+                let (g, o) = (&d_out[at..at + d.dh], &out[at..at + d.dh]);
+                let row: f32 = g.iter().zip(o).map(|(g, o)| g * o).sum();
+                for (x, &p) in ds_row.iter_mut().zip(p_row) {
+                    *x = p * (*x - row) * d.scale();
+                }
+            }
+            let mut dq = vec![0.0; d.l * d.dh];
+            matmul(&mut dq, View::dense(d.l, d.dh), &ds, scores, k, kv, 1.0);
+            let mut dk = vec![0.0; d.s * d.dh];
+            matmul(&mut dk, View::dense(d.s, d.dh), &ds, scores.t(), q, qv, 1.0);
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![0.0; d.b * d.l * d.h * d.dh];
+    let mut dk = vec![0.0; d.b * d.s * d.h * d.dh];
+    let mut dv = dk.clone();
+    for (bh, (gq, gk, gv)) in heads.into_iter().enumerate() {
+        scatter(&mut dq, d.head(bh, d.l), &gq);
+        scatter(&mut dk, d.head(bh, d.s), &gk);
+        scatter(&mut dv, d.head(bh, d.s), &gv);
+    }
+    (dq, dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_std() {
+        for i in 0..=17_500 {
+            let x = -87.0 + i as f32 * 0.01;
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                ((got - want) / want).abs() < 2.5e-7,
+                "exp({x}) = {got}, not {want}"
+            );
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(-1000.0), exp(-87.0));
+    }
+
+    /// One head, two queries, two keys: scores by hand.
+    #[test]
+    fn forward_by_hand() {
+        let d = Dims::of(&[1, 2, 1, 1], &[1, 2, 1, 1], &[1, 2, 1, 1]).unwrap();
+        // scores q_i k_j: [[0, 0], [0, ln 3]] -> weights [[1/2, 1/2], [1/4, 3/4]]
+        let (q, k, v) = ([0.0, 3f32.ln()], [0.0, 1.0], [2.0, 6.0]);
+        let (out, lse) = forward(&q, &k, &v, d);
+        assert!(
+            (out[0] - 4.0).abs() < 1e-6 && (out[1] - 5.0).abs() < 1e-6,
+            "{out:?}"
+        );
+        assert!((lse[0] - 2f32.ln()).abs() < 1e-6 && (lse[1] - 4f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nan_scores_give_nan_rows() {
+        let d = Dims::of(&[1, 1, 1, 1], &[1, 2, 1, 1], &[1, 2, 1, 1]).unwrap();
+        let (out, _) = forward(&[1.0], &[f32::NAN, 0.0], &[1.0, 1.0], d);
+        assert!(out[0].is_nan());
+    }
+}

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod backend;
 pub mod checkpoint;
 pub mod error;
+pub mod linear;
 pub mod loss;
 pub mod model;
 pub mod optim;

@@ -4,7 +4,7 @@ use burn::{
     tensor::{backend::Backend, Tensor},
 };
 
-use crate::attention::attention;
+use crate::{attention::attention, linear::linear};
 
 use super::RopeTable;
 
@@ -56,14 +56,14 @@ impl<B: Backend> WanAttention<B> {
         let s = context.dims()[1];
         let h = self.heads;
         let split = |t: Tensor<B, 3>, n: usize| -> Tensor<B, 4> { t.reshape([b, n, h, d / h]) };
-        let mut q = split(self.norm_q.forward(self.to_q.forward(x)), l);
-        let mut k = split(self.norm_k.forward(self.to_k.forward(context.clone())), s);
-        let v = split(self.to_v.forward(context), s);
+        let mut q = split(self.norm_q.forward(linear(&self.to_q, x)), l);
+        let mut k = split(self.norm_k.forward(linear(&self.to_k, context.clone())), s);
+        let v = split(linear(&self.to_v, context), s);
         if let Some(rope) = rope {
             q = rope.apply(q);
             k = rope.apply(k);
         }
         let out = attention(q, k, v);
-        self.to_out.forward(out.reshape([b, l, d]))
+        linear(&self.to_out, out.reshape([b, l, d]))
     }
 }

@@ -5,6 +5,7 @@ use burn::{
 };
 
 use super::{norm::modulate, RopeTable, WanAttention};
+use crate::linear::linear;
 
 /// One Wan transformer block: adaLN-modulated self-attention with 3D RoPE, cross-attention to
 /// the text, adaLN-modulated GELU-tanh feed-forward, each gated (`WanTransformerBlock`).
@@ -75,9 +76,7 @@ impl<B: Backend> WanBlock<B> {
         let x = x + self.attn2.forward(h, text, None);
 
         let h = modulate(x.clone(), c_shift, c_scale, self.eps);
-        let ff = self
-            .ffn_out
-            .forward(gelu_approximate(self.ffn_in.forward(h)));
+        let ff = linear(&self.ffn_out, gelu_approximate(linear(&self.ffn_in, h)));
         x + ff * c_gate
     }
 }

@@ -8,6 +8,8 @@ use burn::{
     },
 };
 
+use crate::linear::linear;
+
 /// Sinusoidal timestep features, `[cos(t w_i), sin(t w_i)]` with `w_i = 10000^(-i / half)`
 /// (diffusers `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`).
 ///
@@ -72,7 +74,7 @@ impl<B: Backend> WanConditionEmbedder<B> {
     /// # Shapes
     /// - `text`: `[B, L, text_dim]` -> `[B, L, D]`
     pub fn text(&self, text: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.text_linear_2
-            .forward(gelu_approximate(self.text_linear_1.forward(text)))
+        let hidden = gelu_approximate(linear(&self.text_linear_1, text));
+        linear(&self.text_linear_2, hidden)
     }
 }

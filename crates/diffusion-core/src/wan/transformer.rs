@@ -7,6 +7,7 @@ use burn::{
 use super::{norm::modulate, RopeTable, WanBlock, WanConditionEmbedder, WanConfig};
 use crate::{
     error::{CoreError, Result},
+    linear::linear,
     model::VelocityModel,
 };
 
@@ -103,8 +104,8 @@ impl<B: Backend> WanTransformer<B> {
                 .reshape([b, c, gf, gh * gw, pt * ph * pw]);
         // -> [B, F', H' W', C, p_t p_h p_w], the Conv3d's flattening order per patch
         let x = x.permute([0, 2, 3, 1, 4]);
-        self.patch_embedding
-            .forward(x.reshape([b, gf * gh * gw, c * pt * ph * pw]))
+        let patches = x.reshape([b, gf * gh * gw, c * pt * ph * pw]);
+        linear(&self.patch_embedding, patches)
     }
 
     /// Rotary tables of the latent's patch grid.
@@ -155,7 +156,7 @@ impl<B: Backend> WanTransformer<B> {
         // [1, 2, D] + [B, 1, D] -> shift, scale
         let ss = (self.scale_shift_table.val() + temb.reshape([b, 1, d])).chunk(2, 1);
         let tokens = modulate(tokens, ss[0].clone(), ss[1].clone(), self.eps);
-        let out = self.proj_out.forward(tokens);
+        let out = linear(&self.proj_out, tokens);
         let [pt, ph, pw] = self.patch;
         let [gf, gh, gw] = self.grid(f, h, w);
         let c = self.out_channels;

@@ -1,9 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod attention;
 pub mod backend;
 pub mod checkpoint;
+mod cpu_math;
+mod dispatch;
 pub mod error;
 pub mod linear;
 pub mod loss;

@@ -10,6 +10,8 @@ use burn_flex::FlexTensor;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use crate::cpu_math::exp;
+
 /// Sizes of one attention call: `q` `[b, l, h, dh]`, `k` and `v` `[b, s, h, dh]`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Dims {
@@ -116,35 +118,6 @@ fn matmul(dst: &mut [f32], d: View, lhs: &[f32], a: View, rhs: &[f32], b: View, 
     }
 }
 
-/// `e^x`, within 2 ulp of `f32::exp` for `x` in `[-87, 88]`, flushed to `e^-87` below; NaN stays
-/// NaN. Written without branches or calls so that loops over slices vectorise: `x = n ln 2 + r`
-/// with `|r| <= ln 2 / 2` (Cody-Waite), `e^r` by its Taylor polynomial of degree 7 (truncation
-/// error below 6e-9), `2^n` built in the exponent bits.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = if x < -87.0 { -87.0 } else { x };
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = p * r + c;
-    }
-    let pow2n = f32::from_bits(((t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23) as u32);
-    p * pow2n
-}
-
 /// `row[j] = e^(row[j] - shift)`; returns the sum.
 fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0.0f32; 8];
@@ -189,11 +162,6 @@ fn scatter(dst: &mut [f32], view: View, block: &[f32]) {
 /// A contiguous f32 flex tensor.
 pub(super) fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, Shape::from(shape.to_vec())))
-}
-
-/// The values of a contiguous f32 flex tensor (`to_contiguous` of an f32 tensor).
-pub(super) fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice().expect("a contiguous f32 tensor")
 }
 
 /// Output `[b, l, h, dh]` and row log-sum-exp `[b, h, l]` of `softmax(q kᵀ / sqrt(dh)) v`.
@@ -292,21 +260,6 @@ pub(super) fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp_of_std() {
-        for i in 0..=17_500 {
-            let x = -87.0 + i as f32 * 0.01;
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                ((got - want) / want).abs() < 2.5e-7,
-                "exp({x}) = {got}, not {want}"
-            );
-        }
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(f32::NAN).is_nan());
-        assert_eq!(exp(-1000.0), exp(-87.0));
-    }
 
     /// One head, two queries, two keys: scores by hand.
     #[test]

@@ -14,8 +14,8 @@ use burn_autodiff::{
 };
 use burn_flex::FlexTensor;
 
-use super::cpu::{self, slice, Dims};
-use crate::backend::Flex;
+use super::cpu::{self, Dims};
+use crate::{backend::Flex, cpu_math::values};
 
 /// Attention on `Flex` (no autodiff).
 ///
@@ -28,7 +28,7 @@ pub(super) fn attention(
     d: Dims,
 ) -> Tensor<Flex, 4> {
     let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor().to_contiguous());
-    let (out, _) = cpu::forward(slice(&q), slice(&k), slice(&v), d);
+    let (out, _) = cpu::forward(values(&q), values(&k), values(&v), d);
     Tensor::from_primitive(TensorPrimitive::Float(cpu::tensor(
         out,
         [d.b, d.l, d.h, d.dh],
@@ -48,7 +48,7 @@ pub(super) fn autodiff_attention(
 ) -> Tensor<Autodiff<Flex>, 4> {
     let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor());
     let [qi, ki, vi] = [&q, &k, &v].map(|t| t.primitive.to_contiguous());
-    let (out, lse) = cpu::forward(slice(&qi), slice(&ki), slice(&vi), d);
+    let (out, lse) = cpu::forward(values(&qi), values(&ki), values(&vi), d);
     let out = cpu::tensor(out, [d.b, d.l, d.h, d.dh]);
     let prep = FlexAttentionBackward
         .prepare::<NoCheckpointing>([q.node, k.node, v.node])
@@ -99,12 +99,12 @@ impl Backward<Flex, 3> for FlexAttentionBackward {
             dims: d,
         } = ops.state;
         let inputs = [
-            slice(&q),
-            slice(&k),
-            slice(&v),
-            slice(&out),
+            values(&q),
+            values(&k),
+            values(&v),
+            values(&out),
             &lse,
-            slice(&d_out),
+            values(&d_out),
         ];
         let (dq, dk, dv) = cpu::backward(inputs, d);
         let by_input = [(dq, d.l), (dk, d.s), (dv, d.s)];

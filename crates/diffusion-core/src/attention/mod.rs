@@ -19,17 +19,13 @@
 //! - under autodiff on the other built-in backends (wgpu, cuda, ndarray with their features):
 //!   the same node built from the inner backend's tensor operations ([`autodiff_attention`]).
 //!
-//! burn lets a crate add an autodiff operation only for a concrete `Autodiff<I>`; naming it
-//! from generic model code would need a backend-extension bound on every model type.
-//! [`attention`] therefore picks the implementation at run time by comparing its backend's
-//! `TypeId` with the built-in ones. Any other backend, and wgpu or cuda without autodiff, takes
-//! burn's `attention`.
+//! [`attention`] picks the implementation at run time from its backend's type
+//! ([`crate::dispatch`]). Any other backend, and wgpu or cuda without autodiff, takes burn's
+//! `attention`.
 
 mod autodiff;
 mod cpu;
 mod flex;
-
-use core::any::{Any, TypeId};
 
 use burn::{
     backend::Autodiff,
@@ -39,7 +35,10 @@ use burn::{
 pub use autodiff::autodiff_attention;
 use cpu::Dims;
 
-use crate::backend::Flex;
+use crate::{
+    backend::Flex,
+    dispatch::{cast, is},
+};
 
 /// Scaled dot-product attention `softmax(Q Kᵀ / sqrt(Dh)) V` without mask or bias, in the
 /// token-major layout of the projections; the implementation depends on the backend (module
@@ -76,17 +75,6 @@ pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) 
     fused_on!(crate::backend::NdArray);
     let options = AttentionModuleOptions::default();
     heads_first(module::attention(q, k, v, None, None, options))
-}
-
-fn is<A: 'static, T: 'static>() -> bool {
-    TypeId::of::<A>() == TypeId::of::<T>()
-}
-
-/// Moves a value into the type it is known to have (checked with [`is`] by the caller).
-fn cast<A: 'static, T: 'static>(a: A) -> T {
-    *(Box::new(a) as Box<dyn Any>)
-        .downcast::<T>()
-        .expect("the caller compared the TypeIds")
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 use burn::{
     module::{Module, Param},
     nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig},
-    tensor::{activation::gelu_approximate, backend::Backend, Distribution, Tensor},
+    tensor::{backend::Backend, Distribution, Tensor},
 };
 
 use super::{norm::modulate, RopeTable, WanAttention};
-use crate::linear::linear;
+use crate::{activation::gelu_tanh, linear::linear};
 
 /// One Wan transformer block: adaLN-modulated self-attention with 3D RoPE, cross-attention to
 /// the text, adaLN-modulated GELU-tanh feed-forward, each gated (`WanTransformerBlock`).
@@ -76,7 +76,7 @@ impl<B: Backend> WanBlock<B> {
         let x = x + self.attn2.forward(h, text, None);
 
         let h = modulate(x.clone(), c_shift, c_scale, self.eps);
-        let ff = linear(&self.ffn_out, gelu_approximate(linear(&self.ffn_in, h)));
+        let ff = linear(&self.ffn_out, gelu_tanh(linear(&self.ffn_in, h)));
         x + ff * c_gate
     }
 }

@@ -1,14 +1,10 @@
 use burn::{
     module::Module,
     nn::{Linear, LinearConfig},
-    tensor::{
-        activation::{gelu_approximate, silu},
-        backend::Backend,
-        Tensor,
-    },
+    tensor::{activation::silu, backend::Backend, Tensor},
 };
 
-use crate::linear::linear;
+use crate::{activation::gelu_tanh, linear::linear};
 
 /// Sinusoidal timestep features, `[cos(t w_i), sin(t w_i)]` with `w_i = 10000^(-i / half)`
 /// (diffusers `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`).
@@ -74,7 +70,7 @@ impl<B: Backend> WanConditionEmbedder<B> {
     /// # Shapes
     /// - `text`: `[B, L, text_dim]` -> `[B, L, D]`
     pub fn text(&self, text: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = gelu_approximate(linear(&self.text_linear_1, text));
+        let hidden = gelu_tanh(linear(&self.text_linear_1, text));
         linear(&self.text_linear_2, hidden)
     }
 }

@@ -18,6 +18,7 @@ pub mod probe;
 pub mod progress;
 pub mod prompt;
 pub mod rollout;
+pub mod rotary;
 pub mod schedule;
 pub mod snapshot;
 pub mod stepper;

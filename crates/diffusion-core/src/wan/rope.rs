@@ -65,14 +65,7 @@ impl<B: Backend> RopeTable<B> {
     /// # Shapes
     /// - `x`: `[B, L, H, head_dim]` -> same
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, l, h, d] = x.dims();
-        let swapped: Tensor<B, 4> = x
-            .clone()
-            .reshape([b, l, h, d / 2, 2])
-            .flip([4])
-            .reshape([b, l, h, d]);
-        let table = |t: &Tensor<B, 2>| t.clone().reshape([1, l, 1, d]);
-        x * table(&self.cos) + swapped * table(&self.sin)
+        crate::rotary::rotate(x, &self.cos, &self.sin)
     }
 }
 

@@ -26,12 +26,13 @@ use std::{path::PathBuf, time::Instant};
 use burn::{
     backend::Autodiff,
     module::Module,
-    optim::{AdamWConfig, Optimizer},
+    optim::Optimizer,
     tensor::{activation::relu, backend::Backend, Distribution, Tensor},
 };
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     checkpoint::{load_safetensors, save_safetensors},
+    fused_adamw::FusedAdamW,
     loss::flow_matching_loss,
     parallel::{cores, sharded_grads},
     Conditioning, CoreError, EulerOde, FlowMatchScheduleConfig, GradWindow, Rollout, WanConfig,
@@ -158,7 +159,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init()?;
     // the process reward model starts from the exported DiT and stays frozen in the step
     let prm = ProcessRewardConfig::new(2).init(&model, &dev)?.no_grad();
-    let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
+    // PyTorch's AdamW defaults (eps 1e-8) with the twin's weight decay
+    let mut optim = FusedAdamW::new(0.01).init();
     let mut update_ms = Vec::with_capacity(reps + 1);
     let mut step = |model: WanTransformer<AD>| -> WanTransformer<AD> {
         let (grads, _) = sharded_grads(&model, shards, |m, i| {

@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use burn::{
     module::AutodiffModule,
-    optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, Optimizer},
+    optim::{adaptor::OptimizerAdaptor, GradientsAccumulator, Optimizer},
     tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor, TensorData},
 };
 use diffusion_core::{
-    optim::{adamw, clip_grad_norm},
+    fused_adamw::FusedAdamW,
+    optim::clip_grad_norm,
     parallel::{shard_rows, sharded_grads},
     rollout::{randn, step_rng},
     stepper::{gaussian_log_prob, Transition},
@@ -177,7 +178,7 @@ pub struct GrpoTrainer<B: AutodiffBackend> {
     /// The policy being trained.
     pub policy: WanTransformer<B>,
     reference: WanTransformer<B::InnerBackend>,
-    optim: OptimizerAdaptor<AdamW, WanTransformer<B>, B>,
+    optim: OptimizerAdaptor<FusedAdamW, WanTransformer<B>, B>,
     schedule: Schedule,
     step: usize,
 }
@@ -195,7 +196,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
             .map_err(GrpoError::Core)?;
         Ok(Self {
             reference: policy.valid(),
-            optim: adamw(config.weight_decay).init(),
+            optim: FusedAdamW::new(config.weight_decay).init(),
             policy,
             schedule,
             step: 0,

@@ -6,9 +6,7 @@ use burn::{
     tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor, TensorData},
 };
 use diffusion_core::{
-    loss::TimestepSampling,
-    optim::{adamw, clip_grad_norm},
-    progress::Progress,
+    fused_adamw::FusedAdamW, loss::TimestepSampling, optim::clip_grad_norm, progress::Progress,
     rollout::randn,
 };
 use rand::{rngs::StdRng, SeedableRng};
@@ -119,7 +117,7 @@ where
 {
     cfg.validate()?;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut optim = adamw(cfg.weight_decay).init();
+    let mut optim = FusedAdamW::new(cfg.weight_decay).init();
     let mut report = FitReport::default();
     let mut pb = Progress::new(cfg.steps, label);
     let mut queue = Vec::new();

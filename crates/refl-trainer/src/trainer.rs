@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Instant};
 
 use burn::{
     module::{AutodiffModule, Module},
-    optim::{adaptor::OptimizerAdaptor, AdamW, GradientsParams, Optimizer},
+    optim::{adaptor::OptimizerAdaptor, GradientsParams, Optimizer},
     record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder},
     tensor::{
         activation,
@@ -14,8 +14,9 @@ use burn::{
 };
 use diffusion_core::{
     checkpoint::{load_record, save_record, write_atomic},
+    fused_adamw::FusedAdamW,
     loss::{flow_matching_loss, TimestepSampling},
-    optim::{adamw, clip_grad_norm},
+    optim::clip_grad_norm,
     parallel::{cores, parallel_map, shard_rows, sharded_grads},
     probe::{device_reserved_bytes, HeapProbe},
     progress::Progress,
@@ -178,7 +179,7 @@ where
     /// The model being fine-tuned.
     pub policy: Policy<B>,
     reference: Policy<B::InnerBackend>,
-    optim: OptimizerAdaptor<AdamW, Policy<B>, B>,
+    optim: OptimizerAdaptor<FusedAdamW, Policy<B>, B>,
     vae: V,
     norm: LatentNorm,
     pixel: R,
@@ -292,7 +293,7 @@ where
         let mut trainer = Self {
             reference: policy.valid(),
             policy,
-            optim: adamw(config.optim.weight_decay).init(),
+            optim: FusedAdamW::new(config.optim.weight_decay).init(),
             vae: vae.no_grad(),
             norm,
             pixel,
@@ -403,7 +404,8 @@ where
         let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
             .load(bytes, &device)
             .map_err(|e| self.ckpt_error(format!("{}: {e}", path.display())))?;
-        self.optim = std::mem::replace(&mut self.optim, adamw(0.0).init()).load_record(record);
+        self.optim =
+            std::mem::replace(&mut self.optim, FusedAdamW::new(0.0).init()).load_record(record);
         if let LatentRewards::Ensemble(e) = &mut self.reward {
             for (i, m) in e.members.iter_mut().enumerate() {
                 *m = load_record(

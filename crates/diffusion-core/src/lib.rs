@@ -12,6 +12,7 @@ pub mod fused_adamw;
 pub mod linear;
 pub mod loss;
 pub mod model;
+pub mod modulation;
 pub mod optim;
 pub mod parallel;
 pub mod param_noise;

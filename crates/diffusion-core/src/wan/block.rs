@@ -4,8 +4,12 @@ use burn::{
     tensor::{backend::Backend, Distribution, Tensor},
 };
 
-use super::{norm::modulate, RopeTable, WanAttention};
-use crate::{activation::gelu_tanh, linear::linear};
+use super::{RopeTable, WanAttention};
+use crate::{
+    activation::gelu_tanh,
+    linear::linear,
+    modulation::{gated_residual, modulate},
+};
 
 /// One Wan transformer block: adaLN-modulated self-attention with 3D RoPE, cross-attention to
 /// the text, adaLN-modulated GELU-tanh feed-forward, each gated (`WanTransformerBlock`).
@@ -67,7 +71,7 @@ impl<B: Backend> WanBlock<B> {
         let (c_shift, c_scale, c_gate) = (m[3].clone(), m[4].clone(), m[5].clone());
 
         let h = modulate(x.clone(), shift, scale, self.eps);
-        let x = x + self.attn1.forward(h.clone(), h, Some(rope)) * gate;
+        let x = gated_residual(x, self.attn1.forward(h.clone(), h, Some(rope)), gate);
 
         let h = match &self.norm2 {
             Some(norm) => norm.forward(x.clone()),
@@ -77,6 +81,6 @@ impl<B: Backend> WanBlock<B> {
 
         let h = modulate(x.clone(), c_shift, c_scale, self.eps);
         let ff = linear(&self.ffn_out, gelu_tanh(linear(&self.ffn_in, h)));
-        x + ff * c_gate
+        gated_residual(x, ff, c_gate)
     }
 }

@@ -7,7 +7,6 @@ mod block;
 mod config;
 mod embeddings;
 mod load;
-mod norm;
 mod rope;
 mod transformer;
 

@@ -4,11 +4,12 @@ use burn::{
     tensor::{backend::Backend, Distribution, Tensor},
 };
 
-use super::{norm::modulate, RopeTable, WanBlock, WanConditionEmbedder, WanConfig};
+use super::{RopeTable, WanBlock, WanConditionEmbedder, WanConfig};
 use crate::{
     error::{CoreError, Result},
     linear::linear,
     model::VelocityModel,
+    modulation::modulate,
 };
 
 /// The Wan2.1 text-to-video diffusion transformer.

@@ -12,13 +12,12 @@ use burn::{
     backend::Autodiff,
     tensor::{
         activation::gelu_approximate, backend::Backend, DType, Tensor, TensorData, TensorMetadata,
-        TensorPrimitive,
     },
 };
 use burn_autodiff::{
-    checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
+    checkpoint::base::Checkpointer,
     grads::Gradients,
-    ops::{unary, Backward, Ops, OpsKind},
+    ops::{Backward, Ops},
 };
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -27,6 +26,7 @@ use crate::{
     backend::Flex,
     cpu_math::{exp, values},
     dispatch::{cast, is},
+    flex_node::{contiguous, output_grad, record, register, split, tensor},
 };
 
 /// GELU with the tanh approximation, equal to burn's `gelu_approximate` in value and gradient
@@ -40,9 +40,8 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
             return cast(autodiff_gelu::<D>(cast(x)));
         }
         if is::<B, Flex>() {
-            let x: Tensor<Flex, D> = cast(x);
-            let y = forward(&x.into_primitive().tensor());
-            return cast(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(y)));
+            let y = forward(&contiguous::<D>(cast(x)));
+            return cast(tensor::<D>(y));
         }
     }
     gelu_approximate(x)
@@ -59,11 +58,11 @@ fn sigma(x: f32) -> f32 {
     1.0 / (1.0 + exp(-2.0 * C * (x + A * x * x * x)))
 }
 
+/// GELU of a contiguous tensor.
 fn forward(x: &FlexTensor) -> FlexTensor {
-    let x = x.to_contiguous();
     let mut out = vec![0.0f32; x.shape().num_elements()];
     out.par_chunks_mut(CHUNK)
-        .zip(values(&x).par_chunks(CHUNK))
+        .zip(values(x).par_chunks(CHUNK))
         .for_each(|(out, x)| {
             for (o, &x) in out.iter_mut().zip(x) {
                 *o = x * sigma(x);
@@ -72,13 +71,13 @@ fn forward(x: &FlexTensor) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(out, x.shape()))
 }
 
-/// The input gradient from the input `x` and the output gradient `grad` (same shapes).
+/// The input gradient from the input `x` and the output gradient `grad` (contiguous, same
+/// shapes).
 fn backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
-    let grad = grad.to_contiguous();
     let mut out = vec![0.0f32; x.shape().num_elements()];
     out.par_chunks_mut(CHUNK)
         .zip(values(x).par_chunks(CHUNK))
-        .zip(values(&grad).par_chunks(CHUNK))
+        .zip(values(grad).par_chunks(CHUNK))
         .for_each(|((out, x), g)| {
             for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
                 let s = sigma(x);
@@ -89,18 +88,9 @@ fn backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
 }
 
 fn autodiff_gelu<const D: usize>(x: Tensor<Autodiff<Flex>, D>) -> Tensor<Autodiff<Flex>, D> {
-    let x = x.into_primitive().tensor();
-    let input = x.primitive.to_contiguous();
+    let (x, input) = split(x);
     let out = forward(&input);
-    let prep = GeluBackward
-        .prepare::<NoCheckpointing>([x.node])
-        .compute_bound()
-        .stateful();
-    let out = match prep {
-        OpsKind::Tracked(prep) => prep.finish(input, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(GeluBackward, [x], out, || input)
 }
 
 #[derive(Debug)]
@@ -111,12 +101,9 @@ impl Backward<Flex, 1> for GeluBackward {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let Ops {
-            parents,
-            node,
-            state: x,
-        } = ops;
-        unary::<Flex, _>(parents, node, grads, |grad| backward(&x, &grad));
+        let grad = output_grad(&ops, grads);
+        let by_input = [backward(&ops.state, &grad)];
+        register(&ops, grads, by_input);
     }
 }
 

@@ -17,7 +17,7 @@ use burn::{
     tensor::{
         backend::{AutodiffBackend, Backend},
         ops::Device,
-        DType, Tensor, TensorPrimitive,
+        DType, Tensor,
     },
 };
 use burn_flex::FlexTensor;
@@ -27,6 +27,7 @@ use crate::{
     backend::Flex,
     cpu_math::values,
     dispatch::{cast, is},
+    flex_node::{contiguous, tensor},
     optim::adamw,
 };
 
@@ -70,7 +71,7 @@ impl FusedAdamW {
         state: Option<AdamWState<Flex, D>>,
     ) -> (Tensor<Flex, D>, AdamWState<Flex, D>) {
         // contiguous and, unless another tensor shares the buffer, updated in place
-        let owned = |t: Tensor<Flex, D>| t.into_primitive().tensor().to_contiguous();
+        let owned = contiguous::<D>;
         let shape = param.shape();
         let (mut p, grad) = (owned(param), owned(grad));
         let (time, mut m, mut v) = match state {
@@ -104,7 +105,6 @@ impl FusedAdamW {
                     p[i] = p[i] * keep - delta * lr;
                 }
             });
-        let tensor = |t: FlexTensor| Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t));
         let momentum = AdaptiveMomentumState {
             time,
             moment_1: tensor(m),

@@ -8,6 +8,7 @@ pub mod checkpoint;
 mod cpu_math;
 mod dispatch;
 pub mod error;
+mod flex_node;
 pub mod fused_adamw;
 pub mod linear;
 pub mod loss;

@@ -18,12 +18,12 @@
 
 use burn::{
     backend::Autodiff,
-    tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive},
+    tensor::{backend::Backend, DType, Tensor, TensorData},
 };
 use burn_autodiff::{
-    checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
+    checkpoint::base::Checkpointer,
     grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
+    ops::{Backward, Ops},
 };
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -32,6 +32,7 @@ use crate::{
     backend::Flex,
     cpu_math::values,
     dispatch::{cast, is},
+    flex_node::{contiguous, output_grad, record, register, split, tensor},
 };
 
 /// `LN(x) (1 + scale) + shift`, the layer norm over the last axis without affine parameters.
@@ -55,10 +56,9 @@ pub fn modulate<B: Backend>(
             ));
         }
         if is::<B, Flex>() {
-            let [x, shift, scale] = [x, shift, scale].map(|t| flex(cast(t)));
+            let [x, shift, scale] = [x, shift, scale].map(|t| contiguous::<3>(cast(t)));
             let y = rows.modulate(values(&x), values(&shift), values(&scale), eps);
-            let y = rows.tensor(y, rows.l);
-            return cast(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(y)));
+            return cast(tensor::<3>(rows.tensor(y, rows.l)));
         }
     }
     modulate_ops(x, shift, scale, eps)
@@ -78,10 +78,9 @@ pub fn gated_residual<B: Backend>(
             return cast(autodiff_gated(cast(x), cast(h), cast(gate), rows));
         }
         if is::<B, Flex>() {
-            let [x, h, gate] = [x, h, gate].map(|t| flex(cast(t)));
+            let [x, h, gate] = [x, h, gate].map(|t| contiguous::<3>(cast(t)));
             let y = rows.gated(values(&x), values(&h), values(&gate));
-            let y = rows.tensor(y, rows.l);
-            return cast(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(y)));
+            return cast(tensor::<3>(rows.tensor(y, rows.l)));
         }
     }
     x + h * gate
@@ -97,10 +96,6 @@ fn modulate_ops<B: Backend>(
     let (var, mean) = x.clone().var_mean_bias(2);
     let norm = (x - mean).div(var.add_scalar(eps).sqrt());
     norm * scale.add_scalar(1.0) + shift
-}
-
-fn flex(t: Tensor<Flex, 3>) -> FlexTensor {
-    t.into_primitive().tensor().to_contiguous()
 }
 
 /// The sizes of an f32 `[B, L, D]` input with `[B, 1, D]` vectors.
@@ -245,29 +240,18 @@ fn autodiff_modulate(
     eps: f64,
     rows: Rows,
 ) -> Tensor<AD, 3> {
-    let [x, shift, scale] = [x, shift, scale].map(|t| t.into_primitive().tensor());
-    let [xi, ti, si] = [&x, &shift, &scale].map(|t| t.primitive.to_contiguous());
+    let [(x, xi), (shift, ti), (scale, si)] = [x, shift, scale].map(split);
     let y = rows.tensor(
         rows.modulate(values(&xi), values(&ti), values(&si), eps),
         rows.l,
     );
-    let prep = ModulateBackward
-        .prepare::<NoCheckpointing>([x.node, shift.node, scale.node])
-        .compute_bound()
-        .stateful();
-    let y = match prep {
-        OpsKind::Tracked(prep) => {
-            let state = ModulateState {
-                x: xi,
-                scale: si,
-                eps,
-                rows,
-            };
-            prep.finish(state, y)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(y),
+    let state = || ModulateState {
+        x: xi,
+        scale: si,
+        eps,
+        rows,
     };
-    Tensor::from_primitive(TensorPrimitive::Float(y))
+    record(ModulateBackward, [x, shift, scale], y, state)
 }
 
 /// What the backward of [`modulate`] keeps: the contiguous input and scale.
@@ -286,24 +270,20 @@ impl Backward<Flex, 3> for ModulateBackward {
     type State = ModulateState;
 
     fn backward(self, ops: Ops<ModulateState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let g = output_grad(&ops, grads);
         let ModulateState {
             x,
             scale,
             eps,
             rows,
-        } = ops.state;
-        let (dx, dt, ds) = rows.modulate_backward(values(&x), values(&scale), values(&g), eps);
+        } = &ops.state;
+        let (dx, dt, ds) = rows.modulate_backward(values(x), values(scale), values(&g), *eps);
         let by_input = [
             rows.tensor(dx, rows.l),
             rows.tensor(dt, 1),
             rows.tensor(ds, 1),
         ];
-        for (node, grad) in ops.parents.into_iter().zip(by_input) {
-            if let Some(node) = node {
-                grads.register::<Flex>(node.id, grad);
-            }
-        }
+        register(&ops, grads, by_input);
     }
 }
 
@@ -313,25 +293,13 @@ fn autodiff_gated(
     gate: Tensor<AD, 3>,
     rows: Rows,
 ) -> Tensor<AD, 3> {
-    let [x, h, gate] = [x, h, gate].map(|t| t.into_primitive().tensor());
-    let [xi, hi, gi] = [&x, &h, &gate].map(|t| t.primitive.to_contiguous());
+    let [(x, xi), (h, hi), (gate, gi)] = [x, h, gate].map(split);
     let y = rows.tensor(rows.gated(values(&xi), values(&hi), values(&gi)), rows.l);
-    let prep = GatedBackward
-        .prepare::<NoCheckpointing>([x.node, h.node, gate.node])
-        .compute_bound()
-        .stateful();
-    let y = match prep {
-        OpsKind::Tracked(prep) => prep.finish(
-            GatedState {
-                h: hi,
-                gate: gi,
-                rows,
-            },
-            y,
-        ),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(y))
+    record(GatedBackward, [x, h, gate], y, || GatedState {
+        h: hi,
+        gate: gi,
+        rows,
+    })
 }
 
 /// What the backward of [`gated_residual`] keeps: the contiguous branch and gate.
@@ -349,15 +317,11 @@ impl Backward<Flex, 3> for GatedBackward {
     type State = GatedState;
 
     fn backward(self, ops: Ops<GatedState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let GatedState { h, gate, rows } = ops.state;
-        let (dh, d_gate) = rows.gated_backward(values(&h), values(&gate), values(&g));
+        let g = output_grad(&ops, grads);
+        let GatedState { h, gate, rows } = &ops.state;
+        let (dh, d_gate) = rows.gated_backward(values(h), values(gate), values(&g));
         let by_input = [g, rows.tensor(dh, rows.l), rows.tensor(d_gate, 1)];
-        for (node, grad) in ops.parents.into_iter().zip(by_input) {
-            if let Some(node) = node {
-                grads.register::<Flex>(node.id, grad);
-            }
-        }
+        register(&ops, grads, by_input);
     }
 }
 

@@ -12,12 +12,12 @@
 
 use burn::{
     backend::Autodiff,
-    tensor::{backend::Backend, DType, Tensor, TensorData, TensorMetadata, TensorPrimitive},
+    tensor::{backend::Backend, DType, Tensor, TensorData, TensorMetadata},
 };
 use burn_autodiff::{
-    checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
+    checkpoint::base::Checkpointer,
     grads::Gradients,
-    ops::{unary, Backward, Ops, OpsKind},
+    ops::{Backward, Ops},
 };
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -26,6 +26,7 @@ use crate::{
     backend::Flex,
     cpu_math::values,
     dispatch::{cast, is},
+    flex_node::{contiguous, output_grad, record, register, split, tensor},
 };
 
 /// Rotates the interleaved pairs of `x` by the tables' angles (module docs). The tables are
@@ -37,8 +38,9 @@ pub fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2
     let [_, l, _, d] = x.dims();
     if x.dtype() == DType::F32 && cos.dims() == [l, d] && d % 2 == 0 {
         if is::<B, Autodiff<Flex>>() {
-            let table =
-                |t: &Tensor<B, 2>| flex(cast::<_, Tensor<Autodiff<Flex>, 2>>(t.clone()).inner());
+            let table = |t: &Tensor<B, 2>| {
+                contiguous(cast::<_, Tensor<Autodiff<Flex>, 2>>(t.clone()).inner())
+            };
             let tables = Tables {
                 cos: table(cos),
                 sin: table(sin),
@@ -46,13 +48,13 @@ pub fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2
             return cast(autodiff_rotate(cast(x), tables));
         }
         if is::<B, Flex>() {
-            let table = |t: &Tensor<B, 2>| flex::<2>(cast(t.clone()));
+            let table = |t: &Tensor<B, 2>| contiguous::<2>(cast(t.clone()));
             let tables = Tables {
                 cos: table(cos),
                 sin: table(sin),
             };
-            let y = tables.rotate::<false>(&flex::<4>(cast(x)));
-            return cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)));
+            let y = tables.rotate::<false>(&contiguous::<4>(cast(x)));
+            return cast(tensor::<4>(y));
         }
     }
     rotate_ops(x, cos, sin)
@@ -68,10 +70,6 @@ fn rotate_ops<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2
         .reshape([b, l, h, d]);
     let table = |t: &Tensor<B, 2>| t.clone().reshape([1, l, 1, d]);
     x * table(cos) + swapped * table(sin)
-}
-
-fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
-    t.into_primitive().tensor().to_contiguous()
 }
 
 /// Contiguous rotation tables `[L, Dh]`.
@@ -109,17 +107,9 @@ impl Tables {
 }
 
 fn autodiff_rotate(x: Tensor<Autodiff<Flex>, 4>, tables: Tables) -> Tensor<Autodiff<Flex>, 4> {
-    let x = x.into_primitive().tensor();
-    let out = tables.rotate::<false>(&x.primitive.to_contiguous());
-    let prep = RotateBackward
-        .prepare::<NoCheckpointing>([x.node])
-        .compute_bound()
-        .stateful();
-    let out = match prep {
-        OpsKind::Tracked(prep) => prep.finish(tables, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    let (x, input) = split(x);
+    let out = tables.rotate::<false>(&input);
+    record(RotateBackward, [x], out, || tables)
 }
 
 #[derive(Debug)]
@@ -129,14 +119,9 @@ impl Backward<Flex, 1> for RotateBackward {
     type State = Tables;
 
     fn backward(self, ops: Ops<Tables, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let Ops {
-            parents,
-            node,
-            state: tables,
-        } = ops;
-        unary::<Flex, _>(parents, node, grads, |grad| {
-            tables.rotate::<true>(&grad.to_contiguous())
-        });
+        let grad = output_grad(&ops, grads);
+        let by_input = [ops.state.rotate::<true>(&grad)];
+        register(&ops, grads, by_input);
     }
 }
 

@@ -56,7 +56,7 @@ pub fn autodiff_attention<I: Backend>(
     Tensor::from_primitive(float(out))
 }
 
-pub(super) fn float<B: Backend>(p: B::FloatTensorPrimitive) -> TensorPrimitive<B> {
+fn float<B: Backend>(p: B::FloatTensorPrimitive) -> TensorPrimitive<B> {
     TensorPrimitive::Float(p)
 }
 

@@ -3,19 +3,20 @@
 
 use std::sync::Arc;
 
-use burn::{
-    backend::Autodiff,
-    tensor::{Tensor, TensorPrimitive},
-};
+use burn::{backend::Autodiff, tensor::Tensor};
 use burn_autodiff::{
-    checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
+    checkpoint::base::Checkpointer,
     grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
+    ops::{Backward, Ops},
 };
 use burn_flex::FlexTensor;
 
 use super::cpu::{self, Dims};
-use crate::{backend::Flex, cpu_math::values};
+use crate::{
+    backend::Flex,
+    cpu_math::values,
+    flex_node::{contiguous, output_grad, record, register, split, tensor},
+};
 
 /// Attention on `Flex` (no autodiff).
 ///
@@ -27,12 +28,9 @@ pub(super) fn attention(
     v: Tensor<Flex, 4>,
     d: Dims,
 ) -> Tensor<Flex, 4> {
-    let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor().to_contiguous());
+    let [q, k, v] = [q, k, v].map(contiguous);
     let (out, _) = cpu::forward(values(&q), values(&k), values(&v), d);
-    Tensor::from_primitive(TensorPrimitive::Float(cpu::tensor(
-        out,
-        [d.b, d.l, d.h, d.dh],
-    )))
+    tensor(cpu::tensor(out, [d.b, d.l, d.h, d.dh]))
 }
 
 /// Attention under `Autodiff<Flex>` as one node that keeps the inputs, the output and the row
@@ -46,29 +44,18 @@ pub(super) fn autodiff_attention(
     v: Tensor<Autodiff<Flex>, 4>,
     d: Dims,
 ) -> Tensor<Autodiff<Flex>, 4> {
-    let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor());
-    let [qi, ki, vi] = [&q, &k, &v].map(|t| t.primitive.to_contiguous());
+    let [(q, qi), (k, ki), (v, vi)] = [q, k, v].map(split);
     let (out, lse) = cpu::forward(values(&qi), values(&ki), values(&vi), d);
     let out = cpu::tensor(out, [d.b, d.l, d.h, d.dh]);
-    let prep = FlexAttentionBackward
-        .prepare::<NoCheckpointing>([q.node, k.node, v.node])
-        .compute_bound()
-        .stateful();
-    let out = match prep {
-        OpsKind::Tracked(prep) => {
-            let saved = Saved {
-                q: qi,
-                k: ki,
-                v: vi,
-                out: out.clone(),
-                lse: Arc::new(lse),
-                dims: d,
-            };
-            prep.finish(saved, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(out),
+    let saved = || Saved {
+        q: qi,
+        k: ki,
+        v: vi,
+        out: out.clone(),
+        lse: Arc::new(lse),
+        dims: d,
     };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(FlexAttentionBackward, [q, k, v], out.clone(), saved)
 }
 
 /// What the backward keeps: contiguous inputs, output, row log-sum-exp `[B, H, L]`.
@@ -89,29 +76,17 @@ impl Backward<Flex, 3> for FlexAttentionBackward {
     type State = Saved;
 
     fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let d_out = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let Saved {
-            q,
-            k,
-            v,
-            out,
-            lse,
-            dims: d,
-        } = ops.state;
-        let inputs = [
-            values(&q),
-            values(&k),
-            values(&v),
-            values(&out),
-            &lse,
-            values(&d_out),
+        let d_out = output_grad(&ops, grads);
+        let s = &ops.state;
+        let inputs = [&s.q, &s.k, &s.v, &s.out].map(values);
+        let [q, k, v, out] = inputs;
+        let (dq, dk, dv) = cpu::backward([q, k, v, out, &s.lse, values(&d_out)], s.dims);
+        let d = s.dims;
+        let by_input = [
+            cpu::tensor(dq, [d.b, d.l, d.h, d.dh]),
+            cpu::tensor(dk, [d.b, d.s, d.h, d.dh]),
+            cpu::tensor(dv, [d.b, d.s, d.h, d.dh]),
         ];
-        let (dq, dk, dv) = cpu::backward(inputs, d);
-        let by_input = [(dq, d.l), (dk, d.s), (dv, d.s)];
-        for (node, (grad, n)) in ops.parents.into_iter().zip(by_input) {
-            if let Some(node) = node {
-                grads.register::<Flex>(node.id, cpu::tensor(grad, [d.b, n, d.h, d.dh]));
-            }
-        }
+        register(&ops, grads, by_input);
     }
 }

@@ -28,7 +28,7 @@ use crate::{
     cpu_math::values,
     dispatch::{cast, is},
     flex_node::{contiguous, tensor},
-    optim::adamw,
+    optim::{adamw, ADAMW_BETAS, ADAMW_EPSILON},
 };
 
 /// Elements per rayon task.
@@ -49,9 +49,9 @@ impl FusedAdamW {
     /// `betas (0.9, 0.999)`, `eps 1e-8` and the given decoupled weight decay.
     pub fn new(weight_decay: f64) -> Self {
         Self {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-8,
+            beta_1: ADAMW_BETAS.0,
+            beta_2: ADAMW_BETAS.1,
+            epsilon: ADAMW_EPSILON,
             weight_decay: weight_decay as f32,
             burn: adamw(weight_decay).build(),
         }

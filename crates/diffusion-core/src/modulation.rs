@@ -131,6 +131,30 @@ impl Rows {
         out
     }
 
+    /// For every sample, `K` sums over its `L` rows of `[D]` terms that `add(row, sums)` adds:
+    /// `K` tensors `[B, D]`, one sample per rayon task.
+    fn per_sample_sums<const K: usize>(
+        &self,
+        add: impl Fn(usize, &mut [Vec<f32>; K]) + Sync,
+    ) -> [Vec<f32>; K] {
+        let per_sample: Vec<[Vec<f32>; K]> = (0..self.b)
+            .into_par_iter()
+            .map(|b| {
+                let mut sums = std::array::from_fn(|_| vec![0.0f32; self.d]);
+                for row in b * self.l..(b + 1) * self.l {
+                    add(row, &mut sums);
+                }
+                sums
+            })
+            .collect();
+        std::array::from_fn(|k| {
+            per_sample
+                .iter()
+                .flat_map(|s| s[k].iter().copied())
+                .collect()
+        })
+    }
+
     /// Mean and reciprocal standard deviation (biased variance) of a row.
     fn stats(row: &[f32], eps: f64) -> (f32, f32) {
         let n = row.len() as f32;
@@ -160,9 +184,10 @@ impl Rows {
         eps: f64,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let d = self.d;
+        let stats: Vec<(f32, f32)> = x.par_chunks(d).map(|x| Self::stats(x, eps)).collect();
         let dx = self.map_rows(|dx, row, b| {
             let (x, g) = (&x[row * d..(row + 1) * d], &g[row * d..(row + 1) * d]);
-            let (mean, rstd) = Self::stats(x, eps);
+            let (mean, rstd) = stats[row];
             let s = &scale[b * d..(b + 1) * d];
             let (mut m1, mut m2) = (0.0f32, 0.0f32);
             for i in 0..d {
@@ -176,23 +201,15 @@ impl Rows {
                 dx[i] = (g[i] * (1.0 + s[i]) - m1 - n * m2) * rstd;
             }
         });
-        let sums: Vec<(Vec<f32>, Vec<f32>)> = (0..self.b)
-            .into_par_iter()
-            .map(|b| {
-                let (mut dt, mut ds) = (vec![0.0f32; d], vec![0.0f32; d]);
-                for row in b * self.l..(b + 1) * self.l {
-                    let (x, g) = (&x[row * d..(row + 1) * d], &g[row * d..(row + 1) * d]);
-                    let (mean, rstd) = Self::stats(x, eps);
-                    for i in 0..d {
-                        dt[i] += g[i];
-                        ds[i] += g[i] * (x[i] - mean) * rstd;
-                    }
-                }
-                (dt, ds)
-            })
-            .collect();
-        let (dt, ds) = sums.into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
-        (dx, dt.concat(), ds.concat())
+        let [dt, ds] = self.per_sample_sums(|row, [dt, ds]| {
+            let (x, g) = (&x[row * d..(row + 1) * d], &g[row * d..(row + 1) * d]);
+            let (mean, rstd) = stats[row];
+            for i in 0..d {
+                dt[i] += g[i];
+                ds[i] += g[i] * (x[i] - mean) * rstd;
+            }
+        });
+        (dx, dt, ds)
     }
 
     fn gated(&self, x: &[f32], h: &[f32], gate: &[f32]) -> Vec<f32> {
@@ -214,20 +231,13 @@ impl Rows {
                 dh[i] = g[i] * gate[i];
             }
         });
-        let d_gate: Vec<Vec<f32>> = (0..self.b)
-            .into_par_iter()
-            .map(|b| {
-                let mut sum = vec![0.0f32; d];
-                for row in b * self.l..(b + 1) * self.l {
-                    let (g, h) = (&g[row * d..], &h[row * d..]);
-                    for i in 0..d {
-                        sum[i] += g[i] * h[i];
-                    }
-                }
-                sum
-            })
-            .collect();
-        (dh, d_gate.concat())
+        let [d_gate] = self.per_sample_sums(|row, [sum]| {
+            let (g, h) = (&g[row * d..], &h[row * d..]);
+            for i in 0..d {
+                sum[i] += g[i] * h[i];
+            }
+        });
+        (dh, d_gate)
     }
 }
 

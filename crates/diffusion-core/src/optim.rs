@@ -6,13 +6,18 @@ use burn::{
     tensor::{backend::AutodiffBackend, ElementConversion, Tensor},
 };
 
+/// PyTorch's AdamW betas.
+pub(crate) const ADAMW_BETAS: (f32, f32) = (0.9, 0.999);
+/// PyTorch's AdamW epsilon.
+pub(crate) const ADAMW_EPSILON: f32 = 1e-8;
+
 /// AdamW with PyTorch's defaults made explicit (`betas (0.9, 0.999)`, `eps 1e-8`) and the given
 /// weight decay; burn's own defaults are `eps 1e-5`, `weight_decay 1e-4`.
 pub fn adamw(weight_decay: f64) -> AdamWConfig {
     AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
+        .with_beta_1(ADAMW_BETAS.0)
+        .with_beta_2(ADAMW_BETAS.1)
+        .with_epsilon(ADAMW_EPSILON)
         .with_weight_decay(weight_decay as f32)
 }
 

@@ -286,6 +286,7 @@ pub(super) fn backward(
             // dP = dO vᵀ, then dS = scale P ∘ (dP - rowsum(dO ∘ O)) in place
             let mut ds = scratch(1, d.l * d.s);
             matmul(&mut ds, scores, d_out, qv, v, kv.t(), 1.0);
+            let scale = d.scale();
             for (i, (ds_row, p_row)) in ds
                 .chunks_exact_mut(d.s)
                 .zip(p.chunks_exact(d.s))
@@ -295,7 +296,7 @@ pub(super) fn backward(
                 let (g, o) = (&d_out[at..at + d.dh], &out[at..at + d.dh]);
                 let row: f32 = g.iter().zip(o).map(|(g, o)| g * o).sum();
                 for (x, &p) in ds_row.iter_mut().zip(p_row) {
-                    *x = p * (*x - row) * d.scale();
+                    *x = p * (*x - row) * scale;
                 }
             }
             let mut dq = vec![0.0; d.l * d.dh];

@@ -10,7 +10,8 @@
 //! cargo run --release --example quickstart
 //! ```
 //!
-//! Flags: `--steps N`, `--batch N`, `--lr X`, `--lambda X` (reward loss weight),
+//! Flags: `--steps N`, `--batch N`, `--lr X`, `--lambda X` (reward loss weight), `--margin X`
+//! (the loss is `relu(X - r)`; default 2, every sample pushed),
 //! `--sft-every N` (an SFT step every N reward steps, 0: none), `--start A,B` (range of the
 //! gradient window's start step), `--heldout N` (test prompts scored),
 //! `--models DIR`, `--prm DIR[,DIR...]` (default assets/shapes-world/rewards; several: PRFL
@@ -55,6 +56,7 @@ fn parse() -> Result<Args, String> {
             "--batch" => a.run.batch = num(val()?)?,
             "--lr" => a.run.lr = val()?.parse().map_err(|e| format!("--lr: {e}"))?,
             "--lambda" => a.run.lambda = val()?.parse().map_err(|e| format!("--lambda: {e}"))?,
+            "--margin" => a.run.margin = val()?.parse().map_err(|e| format!("--margin: {e}"))?,
             "--sft-every" => a.run.sft_every = num(val()?)?,
             "--start" => {
                 let v: Vec<usize> = val()?
@@ -134,6 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("before fine-tuning:");
     gifs(&models, &show, &out, "before")?;
     let before = trainer.heldout_reward()?;
+    let terms_before = common::OracleTerms::of(&models, &heldout, &dev)?;
     println!(
         "held-out oracle reward before: {before:.4} ({} test prompts)",
         heldout.len()
@@ -149,6 +152,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tuned.dit = burn::module::AutodiffModule::valid(&trainer.policy);
     println!("after fine-tuning:");
     gifs(&tuned, &show, &out, "after")?;
+    let terms_after = common::OracleTerms::of(&tuned, &heldout, &dev)?;
+    let (change, se) = terms_before.paired_change(&terms_after);
+    println!(
+        "\noracle on the held-out prompts from a second noise seed: change {change:+.4} +- {se:.4} (standard error of the paired mean); terms before -> after:"
+    );
+    for ((name, b), a) in common::ORACLE_TERMS
+        .iter()
+        .zip(terms_before.means)
+        .zip(terms_after.means)
+    {
+        println!("  {name:<10} {b:.4} -> {a:.4} ({:+.4})", a - b);
+    }
 
     // curves: latent reward (smoothed over 10 steps) and held-out oracle reward
     let lat: Vec<f64> = metrics

@@ -28,7 +28,9 @@
 //! noise, paired with them and each other at gap `--policy-margin M`:
 //! `RewardData::policy_neighbours`), `--sobolev N` (N steps of value-and-gradient matching against the
 //! oracle before round 0, `latent_reward::fit_gradient_match`, with `--grad-weight W` and
-//! `--sobolev-lr LR`), `--fresh query|token-mean` (start from a fresh pool and head on the DiT's
+//! `--sobolev-lr LR`), `--refl-generator N` (adds, before round 0, samples of the DiT tuned by N
+//! steps of RGB ReFL at `--refl-lr LR`, from the base samples' noise, paired by caption with them),
+//! `--blur N` (the starting model with `InputFilter::Binomial { passes: N }` in front of it), `--fresh query|token-mean` (start from a fresh pool and head on the DiT's
 //! blocks, with that `Pooling`), `--frozen-trunk` (the same, query pool unless `--fresh` says
 //! otherwise, with the blocks frozen: `ProcessReward::freeze_trunk`), `--fit-lr LR` (the learning rate of `--fit-first`),
 //! `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
@@ -39,18 +41,18 @@ use std::{path::PathBuf, time::Instant};
 use burn::{backend::Autodiff, module::AutodiffModule, tensor::Tensor};
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    checkpoint::save_record,
+    checkpoint::{load_record, save_record},
     loss::TimestepSampling,
     rollout::randn,
 };
 use latent_reward::{
     evaluate_pairs, fit_gradient_match, fit_preference, train::noisy, FitConfig,
-    GradientMatchConfig, GradientSet, InputPerturbation, LatentReward, PairSet, Pooling,
-    PreferenceLoss, ProcessReward,
+    GradientMatchConfig, GradientSet, InputFilter, InputPerturbation, LatentReward, PairSet,
+    Pooling, PreferenceLoss, ProcessReward,
 };
 use rand::{rngs::StdRng, SeedableRng};
-use refl_trainer::LatentRewards;
-use shapes_world::{Caption, PolicyNeighboursConfig, RewardData, WorldModels};
+use refl_trainer::{FrameSelection, LatentRewards, Method, RgbReflConfig};
+use shapes_world::{Caption, PolicyNeighboursConfig, RewardData, Split, WorldModels};
 
 mod common;
 
@@ -69,6 +71,9 @@ struct Args {
     policy_pairs: usize,
     policy_sigma: f64,
     policy_margin: f32,
+    refl_generator: usize,
+    refl_lr: f64,
+    input_filter: Option<InputFilter>,
     frozen_trunk: bool,
     fresh: Option<Pooling>,
     fit_lr: f64,
@@ -95,6 +100,9 @@ fn parse() -> Result<Args, String> {
         policy_pairs: 0,
         policy_sigma: 0.02,
         policy_margin: 0.02,
+        refl_generator: 0,
+        refl_lr: 1e-4,
+        input_filter: None,
         frozen_trunk: false,
         fresh: None,
         fit_lr: 1e-4,
@@ -141,6 +149,13 @@ fn parse() -> Result<Args, String> {
                 a.policy_margin = val()?
                     .parse()
                     .map_err(|e| format!("--policy-margin: {e}"))?
+            }
+            "--refl-generator" => a.refl_generator = num(val()?)?,
+            "--refl-lr" => a.refl_lr = val()?.parse().map_err(|e| format!("--refl-lr: {e}"))?,
+            "--blur" => {
+                a.input_filter = Some(InputFilter::Binomial {
+                    passes: num(val()?)?,
+                })
             }
             "--frozen-trunk" => a.frozen_trunk = true,
             "--fresh" => {
@@ -210,6 +225,83 @@ fn neighbours(args: &Args, perturbations: usize, seed: u64) -> PolicyNeighboursC
 fn pairs_with_added(mut data: RewardData, from: usize) -> RewardData {
     data.pairs.retain(|p| p.winner >= from || p.loser >= from);
     data
+}
+
+/// Preference data from a stronger generator: a copy of the DiT tuned by `args.refl_generator`
+/// steps of RGB ReFL (the pixel oracle's gradient through the VAE decoder) samples
+/// `args.per_prompt` videos for each caption of `train_rewards`' training data, from the same
+/// noise as the base samples (`train_rewards`' seed for the split); the oracle labels them and
+/// they are paired by caption with the base samples in `pool`. Reward datasets are built from
+/// several generators, better ones included; here the better generator's samples differ from
+/// the base ones along directions that fine-tuning the DiT can take and that raise the oracle.
+/// Returns the test pairs (base test samples of `test_caps` against the tuned generator's).
+fn stronger_generator(
+    args: &Args,
+    models: &WorldModels<B>,
+    models_ad: &WorldModels<AD>,
+    pool: &mut RewardData,
+    test: &RewardData,
+    test_caps: &[Caption],
+) -> Result<PairSet<B>, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    let dev = Default::default();
+    let run = common::PrflRun {
+        steps: args.refl_generator,
+        lr: args.refl_lr,
+        evals: 1,
+        ..args.run.clone()
+    };
+    let method = Method::RgbRefl(RgbReflConfig {
+        window: 1,
+        frames: FrameSelection::All,
+        lambda: 1.0,
+    });
+    let out = args.save.join("refl_generator");
+    let (mut trainer, _) =
+        common::world_trainer(models, models_ad, method, LatentRewards::Pixel, &run, &out)?;
+    let before = trainer.heldout_reward()?;
+    let metrics = trainer.run()?;
+    let after = metrics.last().and_then(|m| m.heldout_reward);
+    let mut tuned = models.clone();
+    tuned.dit = trainer.policy.valid();
+    let caps = captions_of(pool);
+    let caps = &caps[..caps.len().min(192)];
+    let split_seed = |split: Split| split as u64 * 1000;
+    let added = RewardData::generate(
+        &tuned,
+        caps,
+        args.per_prompt,
+        20,
+        MARGIN,
+        split_seed(Split::Train),
+        &dev,
+    )?;
+    let (gen_mean, n) = (added.mean_reward(), added.samples.len());
+    pool.extend(added)?;
+    pool.pair_by_caption(MARGIN);
+    let mut with_test = test.clone();
+    let from = with_test.samples.len();
+    with_test.extend(RewardData::generate(
+        &tuned,
+        test_caps,
+        args.per_prompt,
+        20,
+        MARGIN,
+        split_seed(Split::Test),
+        &dev,
+    )?)?;
+    with_test.pair_by_caption(MARGIN);
+    let set = pairs_with_added(with_test, from).pair_set(models, &dev)?;
+    println!(
+        "RGB ReFL generator ({} steps, lr {:e}): held-out {before:.4} -> {:.4}; {n} training samples, mean reward {gen_mean:.3}; {} pairs in all; {} test pairs ({:.0} s)",
+        args.refl_generator,
+        args.refl_lr,
+        after.unwrap_or(f64::NAN),
+        pool.pairs.len(),
+        set.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(set)
 }
 
 /// Pairwise accuracy of `prm` on `pairs` at `t/T = 0.0` and `0.6`.
@@ -299,22 +391,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
     std::fs::create_dir_all(&args.save)?;
-    let mut prm = if args.frozen_trunk || args.fresh.is_some() {
-        // a fresh pool and head on the pretrained DiT's blocks (which stay as they are with
-        // --frozen-trunk): the starting model's config, not its weights
+    let mut prm = {
         use burn::config::Config;
-        let cfg = latent_reward::ProcessRewardConfig::load(args.prm.join("prm.json"))?
-            .with_pooling(Some(args.fresh.unwrap_or(Pooling::Query)));
-        cfg.save(args.save.join("prm.json"))?;
-        let fresh = cfg.init(&models_ad.dit, &dev)?;
-        if args.frozen_trunk {
-            fresh.freeze_trunk()
-        } else {
-            fresh
+        let mut cfg = latent_reward::ProcessRewardConfig::load(args.prm.join("prm.json"))?;
+        if let Some(filter) = args.input_filter {
+            cfg = cfg.with_input_filter(Some(filter));
         }
-    } else {
-        std::fs::copy(args.prm.join("prm.json"), args.save.join("prm.json"))?;
-        common::load_prm(&models_ad.dit, &args.prm, &dev)?
+        let fresh = args.frozen_trunk || args.fresh.is_some();
+        if fresh {
+            // a fresh pool and head on the pretrained DiT's blocks (which stay as they are with
+            // --frozen-trunk): the starting model's config, not its weights
+            cfg = cfg.with_pooling(Some(args.fresh.unwrap_or(Pooling::Query)));
+        }
+        cfg.save(args.save.join("prm.json"))?;
+        let model = cfg.init(&models_ad.dit, &dev)?;
+        match (fresh, args.frozen_trunk) {
+            (_, true) => model.freeze_trunk(),
+            (true, false) => model,
+            (false, _) => load_record(model, &args.prm.join("prm.mpk"), &dev)?.freeze_embeddings(),
+        }
     };
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
@@ -402,9 +497,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(set)
         }
     };
-    let train_caps = captions_of(&pool);
     let mut test_caps = captions_of(&test);
     test_caps.truncate(24);
+    let refl_test = match args.refl_generator {
+        0 => None,
+        _ => Some(stronger_generator(
+            &args, &models, &models_ad, &mut pool, &test, &test_caps,
+        )?),
+    };
+    let train_caps = captions_of(&pool);
 
     let mut md = format!(
         "# Refining the process reward model on the policy's samples\n\n\
@@ -486,6 +587,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 report.seconds
             ),
         );
+    }
+    if let Some(set) = &refl_test {
+        let acc = accuracy(&prm, set)?;
+        let line = format!(
+            "Accuracy on {} test pairs that involve samples of the RGB-ReFL-tuned generator (24 test prompts, from the base samples' noise) of round 0's model: {:.3} / {:.3} (t/T = 0 / 0.6).\n\n",
+            set.len(),
+            acc[0],
+            acc[1]
+        );
+        print!("{line}");
+        md = md.replace("| round |", &format!("{line}| round |"));
     }
     if let Some(set) = &test_near {
         let acc = accuracy(&prm, set)?;

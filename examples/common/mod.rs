@@ -126,6 +126,8 @@ pub struct PrflRun {
     pub lr: f64,
     /// Reward loss weight.
     pub lambda: f64,
+    /// The loss's margin, `relu(margin - r)` (2: every sample pushed, as PRFL's release).
+    pub margin: f64,
     /// An SFT step every this many reward steps (0: none).
     pub sft_every: usize,
     /// Range of the gradient window's start step (`None`: the whole chain but the last step).
@@ -143,6 +145,7 @@ impl Default for PrflRun {
             batch: 4,
             lr: 5e-5,
             lambda: 0.1,
+            margin: 2.0,
             sft_every: 1,
             start: None,
             heldout: 32,
@@ -165,6 +168,26 @@ pub fn prfl_trainer<Bk: AutodiffBackend>(
     run: &PrflRun,
     out: &Path,
 ) -> Result<(WorldTrainer<Bk>, Vec<Caption>), Box<dyn std::error::Error>> {
+    let method = Method::Prfl(PrflConfig {
+        start: run.start,
+        window: 1,
+        lambda: run.lambda,
+        margin: run.margin,
+        sft_every: run.sft_every,
+    });
+    world_trainer(models, models_ad, method, reward, run, out)
+}
+
+/// [`prfl_trainer`] with another `method` (its steps, batch, learning rate and held-out
+/// prompts from `run`).
+pub fn world_trainer<Bk: AutodiffBackend>(
+    models: &WorldModels<Bk::InnerBackend>,
+    models_ad: &WorldModels<Bk>,
+    method: Method,
+    reward: LatentRewards<Bk>,
+    run: &PrflRun,
+    out: &Path,
+) -> Result<(WorldTrainer<Bk>, Vec<Caption>), Box<dyn std::error::Error>> {
     let inner_dev = burn::module::Module::devices(&models.dit)[0].clone();
     let train = shuffled_captions(Split::Train, 1, 512);
     let heldout = shuffled_captions(Split::Test, 2, run.heldout);
@@ -173,13 +196,7 @@ pub fn prfl_trainer<Bk: AutodiffBackend>(
     let sft = sft_data(models, &train[..128], &inner_dev)?;
     let _ = std::fs::remove_dir_all(out);
     let config = RunConfig {
-        method: Method::Prfl(PrflConfig {
-            start: run.start,
-            window: 1,
-            lambda: run.lambda,
-            margin: 2.0,
-            sft_every: run.sft_every,
-        }),
+        method,
         steps: run.steps,
         batch: run.batch,
         sampling: SamplingConfig {
@@ -212,4 +229,77 @@ pub fn prfl_trainer<Bk: AutodiffBackend>(
         latent_shape: models.config.latent_shape(),
     })?;
     Ok((trainer, heldout))
+}
+
+/// The oracle's terms, in the order of [`OracleTerms::means`].
+pub const ORACLE_TERMS: [&str; 9] = [
+    "size",
+    "shape",
+    "motion",
+    "smooth",
+    "stability",
+    "clean",
+    "flicker",
+    "alignment",
+    "quality",
+];
+
+/// The oracle on 20-step Euler samples of a list of prompts.
+pub struct OracleTerms {
+    /// The mean of each term of [`ORACLE_TERMS`].
+    pub means: [f64; 9],
+    /// The reward of each prompt's sample.
+    pub rewards: Vec<f64>,
+}
+
+impl OracleTerms {
+    /// Scores samples of `caps` (shift 3, noise seed 7): what a reward fine-tuning run changed,
+    /// term by term and prompt by prompt.
+    pub fn of<Bk: Backend>(
+        models: &WorldModels<Bk>,
+        caps: &[Caption],
+        device: &Bk::Device,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let z = models.sample_latents(caps, 20, 3.0, 7, device)?;
+        let s = OracleReward.scores(models.decode(z), caps)?;
+        let host = |t: burn::tensor::Tensor<Bk, 1>| -> Result<Vec<f64>, String> {
+            let v: Vec<f32> = t.into_data().to_vec().map_err(|e| format!("{e:?}"))?;
+            Ok(v.into_iter().map(f64::from).collect())
+        };
+        let mut means = [0.0; 9];
+        let terms = [
+            s.size,
+            s.shape,
+            s.motion,
+            s.smooth,
+            s.stability,
+            s.clean,
+            s.flicker,
+            s.alignment,
+            s.quality,
+        ];
+        for (m, t) in means.iter_mut().zip(terms) {
+            let v = host(t)?;
+            *m = v.iter().sum::<f64>() / v.len() as f64;
+        }
+        Ok(Self {
+            means,
+            rewards: host(s.reward)?,
+        })
+    }
+
+    /// The mean of `after - self` over the prompts and its standard error (the two scored on the
+    /// same prompts and noise).
+    pub fn paired_change(&self, after: &Self) -> (f64, f64) {
+        let d: Vec<f64> = after
+            .rewards
+            .iter()
+            .zip(&self.rewards)
+            .map(|(a, b)| a - b)
+            .collect();
+        let n = d.len() as f64;
+        let mean = d.iter().sum::<f64>() / n;
+        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, (var / n).sqrt())
+    }
 }

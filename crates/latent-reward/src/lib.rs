@@ -5,6 +5,7 @@ pub mod base;
 pub mod data;
 pub mod error;
 pub mod gradient_match;
+pub mod input_filter;
 pub mod loss;
 pub mod metrics;
 pub mod mlp;
@@ -22,6 +23,7 @@ pub use gradient_match::{
     fit_gradient_match, gradient_match_loss, GradientBatch, GradientMatchConfig, GradientSet,
     ProbeDirections,
 };
+pub use input_filter::InputFilter;
 pub use loss::{PreferenceLoss, RegressionLoss};
 pub use metrics::{mse, pairwise_accuracy, pearson, RegressionMetrics};
 pub use mlp::{MlpReward, MlpRewardConfig};

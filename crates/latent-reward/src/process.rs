@@ -11,6 +11,7 @@ use diffusion_core::{VelocityModel, WanTransformer};
 use crate::{
     base::{LatentReward, RewardRange},
     error::invalid,
+    input_filter::InputFilter,
     query_pool::{QueryPool, QueryPoolConfig},
 };
 
@@ -29,6 +30,10 @@ pub struct ProcessRewardConfig {
     /// configs saved before this field existed still load).
     #[config(default = "None")]
     pub pooling: Option<Pooling>,
+    /// A fixed filter on the input latent; `None` is [`InputFilter::Identity`] (an `Option` for
+    /// configs saved before this field existed).
+    #[config(default = "None")]
+    pub input_filter: Option<InputFilter>,
 }
 
 /// How [`ProcessReward`] turns the trunk's tokens into one score.
@@ -78,6 +83,7 @@ impl ProcessRewardConfig {
         let model = ProcessReward {
             trunk,
             pooling: self.pooling.unwrap_or(Pooling::Query),
+            input_filter: self.input_filter.unwrap_or(InputFilter::Identity),
             pool: QueryPoolConfig::new(d, self.pool_heads).init(device),
             head: widths
                 .windows(2)
@@ -108,6 +114,9 @@ pub struct ProcessReward<B: Backend> {
     /// How the tokens are pooled (from the config; not part of the record).
     #[module(skip)]
     pub pooling: Pooling,
+    /// The filter on the input latent (from the config; not part of the record).
+    #[module(skip)]
+    pub input_filter: InputFilter,
     /// Query-attention pooling.
     pub pool: QueryPool<B>,
     /// MLP head `D -> ... -> 1` with ReLU between layers.
@@ -155,6 +164,7 @@ impl<B: Backend> ProcessReward<B> {
     ) -> Tensor<B, 1> {
         let b = latents.dims()[0];
         let timestep = sigma.mul_scalar(1000.0);
+        let latents = self.input_filter.apply(latents);
         let (tokens, _) = self
             .trunk
             .forward_trunk(latents, timestep, text, self.depth());

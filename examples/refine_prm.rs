@@ -264,32 +264,26 @@ fn stronger_generator(
     let after = metrics.last().and_then(|m| m.heldout_reward);
     let mut tuned = models.clone();
     tuned.dit = trainer.policy.valid();
+    // the noise of `train_rewards`' samples of each split (its seed: the split's index x 1000)
+    let sample = |caps: &[Caption], split: Split| {
+        RewardData::generate(
+            &tuned,
+            caps,
+            args.per_prompt,
+            20,
+            MARGIN,
+            split as u64 * 1000,
+            &dev,
+        )
+    };
     let caps = captions_of(pool);
-    let caps = &caps[..caps.len().min(192)];
-    let split_seed = |split: Split| split as u64 * 1000;
-    let added = RewardData::generate(
-        &tuned,
-        caps,
-        args.per_prompt,
-        20,
-        MARGIN,
-        split_seed(Split::Train),
-        &dev,
-    )?;
+    let added = sample(&caps[..caps.len().min(192)], Split::Train)?;
     let (gen_mean, n) = (added.mean_reward(), added.samples.len());
     pool.extend(added)?;
     pool.pair_by_caption(MARGIN);
     let mut with_test = test.clone();
     let from = with_test.samples.len();
-    with_test.extend(RewardData::generate(
-        &tuned,
-        test_caps,
-        args.per_prompt,
-        20,
-        MARGIN,
-        split_seed(Split::Test),
-        &dev,
-    )?)?;
+    with_test.extend(sample(test_caps, Split::Test)?)?;
     with_test.pair_by_caption(MARGIN);
     let set = pairs_with_added(with_test, from).pair_set(models, &dev)?;
     println!(
@@ -588,27 +582,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
         );
     }
-    if let Some(set) = &refl_test {
-        let acc = accuracy(&prm, set)?;
-        let line = format!(
-            "Accuracy on {} test pairs that involve samples of the RGB-ReFL-tuned generator (24 test prompts, from the base samples' noise) of round 0's model: {:.3} / {:.3} (t/T = 0 / 0.6).\n\n",
-            set.len(),
-            acc[0],
-            acc[1]
-        );
-        print!("{line}");
-        md = md.replace("| round |", &format!("{line}| round |"));
-    }
-    if let Some(set) = &test_near {
-        let acc = accuracy(&prm, set)?;
-        let line = format!(
-            "Accuracy on {} test policy-neighbour pairs (48 test prompts, 2 perturbed policies, `RewardData::policy_neighbours`) of round 0's model: {:.3} / {:.3} (t/T = 0 / 0.6).\n\n",
-            set.len(),
-            acc[0],
-            acc[1]
-        );
-        print!("{line}");
-        md = md.replace("| round |", &format!("{line}| round |"));
+    let extra_sets = [
+        (
+            &refl_test,
+            "test pairs that involve samples of the RGB-ReFL-tuned generator (24 test prompts, from the base samples' noise)",
+        ),
+        (
+            &test_near,
+            "test policy-neighbour pairs (48 test prompts, 2 perturbed policies, `RewardData::policy_neighbours`)",
+        ),
+    ];
+    for (set, what) in extra_sets {
+        if let Some(set) = set {
+            let acc = accuracy(&prm, set)?;
+            let line = format!(
+                "Accuracy on {} {what} of round 0's model: {:.3} / {:.3} (t/T = 0 / 0.6).\n\n",
+                set.len(),
+                acc[0],
+                acc[1]
+            );
+            print!("{line}");
+            md = md.replace("| round |", &format!("{line}| round |"));
+        }
     }
     for round in 0..=args.rounds {
         let t_round = Instant::now();

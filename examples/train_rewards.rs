@@ -13,7 +13,9 @@
 //! `--save` (default assets/shapes-world/rewards). Generated data is cached in `--data`
 //! (default out/reward-data). Sizes: `--train-prompts`, `--eval-prompts`, `--per-prompt`,
 //! `--prm-steps` (0: evaluate the saved process reward model), `--lrm-steps`, `--members`, `--margin` (least reward gap of a preference pair),
-//! `--hard-negatives` (extra training captions rendered for the regression's hard negatives).
+//! `--hard-negatives` (extra training captions rendered for the regression's hard negatives),
+//! `--variations K` (each generated training sample also scored against K captions one attribute
+//! away, for the regression models), `--fusion pooled|block-film` (the VELR model's `TextFusion`).
 
 use std::{path::PathBuf, time::Instant};
 
@@ -64,6 +66,8 @@ struct Args {
     members: usize,
     margin: f32,
     hard_negatives: usize,
+    variations: usize,
+    fusion: TextFusion,
 }
 
 fn parse() -> Result<Args, String> {
@@ -81,6 +85,8 @@ fn parse() -> Result<Args, String> {
         members: 10,
         margin: 0.05,
         hard_negatives: 576,
+        variations: 0,
+        fusion: TextFusion::Pooled,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,6 +104,16 @@ fn parse() -> Result<Args, String> {
             "--lrm-steps" => a.lrm_steps = num(val()?)?,
             "--members" => a.members = num(val()?)?,
             "--hard-negatives" => a.hard_negatives = num(val()?)?,
+            "--variations" => a.variations = num(val()?)?,
+            "--fusion" => {
+                a.fusion = match val()?.as_str() {
+                    "pooled" => TextFusion::Pooled,
+                    "block-film" => TextFusion::BlockFilm,
+                    other => {
+                        return Err(format!("--fusion takes pooled or block-film, not {other}"))
+                    }
+                }
+            }
             "--margin" => a.margin = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--fgsm" => {
                 let eps: f64 = val()?.parse().map_err(|e| format!("--fgsm: {e}"))?;
@@ -232,6 +248,43 @@ fn hard_negatives(
     Ok(data)
 }
 
+/// Each generated training sample scored against `args.variations` captions that differ from its
+/// own in one attribute (`Caption::variations` inside the training split, drawn without
+/// repeats): dense supervision of how the reward depends on the video's colour, shape, motion and
+/// size. Not cached (one decode per sample).
+fn variations(
+    models: &WorldModels<B>,
+    generated: &RewardData,
+    args: &Args,
+    dev: &burn::tensor::Device<B>,
+) -> Result<RewardData, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    let mut rng = StdRng::seed_from_u64(5000);
+    let prompts: Vec<Vec<Caption>> = generated
+        .samples
+        .iter()
+        .map(|s| {
+            let mut vars: Vec<Caption> = s
+                .caption
+                .variations()
+                .into_iter()
+                .filter(|v| split_of(v) == Split::Train)
+                .collect();
+            vars.shuffle(&mut rng);
+            vars.truncate(args.variations);
+            vars
+        })
+        .collect();
+    let data = generated.rescore_each(models, &prompts, dev)?;
+    println!(
+        "variations: {} samples, mean reward {:.3} ({:.0} s)",
+        data.samples.len(),
+        data.mean_reward(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(data)
+}
+
 fn to_ad_reg(s: &RegressionSet<B>) -> RegressionSet<AD> {
     RegressionSet::new(
         Tensor::from_inner(s.latents.clone()),
@@ -287,6 +340,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if split == Split::Train {
             let mut with_negatives = data.clone();
             with_negatives.extend(hard_negatives(&models, &data, &args, &dev)?)?;
+            if args.variations > 0 {
+                with_negatives.extend(variations(&models, &data, &args, &dev)?)?;
+            }
             fit_set = Some(with_negatives.regression_set(&models, &dev)?);
         }
         pairs.push(data.pair_set(&models, &dev)?);
@@ -392,7 +448,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         grad_clip: Some(1.0),
         seed: 100,
     };
-    let velr_cfg = VelrRewardConfig::new(shape, text_dim);
+    let velr_cfg = VelrRewardConfig::new(shape, text_dim).with_fusion(args.fusion);
     velr_cfg.save(args.save.join("velr.json"))?;
     let mut rows: Vec<(String, Vec<RegressionMetrics>)> = Vec::new();
     let eval = |m: &dyn Fn(&RegressionSet<B>) -> latent_reward::Result<RegressionMetrics>| -> latent_reward::Result<Vec<RegressionMetrics>> {
@@ -459,9 +515,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let lrm_seconds = t.elapsed().as_secs_f64();
     md += &format!(
-        "\n## Regressing the pixel oracle (VELR)\n\nVELR LRM with `TextFusion::Pooled` (the published cross-attention plus FiLM by the pooled prompt and a head on `[video, prompt, video * prompt]`); MSE loss, {} steps of 32, AdamW lr 3e-4; ensemble members trained on bootstrap resamples with their own seeds ({:.0} s for all models). \
+        "\n## Regressing the pixel oracle (VELR)\n\nVELR LRM with `TextFusion::{:?}` (`Pooled`: the published cross-attention plus FiLM by the pooled prompt and a head on `[video, prompt, video * prompt]`; `BlockFilm`: that plus FiLM of every residual block by the mean text token); MSE loss, {} steps of 32, AdamW lr 3e-4; ensemble members trained on bootstrap resamples with their own seeds ({:.0} s for all models). \
          MSE and Pearson correlation (PCC) of predicted against oracle reward:\n\n| model | train MSE | train PCC | test MSE | test PCC | ood MSE | ood PCC |\n|---|---|---|---|---|---|---|\n",
-        args.lrm_steps, lrm_seconds
+        args.fusion, args.lrm_steps, lrm_seconds
     );
     println!("\nregression (MSE / Pearson): train, test, ood");
     for (name, m) in &rows {

@@ -41,6 +41,13 @@ pub enum TextFusion {
     /// pooled latents and pooled text generalises (test 0.56-0.66): whether a video matches its
     /// prompt is a comparison of the two, which the product term gives the head directly.
     Pooled,
+    /// [`TextFusion::Pooled`] plus FiLM of every residual block's output by the mean text token
+    /// (a linear map to the block's per-channel scale and shift): the prompt conditions the
+    /// convolutions from the first block on, so the features themselves are computed for the
+    /// prompt's colour, shape and motion. On shapes-world a conditioned conv net of this kind
+    /// (scripts/lrm_probe.py) regresses the oracle far better than a prompt that arrives only
+    /// after the convolutions (docs/rewards.md).
+    BlockFilm,
 }
 
 /// Configuration of a [`VelrReward`].
@@ -157,11 +164,19 @@ impl VelrRewardConfig {
                 .with_dropout(0.0)
                 .init(device),
             out_norm: LayerNormConfig::new(width).init(device),
-            film: (self.fusion == TextFusion::Pooled)
+            film: (self.fusion != TextFusion::CrossAttention)
                 .then(|| LinearConfig::new(width, 2 * width).init(device)),
+            block_film: match self.fusion {
+                TextFusion::BlockFilm => self
+                    .channels
+                    .iter()
+                    .map(|&c| LinearConfig::new(self.text_dim, 2 * c).init(device))
+                    .collect(),
+                _ => Vec::new(),
+            },
             head: match self.fusion {
                 TextFusion::CrossAttention => vec![LinearConfig::new(width, 1).init(device)],
-                TextFusion::Pooled => vec![
+                TextFusion::Pooled | TextFusion::BlockFilm => vec![
                     LinearConfig::new(3 * width, width).init(device),
                     LinearConfig::new(width, 1).init(device),
                 ],
@@ -201,8 +216,11 @@ pub struct VelrReward<B: Backend> {
     pub encoder: TransformerEncoder<B>,
     /// Norm before the head.
     pub out_norm: LayerNorm<B>,
-    /// FiLM `u -> [scale, shift]` of the video tokens ([`TextFusion::Pooled`] only).
+    /// FiLM `u -> [scale, shift]` of the video tokens (not with [`TextFusion::CrossAttention`]).
     pub film: Option<Linear<B>>,
+    /// FiLM of each residual block's output by the mean text token, `D_text -> 2 C_i`
+    /// ([`TextFusion::BlockFilm`] only; empty otherwise).
+    pub block_film: Vec<Linear<B>>,
     /// Head: `[D] -> 1`, or `[3D] -> D -> 1` with ReLU for [`TextFusion::Pooled`].
     pub head: Vec<Linear<B>>,
     latent_shape: [usize; 4],
@@ -218,9 +236,24 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
         text: Tensor<B, 3>,
     ) -> Tensor<B, 1> {
         let b = latents.dims()[0];
+        // the mean text token, [B, D_text] (TextFusion::BlockFilm only)
+        let text_mean = (!self.block_film.is_empty()).then(|| {
+            let d = text.dims()[2];
+            text.clone().mean_dim(1).reshape([b, d])
+        });
         let mut x = latents;
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x);
+            if let (Some(film), Some(t)) = (self.block_film.get(i), &text_mean) {
+                let c = x.dims()[1];
+                let [scale, shift] = film
+                    .forward(t.clone())
+                    .reshape([b, 2 * c, 1, 1, 1])
+                    .chunk(2, 1)
+                    .try_into()
+                    .expect("2 chunks");
+                x = x * (scale + 1.0) + shift;
+            }
         }
         let [_, d, f, h, w] = x.dims();
         // [B, D, F', H', W'] -> [B, L, D]
@@ -232,7 +265,7 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
             text
         };
         let text = self.text_proj.forward(text);
-        // the pooled prompt u, [B, 1, D] (TextFusion::Pooled only)
+        // the pooled prompt u, [B, 1, D] (not with TextFusion::CrossAttention)
         let prompt = self.film.as_ref().map(|_| text.clone().mean_dim(1));
         let attended = self
             .cross

@@ -92,6 +92,29 @@ impl Caption {
             .collect()
     }
 
+    /// Every caption that differs from this one in exactly one attribute the oracle checks
+    /// against the video: the [`Caption::near_misses`] (colour, shape, direction), the other
+    /// size, and for a moving object the other speed. The background stays.
+    pub fn variations(&self) -> Vec<Caption> {
+        let c = *self;
+        let mut out = c.near_misses();
+        out.extend(
+            Size::ALL
+                .iter()
+                .filter(|&&x| x != c.size)
+                .map(|&size| Caption { size, ..c }),
+        );
+        if c.direction != Direction::Still {
+            out.extend(
+                Speed::ALL
+                    .iter()
+                    .filter(|&&x| x != c.speed)
+                    .map(|&speed| Caption { speed, ..c }),
+            );
+        }
+        out
+    }
+
     /// The caption text, e.g. `a small red circle moving left slowly on a black background`.
     pub fn text(&self) -> String {
         let motion = match self.direction {
@@ -272,6 +295,26 @@ mod tests {
                 ];
                 assert_eq!(changed.iter().filter(|x| **x).count(), 1, "{c} -> {m}");
                 assert_eq!((m.background, m.size), (c.background, c.size));
+            }
+        }
+    }
+
+    #[test]
+    fn variations_change_exactly_one_attribute() {
+        for c in Caption::all().into_iter().step_by(29) {
+            let vars = c.variations();
+            let moving = usize::from(c.direction != Direction::Still);
+            assert_eq!(vars.len(), c.near_misses().len() + 1 + moving, "{c}");
+            for v in vars {
+                let changed = [
+                    v.color != c.color,
+                    v.shape != c.shape,
+                    v.direction != c.direction,
+                    v.size != c.size,
+                    v.speed != c.speed,
+                ];
+                assert_eq!(changed.iter().filter(|x| **x).count(), 1, "{c} -> {v}");
+                assert_eq!(v.background, c.background);
             }
         }
     }

@@ -251,6 +251,24 @@ impl RewardData {
         prompts: &[Caption],
         device: &B::Device,
     ) -> Result<Self, WorldError> {
+        let each: Vec<Vec<Caption>> = prompts.iter().map(|p| vec![*p]).collect();
+        self.rescore_each(models, &each, device)
+    }
+
+    /// [`RewardData::rescore`] against several captions per sample, decoding each latent once:
+    /// sample `i` scored against every caption of `prompts[i]`, in that order (sample-major).
+    /// Scoring one video against many captions is dense supervision for a regression model:
+    /// captions that differ in direction, speed or size ask it to read the video's motion and
+    /// size, not only whether it matches its own prompt. No pairs are formed.
+    ///
+    /// # Errors
+    /// `Shape` when `prompts` and the samples differ in number.
+    pub fn rescore_each<B: Backend>(
+        &self,
+        models: &WorldModels<B>,
+        prompts: &[Vec<Caption>],
+        device: &B::Device,
+    ) -> Result<Self, WorldError> {
         if prompts.len() != self.samples.len() {
             return Err(WorldError::Shape {
                 what: "prompts to rescore".into(),
@@ -259,7 +277,7 @@ impl RewardData {
             });
         }
         let [c, f, h, w] = self.latent_shape;
-        let mut samples = Vec::with_capacity(prompts.len());
+        let mut samples = Vec::new();
         for (chunk, p) in self.samples.chunks(8).zip(prompts.chunks(8)) {
             let flat: Vec<f32> = chunk
                 .iter()
@@ -267,12 +285,28 @@ impl RewardData {
                 .collect();
             let z =
                 Tensor::<B, 5>::from_data(TensorData::new(flat, [chunk.len(), c, f, h, w]), device);
-            let rewards =
-                crate::error::host_f32(crate::oracle::OracleReward.score(models.decode(z), p)?)?;
-            for ((s, caption), reward) in chunk.iter().zip(p).zip(rewards) {
+            let video = models.decode(z);
+            // every video repeated once per caption of its list, scored in one batch
+            let reps: Vec<i64> = p
+                .iter()
+                .enumerate()
+                .flat_map(|(i, caps)| std::iter::repeat_n(i as i64, caps.len()))
+                .collect();
+            let n = reps.len();
+            let idx =
+                Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(reps, [n]), device);
+            let caps: Vec<Caption> = p.iter().flatten().copied().collect();
+            let rewards = crate::error::host_f32(
+                crate::oracle::OracleReward.score(video.select(0, idx), &caps)?,
+            )?;
+            let latents = chunk
+                .iter()
+                .zip(p)
+                .flat_map(|(s, caps)| std::iter::repeat_n(&s.latent, caps.len()));
+            for ((latent, caption), reward) in latents.zip(caps).zip(rewards) {
                 samples.push(ScoredSample {
-                    caption: *caption,
-                    latent: s.latent.clone(),
+                    caption,
+                    latent: latent.clone(),
                     reward,
                 });
             }

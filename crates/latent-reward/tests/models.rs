@@ -284,14 +284,9 @@ fn velr_and_mlp_regress_a_structured_target() {
     assert!(m.pearson.is_finite(), "MLP test {m:?}");
 }
 
-/// Whether a video matches its prompt is a product of the two (`a * t`: the brightness must have
-/// the prompt's sign); the pooled prompt path learns it from 1,024 samples (test Pearson 0.976 to
-/// 0.988 over 20 CPU runs with unseeded initialisations; with 192 samples it overfitted and ranged
-/// from 0.50 to 0.96, which failed CI once).
-#[test]
-fn velr_pooled_prompt_path_learns_a_video_prompt_match() {
-    let dev = Default::default();
-    let shape = [4, 2, 8, 8];
+/// Fits `velr` for 150 steps on 1,024 samples whose target is the product of the video's
+/// brightness and the prompt's sign (`structured_set`) and evaluates it on 64 fresh ones.
+fn fit_product_match(velr: VelrReward<AD>, shape: [usize; 4]) -> RegressionMetrics {
     let product = |a: f32, t: f32| a * t;
     let train = structured_set(1024, shape, 8, 2, product);
     let test = valid_set(&structured_set(64, shape, 8, 3, product));
@@ -303,6 +298,18 @@ fn velr_pooled_prompt_path_learns_a_video_prompt_match() {
         grad_clip: Some(1.0),
         seed: 0,
     };
+    let (velr, _) = fit_regression(velr, &train, RegressionLoss::Mse, &cfg, "product").unwrap();
+    evaluate_regression(&velr.valid(), &test, 16).unwrap()
+}
+
+/// Whether a video matches its prompt is a product of the two (`a * t`: the brightness must have
+/// the prompt's sign); the pooled prompt path learns it from 1,024 samples (test Pearson 0.976 to
+/// 0.988 over 20 CPU runs with unseeded initialisations; with 192 samples it overfitted and ranged
+/// from 0.50 to 0.96, which failed CI once).
+#[test]
+fn velr_pooled_prompt_path_learns_a_video_prompt_match() {
+    let dev = Default::default();
+    let shape = [4, 2, 8, 8];
     let small = VelrRewardConfig::new(shape, 8)
         .with_channels(vec![8, 16, 16])
         .with_groups(4)
@@ -311,8 +318,7 @@ fn velr_pooled_prompt_path_learns_a_video_prompt_match() {
     let pooled = small.clone().with_fusion(TextFusion::Pooled);
     let velr = pooled.init::<AD>(&dev).unwrap();
     assert!(velr.film.is_some() && velr.head.len() == 2);
-    let (velr, _) = fit_regression(velr, &train, RegressionLoss::Mse, &cfg, "pooled").unwrap();
-    let m = evaluate_regression(&velr.valid(), &test, 16).unwrap();
+    let m = fit_product_match(velr, shape);
     // `a` and `t` are independent and symmetric, so any sum f(a) + g(t) correlates 0 with a * t:
     // a Pearson well above 0 means the model compares the video with the prompt.
     assert!(m.pearson > 0.8, "pooled VELR test {m:?}");
@@ -350,19 +356,7 @@ fn velr_block_film_conditions_every_block() {
     let (a, b) = (a.into_scalar(), b.into_scalar());
     assert!((a - b).abs() > 1e-4, "prompt ignored: {a} vs {b}");
     // the structured video-prompt match of the test above, learned through the blocks' FiLM
-    let product = |a: f32, t: f32| a * t;
-    let train = structured_set(1024, shape, 8, 2, product);
-    let test = valid_set(&structured_set(64, shape, 8, 3, product));
-    let cfg = FitConfig {
-        steps: 150,
-        batch: 32,
-        lr: 2e-3,
-        weight_decay: 0.0,
-        grad_clip: Some(1.0),
-        seed: 0,
-    };
-    let (velr, _) = fit_regression(velr, &train, RegressionLoss::Mse, &cfg, "block film").unwrap();
-    let m = evaluate_regression(&velr.valid(), &test, 16).unwrap();
+    let m = fit_product_match(velr, shape);
     assert!(m.pearson > 0.8, "block-FiLM VELR test {m:?}");
 }
 

@@ -12,10 +12,16 @@
 //! Writes the tables to `--report` (default docs/rewards.md) and the trained models to
 //! `--save` (default assets/shapes-world/rewards). Generated data is cached in `--data`
 //! (default out/reward-data). Sizes: `--train-prompts`, `--eval-prompts`, `--per-prompt`,
-//! `--prm-steps` (0: evaluate the saved process reward model), `--lrm-steps`, `--members`, `--margin` (least reward gap of a preference pair),
-//! `--hard-negatives` (extra training captions rendered for the regression's hard negatives),
-//! `--variations K` (each generated training sample also scored against K captions one attribute
-//! away, for the regression models), `--fusion pooled|block-film` (the VELR model's `TextFusion`).
+//! `--prm-steps` (0: evaluate the saved process reward model), `--lrm-steps` (default 2400),
+//! `--members`, `--margin` (least reward gap of a preference pair), `--hard-negatives` (extra
+//! training captions rendered for the regression's hard negatives), `--variations K` (each
+//! generated training sample also scored against K captions one attribute away, for the
+//! regression models), `--fusion pooled|block-film` (the VELR model's `TextFusion`, default
+//! block-film), `--channels 32,64,64` and `--strides 1x1x1,1x2x2,1x1x1` (its residual blocks;
+//! these are the defaults), `--bootstrap none|resample` (the ensemble members' data: all of it,
+//! the default, or a resample each), `--single-only` (train and evaluate only the VELR model on
+//! all data, for sweeps; no report). With the defaults one VELR model takes about 24 min on 2
+//! cores, so the whole run (12 VELR models) takes about 5 hours.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -68,6 +74,10 @@ struct Args {
     hard_negatives: usize,
     variations: usize,
     fusion: TextFusion,
+    channels: Option<Vec<usize>>,
+    strides: Option<Vec<[usize; 3]>>,
+    single_only: bool,
+    bootstrap: Bootstrap,
 }
 
 fn parse() -> Result<Args, String> {
@@ -81,15 +91,27 @@ fn parse() -> Result<Args, String> {
         eval_prompts: 48,
         per_prompt: 4,
         prm_steps: 600,
-        lrm_steps: 800,
+        lrm_steps: 2400,
         members: 10,
         margin: 0.05,
         hard_negatives: 576,
         variations: 0,
-        fusion: TextFusion::Pooled,
+        fusion: TextFusion::BlockFilm,
+        channels: None,
+        // the first block at the latents' full resolution: on shapes-world, downsampling in the
+        // first block costs about 0.1 test / OOD Pearson (docs/rewards.md, session 11)
+        strides: Some(vec![[1, 1, 1], [1, 2, 2], [1, 1, 1]]),
+        single_only: false,
+        // a bootstrap member sees about 63% of the distinct samples and regressed worse
+        // (test Pearson 0.53 against 0.66 on all data, session 10)
+        bootstrap: Bootstrap::None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--single-only" {
+            a.single_only = true;
+            continue;
+        }
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
@@ -111,6 +133,46 @@ fn parse() -> Result<Args, String> {
                     "block-film" => TextFusion::BlockFilm,
                     other => {
                         return Err(format!("--fusion takes pooled or block-film, not {other}"))
+                    }
+                }
+            }
+            "--channels" => {
+                let list = val()?;
+                a.channels = Some(
+                    list.split(',')
+                        .map(|c| {
+                            c.trim()
+                                .parse()
+                                .map_err(|e| format!("--channels {list}: {e}"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "--strides" => {
+                let list = val()?;
+                a.strides = Some(
+                    list.split(',')
+                        .map(|s| {
+                            let v: Vec<usize> = s
+                                .split('x')
+                                .map(|n| {
+                                    n.trim()
+                                        .parse()
+                                        .map_err(|e| format!("--strides {list}: {e}"))
+                                })
+                                .collect::<Result<_, _>>()?;
+                            v.try_into()
+                                .map_err(|_| format!("--strides {list}: each stride is FxHxW"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "--bootstrap" => {
+                a.bootstrap = match val()?.as_str() {
+                    "none" => Bootstrap::None,
+                    "resample" => Bootstrap::Resample,
+                    other => {
+                        return Err(format!("--bootstrap takes none or resample, not {other}"))
                     }
                 }
             }
@@ -321,6 +383,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t_all = Instant::now();
     let models = WorldModels::<B>::load(&args.models, &dev)
         .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
+    let shape = models.config.latent_shape();
+    let text_dim = models.config.text.dim;
+    let mut velr_cfg = VelrRewardConfig::new(shape, text_dim).with_fusion(args.fusion);
+    if let Some(c) = &args.channels {
+        velr_cfg.channels = c.clone();
+    }
+    if let Some(s) = &args.strides {
+        velr_cfg.strides = s.clone();
+    }
+    velr_cfg.init::<B>(&dev)?; // a bad --channels / --strides fails here, before any work
     let splits = [
         (Split::Train, args.train_prompts),
         (Split::Test, args.eval_prompts),
@@ -418,7 +490,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          Pairwise accuracy at fixed noise levels (`t/T = sigma`; at 1.0 both videos of a pair are the same noise, so chance is exact):\n\n| t/T | train | test | ood |\n|---|---|---|---|\n",
     );
     println!("\nprocess reward model, pairwise accuracy");
-    for sigma in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] {
+    let levels: &[f64] = if args.single_only {
+        &[]
+    } else {
+        &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    };
+    for &sigma in levels {
         let acc: Vec<f64> = pairs
             .iter()
             .map(|p| evaluate_pairs(&prm_valid, p, sigma, 17, 32))
@@ -434,8 +511,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // ---- regression: MLP baseline, single VELR LRM, ensembles ----
-    let shape = models.config.latent_shape();
-    let text_dim = models.config.text.dim;
     let train = to_ad_reg(&fit_set);
     // MSE and lr 3e-4 beat VELR's Huber (delta 0.1) and lr 1e-3 on test Pearson in sweeps on
     // this data, for the MLP (0.66 against 0.56) and for VELR with the pooled prompt path.
@@ -448,13 +523,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         grad_clip: Some(1.0),
         seed: 100,
     };
-    let velr_cfg = VelrRewardConfig::new(shape, text_dim).with_fusion(args.fusion);
     velr_cfg.save(args.save.join("velr.json"))?;
     let mut rows: Vec<(String, Vec<RegressionMetrics>)> = Vec::new();
     let eval = |m: &dyn Fn(&RegressionSet<B>) -> latent_reward::Result<RegressionMetrics>| -> latent_reward::Result<Vec<RegressionMetrics>> {
         regs.iter().map(m).collect()
     };
     let t = Instant::now();
+    if args.single_only {
+        let single = fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr")?;
+        let m = eval(&|s| evaluate_regression(&single, s, 64))?;
+        println!(
+            "VELR ({:?}, {:?}, {} steps, {:.0} s) MSE / Pearson: train {:.4}/{:.3} test {:.4}/{:.3} ood {:.4}/{:.3}",
+            velr_cfg.fusion, velr_cfg.strides, args.lrm_steps, t.elapsed().as_secs_f64(),
+            m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson
+        );
+        return Ok(());
+    }
     let mlp = fit_seeded(
         || MlpRewardConfig::new(shape[0], text_dim).init(&dev),
         &train,
@@ -496,7 +580,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seed: 1,
             ..fit.clone()
         },
-        Bootstrap::Resample,
+        args.bootstrap,
     )?;
     for (i, m) in members.members.iter().enumerate() {
         save_record(m.clone(), &args.save.join(format!("velr_{i}.mpk")))?;
@@ -509,15 +593,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for &n in &sizes {
         let e = members.truncated(n)?;
         rows.push((
-            format!("ensemble of {n} (bootstrap, mean)"),
+            format!(
+                "ensemble of {n} ({}, mean)",
+                match args.bootstrap {
+                    Bootstrap::None => "seeds",
+                    Bootstrap::Resample => "bootstrap",
+                }
+            ),
             eval(&|s| evaluate_regression(&e, s, 64))?,
         ));
     }
     let lrm_seconds = t.elapsed().as_secs_f64();
     md += &format!(
-        "\n## Regressing the pixel oracle (VELR)\n\nVELR LRM with `TextFusion::{:?}` (`Pooled`: the published cross-attention plus FiLM by the pooled prompt and a head on `[video, prompt, video * prompt]`; `BlockFilm`: that plus FiLM of every residual block by the mean text token); MSE loss, {} steps of 32, AdamW lr 3e-4; ensemble members trained on bootstrap resamples with their own seeds ({:.0} s for all models). \
+        "\n## Regressing the pixel oracle (VELR)\n\nVELR LRM with `TextFusion::{:?}` (`Pooled`: the published cross-attention plus FiLM by the pooled prompt and a head on `[video, prompt, video * prompt]`; `BlockFilm`: that plus FiLM of every residual block by the mean text token), residual blocks of {:?} channels with strides {:?}; MSE loss, {} steps of 32, AdamW lr 3e-4; ensemble members trained with their own seeds{} ({:.0} s for all models). \
          MSE and Pearson correlation (PCC) of predicted against oracle reward:\n\n| model | train MSE | train PCC | test MSE | test PCC | ood MSE | ood PCC |\n|---|---|---|---|---|---|---|\n",
-        args.fusion, args.lrm_steps, lrm_seconds
+        args.fusion,
+        velr_cfg.channels,
+        velr_cfg.strides,
+        args.lrm_steps,
+        match args.bootstrap {
+            Bootstrap::None => " on all the data",
+            Bootstrap::Resample => ", each on a bootstrap resample",
+        },
+        lrm_seconds
     );
     println!("\nregression (MSE / Pearson): train, test, ood");
     for (name, m) in &rows {

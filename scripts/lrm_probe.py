@@ -4,13 +4,16 @@ Reads the reward data that `cargo run --release --example train_rewards` caches 
 out/reward-data (training samples, their hard negatives, test and OOD samples) and fits a small
 3D-conv network: four 3x3x3 convolutions (the third with stride (1, 2, 2)), each followed by FiLM
 (scale and shift from the caption) and SiLU, then an MLP on the flattened [64, 5, 4, 4] features
-(or, with --pool, on their mean) and the caption. The caption enters as one-hot attributes, not
+(or, with --pool, on their mean) and the caption. The caption enters as one-hot attributes (or,
+with --text bag-of-words, as word counts, where colour and background share their names), not
 through the world's text encoder: the probe asks how much of the oracle the latents carry and
-which architecture reads it, not how the text path should look.
+which architecture reads it, not how the text path should look. --width, --strides and
+--groupnorm vary the convolutions (the ablations of docs/rewards.md, session 11).
 
     pip install torch numpy
     python3 scripts/lrm_probe.py               # flattened features
     python3 scripts/lrm_probe.py --pool        # mean-pooled features
+    python3 scripts/lrm_probe.py --pool --groupnorm --strides 2,1,1,1   # downsample first
 
 Prints the training loss and the Pearson correlation on train / test / OOD every 500 steps.
 Results: docs/rewards.md, "A probe in PyTorch".
@@ -37,6 +40,10 @@ def main():
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--pool", action="store_true")
     ap.add_argument("--no-negatives", action="store_true")
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--strides", default="1,1,2,1", help="spatial stride of each convolution")
+    ap.add_argument("--groupnorm", action="store_true", help="GroupNorm(8) after each convolution")
+    ap.add_argument("--text", choices=["one-hot", "bag-of-words"], default="one-hot")
     args = ap.parse_args()
     torch.manual_seed(0)
     d = args.data
@@ -51,16 +58,31 @@ def main():
             values.setdefault(k, set()).add(v)
     values = {k: sorted(v) for k, v in values.items()}
 
+    def caption_words(c):
+        # the words of the caption's text: colour and background share their names, and a
+        # still shape's speed is not said
+        still = c["direction"] == "Still"
+        return [c["size"], c["color"], c["shape"], c["direction"], c["background"]] + (
+            [] if still else [c["speed"]]
+        )
+
+    words = sorted({w for s in train + negatives + test + ood for w in caption_words(s["caption"])})
+
     def encode(samples):
         z = torch.tensor(np.array([s["latent"] for s in samples], dtype=np.float32))
         z = z.reshape(-1, 16, 5, 8, 8)
         c = []
         for s in samples:
-            row = []
-            for k in sorted(values):
-                one = [0.0] * len(values[k])
-                one[values[k].index(s["caption"][k])] = 1.0
-                row += one
+            if args.text == "one-hot":
+                row = []
+                for k in sorted(values):
+                    one = [0.0] * len(values[k])
+                    one[values[k].index(s["caption"][k])] = 1.0
+                    row += one
+            else:
+                row = [0.0] * len(words)
+                for w in caption_words(s["caption"]):
+                    row[words.index(w)] += 1.0
             c.append(row)
         return z, torch.tensor(c), torch.tensor([s["reward"] for s in samples])
 
@@ -68,28 +90,33 @@ def main():
     sets = {"train": encode(train), "test": encode(test), "ood": encode(ood)}
     mu = z_fit.mean((0, 2, 3, 4), keepdim=True)
     sd = z_fit.std((0, 2, 3, 4), keepdim=True)
-    width, text_dim = 64, c_fit.shape[1]
+    width, text_dim = args.width, c_fit.shape[1]
+    strides = [int(x) for x in args.strides.split(",")]
+    grid = 8
+    for st in strides:
+        grid = (grid + st - 1) // st
 
     class Probe(nn.Module):
         def __init__(self):
             super().__init__()
             self.convs = nn.ModuleList(
                 [
-                    nn.Conv3d(16, width, 3, padding=1),
-                    nn.Conv3d(width, width, 3, padding=1),
-                    nn.Conv3d(width, width, 3, padding=1, stride=(1, 2, 2)),
-                    nn.Conv3d(width, width, 3, padding=1),
+                    nn.Conv3d(16 if i == 0 else width, width, 3, padding=1, stride=(1, st, st))
+                    for i, st in enumerate(strides)
                 ]
             )
-            self.film = nn.Linear(text_dim, 4 * 2 * width)
-            feat = width if args.pool else width * 5 * 4 * 4
+            norm = (lambda: nn.GroupNorm(8, width)) if args.groupnorm else nn.Identity
+            self.norms = nn.ModuleList([norm() for _ in strides])
+            self.film = nn.Linear(text_dim, len(strides) * 2 * width)
+            feat = width if args.pool else width * 5 * grid * grid
             self.head = nn.Sequential(nn.Linear(feat + text_dim, 256), nn.SiLU(), nn.Linear(256, 1))
 
         def forward(self, z, c):
             h = (z - mu) / sd
-            film = self.film(c).view(-1, 4, 2, width, 1, 1, 1)
+            film = self.film(c).view(-1, len(strides), 2, width, 1, 1, 1)
             for i, conv in enumerate(self.convs):
-                h = nn.functional.silu(conv(h) * (1 + film[:, i, 0]) + film[:, i, 1])
+                h = self.norms[i](conv(h))
+                h = nn.functional.silu(h * (1 + film[:, i, 0]) + film[:, i, 1])
             h = h.mean((2, 3, 4)) if args.pool else h.flatten(1)
             return self.head(torch.cat([h, c], 1)).squeeze(1)
 

@@ -74,8 +74,8 @@ struct Args {
     hard_negatives: usize,
     variations: usize,
     fusion: TextFusion,
-    channels: Option<Vec<usize>>,
-    strides: Option<Vec<[usize; 3]>>,
+    channels: Vec<usize>,
+    strides: Vec<[usize; 3]>,
     single_only: bool,
     bootstrap: Bootstrap,
 }
@@ -97,10 +97,10 @@ fn parse() -> Result<Args, String> {
         hard_negatives: 576,
         variations: 0,
         fusion: TextFusion::BlockFilm,
-        channels: None,
+        channels: vec![32, 64, 64],
         // the first block at the latents' full resolution: on shapes-world, downsampling in the
         // first block costs about 0.1 test / OOD Pearson (docs/rewards.md, session 11)
-        strides: Some(vec![[1, 1, 1], [1, 2, 2], [1, 1, 1]]),
+        strides: vec![[1, 1, 1], [1, 2, 2], [1, 1, 1]],
         single_only: false,
         // a bootstrap member sees about 63% of the distinct samples and regressed worse
         // (test Pearson 0.53 against 0.66 on all data, session 10)
@@ -138,34 +138,32 @@ fn parse() -> Result<Args, String> {
             }
             "--channels" => {
                 let list = val()?;
-                a.channels = Some(
-                    list.split(',')
-                        .map(|c| {
-                            c.trim()
-                                .parse()
-                                .map_err(|e| format!("--channels {list}: {e}"))
-                        })
-                        .collect::<Result<_, _>>()?,
-                )
+                a.channels = list
+                    .split(',')
+                    .map(|c| {
+                        c.trim()
+                            .parse()
+                            .map_err(|e| format!("--channels {list}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             "--strides" => {
                 let list = val()?;
-                a.strides = Some(
-                    list.split(',')
-                        .map(|s| {
-                            let v: Vec<usize> = s
-                                .split('x')
-                                .map(|n| {
-                                    n.trim()
-                                        .parse()
-                                        .map_err(|e| format!("--strides {list}: {e}"))
-                                })
-                                .collect::<Result<_, _>>()?;
-                            v.try_into()
-                                .map_err(|_| format!("--strides {list}: each stride is FxHxW"))
-                        })
-                        .collect::<Result<_, _>>()?,
-                )
+                a.strides = list
+                    .split(',')
+                    .map(|s| {
+                        let v: Vec<usize> = s
+                            .split('x')
+                            .map(|n| {
+                                n.trim()
+                                    .parse()
+                                    .map_err(|e| format!("--strides {list}: {e}"))
+                            })
+                            .collect::<Result<_, _>>()?;
+                        v.try_into()
+                            .map_err(|_| format!("--strides {list}: each stride is FxHxW"))
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             "--bootstrap" => {
                 a.bootstrap = match val()?.as_str() {
@@ -385,13 +383,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
     let shape = models.config.latent_shape();
     let text_dim = models.config.text.dim;
-    let mut velr_cfg = VelrRewardConfig::new(shape, text_dim).with_fusion(args.fusion);
-    if let Some(c) = &args.channels {
-        velr_cfg.channels = c.clone();
-    }
-    if let Some(s) = &args.strides {
-        velr_cfg.strides = s.clone();
-    }
+    let velr_cfg = VelrRewardConfig::new(shape, text_dim)
+        .with_fusion(args.fusion)
+        .with_channels(args.channels.clone())
+        .with_strides(args.strides.clone());
     velr_cfg.init::<B>(&dev)?; // a bad --channels / --strides fails here, before any work
     let splits = [
         (Split::Train, args.train_prompts),

@@ -38,19 +38,17 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, module::AutodiffModule, tensor::Tensor};
+use burn::{backend::Autodiff, module::AutodiffModule};
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     checkpoint::{load_record, save_record},
     loss::TimestepSampling,
-    rollout::randn,
 };
 use latent_reward::{
-    evaluate_pairs, fit_gradient_match, fit_preference, train::noisy, FitConfig,
-    GradientMatchConfig, GradientSet, InputFilter, InputPerturbation, LatentReward, PairSet,
-    Pooling, PreferenceLoss, ProcessReward,
+    evaluate_pairs, fit_gradient_match, fit_preference, gradient_cosine, FitConfig,
+    GradientMatchConfig, InputFilter, InputPerturbation, PairSet, Pooling, PreferenceLoss,
+    ProcessReward,
 };
-use rand::{rngs::StdRng, SeedableRng};
 use refl_trainer::{FrameSelection, LatentRewards, Method, RgbReflConfig};
 use shapes_world::{Caption, PolicyNeighboursConfig, RewardData, Split, WorldModels};
 
@@ -305,40 +303,6 @@ fn accuracy(prm: &ProcessReward<AD>, pairs: &PairSet<B>) -> latent_reward::Resul
         evaluate_pairs(&prm, pairs, 0.0, 17, 32)?,
         evaluate_pairs(&prm, pairs, 0.6, 17, 32)?,
     ])
-}
-
-/// Mean cosine between the reward model's and the oracle's gradients in the clean latent, over
-/// `set`'s samples noised to `sigma` (fixed noise): whether climbing the model climbs the oracle
-/// where the data lies.
-fn gradient_cosine(
-    prm: &ProcessReward<AD>,
-    set: &GradientSet<AD>,
-    sigma: f32,
-) -> Result<f64, Box<dyn std::error::Error>> {
-    let dev = Default::default();
-    let mut rng = StdRng::seed_from_u64(23);
-    let (mut sum, n) = (0.0, set.len());
-    for start in (0..n).step_by(16) {
-        let end = (start + 16).min(n);
-        let batch = set.batch(&(start..end).collect::<Vec<_>>());
-        let z = batch.latents.inner();
-        let b = end - start;
-        let sig = Tensor::<B, 1>::full([b], sigma, &dev);
-        let x = noisy(z.clone(), randn(z.dims(), &mut rng, &dev), sig.clone());
-        let leaf = Tensor::<AD, 5>::from_inner(x).require_grad();
-        let score = prm.score(leaf.clone(), Tensor::from_inner(sig), batch.text);
-        let g_prm = leaf
-            .grad(&score.sum().backward())
-            .ok_or("no reward-model gradient")?;
-        let g_oracle = batch.grads.inner();
-        let dot = (g_prm.clone() * g_oracle.clone())
-            .reshape([b as i32, -1])
-            .sum_dim(1);
-        let norm = |g: Tensor<B, 5>| g.powi_scalar(2).reshape([b as i32, -1]).sum_dim(1).sqrt();
-        let cos = dot / (norm(g_prm) * norm(g_oracle)).add_scalar(1e-12);
-        sum += cos.sum().into_scalar() as f64;
-    }
-    Ok(sum / n as f64)
 }
 
 /// `args.prm_steps` (round >= 1) or `args.fit_first` (round 0) steps of the reward model on all
@@ -642,8 +606,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let acc = accuracy(&prm, &test_pairs)?;
         let onp = accuracy(&prm, &onp_pairs)?;
         let cos = [
-            gradient_cosine(&prm, &test_grads, 0.0)?,
-            gradient_cosine(&prm, &test_grads, 0.6)?,
+            gradient_cosine(&prm, &test_grads, 0.0, 16, 23)?,
+            gradient_cosine(&prm, &test_grads, 0.6, 16, 23)?,
         ];
         let row = format!(
             "| {round} | {} | {:.3} / {:.3} | {:.3} / {:.3} ({} pairs) | {:.3} / {:.3} | {before:.4} | {after:.4} | {:+.4} |\n",

@@ -20,28 +20,34 @@
 //! block-film), `--channels 32,64,64` and `--strides 1x1x1,1x2x2,1x1x1` (its residual blocks;
 //! these are the defaults), `--bootstrap none|resample` (the ensemble members' data: all of it,
 //! the default, or a resample each), `--single-only` (train and evaluate only the VELR model on
-//! all data, for sweeps; no report). With the defaults one VELR model takes about 24 min on 2
-//! cores, so the whole run (12 VELR models) takes about 5 hours.
+//! all data, for sweeps; no report), `--resume` (load the regression models an interrupted run
+//! with the same settings already saved in `--save`, train the rest). With the defaults one VELR
+//! model takes about 24 min on 2 cores, so the whole run (12 VELR models) takes about 5 hours;
+//! every model is saved as soon as it is trained.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use burn::{
     backend::Autodiff,
     config::Config,
-    module::AutodiffModule,
+    module::{AutodiffModule, Module},
     tensor::{backend::Backend, Tensor},
 };
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    checkpoint::{load_record, save_record},
+    checkpoint::{load_record, save_record, write_atomic},
     loss::TimestepSampling,
     probe::{measure, PeakAlloc},
 };
-use ensemble::{fit_members, Bootstrap, Ensemble};
+use ensemble::{fit_member, Bootstrap, Ensemble};
 use latent_reward::{
-    evaluate_pairs, evaluate_regression, fit_preference, fit_regression, FitConfig,
-    InputPerturbation, LatentReward, MlpRewardConfig, PreferenceLoss, ProcessRewardConfig,
-    RegressionLoss, RegressionMetrics, RegressionSet, TextFusion, VelrRewardConfig,
+    evaluate_pairs, evaluate_regression, fit_preference, fit_regression, gradient_cosine,
+    FitConfig, InputPerturbation, LatentReward, MlpRewardConfig, PreferenceLoss,
+    ProcessRewardConfig, RegressionLoss, RegressionMetrics, RegressionSet, TextFusion,
+    VelrRewardConfig,
 };
 use rand::{
     rngs::StdRng,
@@ -77,6 +83,7 @@ struct Args {
     channels: Vec<usize>,
     strides: Vec<[usize; 3]>,
     single_only: bool,
+    resume: bool,
     bootstrap: Bootstrap,
 }
 
@@ -102,6 +109,7 @@ fn parse() -> Result<Args, String> {
         // first block costs about 0.1 test / OOD Pearson (docs/rewards.md, session 11)
         strides: vec![[1, 1, 1], [1, 2, 2], [1, 1, 1]],
         single_only: false,
+        resume: false,
         // a bootstrap member sees about 63% of the distinct samples and regressed worse
         // (test Pearson 0.53 against 0.66 on all data, session 10)
         bootstrap: Bootstrap::None,
@@ -110,6 +118,10 @@ fn parse() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "--single-only" {
             a.single_only = true;
+            continue;
+        }
+        if flag == "--resume" {
+            a.resume = true;
             continue;
         }
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
@@ -371,6 +383,23 @@ where
     Ok(model.valid())
 }
 
+/// With `resume`, the model saved at `path` if there is one (loaded into `blank()`); otherwise
+/// `train()`'s model, saved at `path` at once so that an interrupted run can resume after it.
+fn fit_or_resume<M: Module<B>>(
+    path: &Path,
+    resume: bool,
+    blank: impl FnOnce() -> latent_reward::Result<M>,
+    train: impl FnOnce() -> latent_reward::Result<M>,
+) -> Result<M, Box<dyn std::error::Error>> {
+    if resume && path.exists() {
+        println!("loaded {} (--resume)", path.display());
+        return Ok(load_record(blank()?, path, &Default::default())?);
+    }
+    let m = train()?;
+    save_record(m.clone(), path)?;
+    Ok(m)
+}
+
 fn mb(bytes: Option<u64>) -> f64 {
     bytes.unwrap_or(0) as f64 / 1e6
 }
@@ -388,6 +417,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_channels(args.channels.clone())
         .with_strides(args.strides.clone());
     velr_cfg.init::<B>(&dev)?; // a bad --channels / --strides fails here, before any work
+                               // every model is saved as soon as it is trained; `--resume` loads those of an interrupted
+                               // run with the same settings instead of training them again
+    let settings = format!(
+        "lrm_steps {} fusion {:?} channels {:?} strides {:?} bootstrap {:?} train_prompts {} per_prompt {} margin {} hard_negatives {} variations {}\n",
+        args.lrm_steps, args.fusion, args.channels, args.strides, args.bootstrap,
+        args.train_prompts, args.per_prompt, args.margin, args.hard_negatives, args.variations
+    );
+    let settings_path = args.save.join("regression_settings.txt");
+    if args.resume {
+        if let Ok(old) = std::fs::read_to_string(&settings_path) {
+            if old != settings {
+                return Err(format!(
+                    "--resume: the models in {} were trained with `{}`, this run asks for `{}`",
+                    args.save.display(),
+                    old.trim(),
+                    settings.trim()
+                )
+                .into());
+            }
+        }
+    }
     let splits = [
         (Split::Train, args.train_prompts),
         (Split::Test, args.eval_prompts),
@@ -398,10 +448,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut test_captions: Vec<Caption> = Vec::new();
     let mut pairs = Vec::new();
     let mut fit_set = None;
+    let mut test_data = None;
     for (split, n) in splits {
         let data = split_data(&models, split, n, &args, &dev)?;
         if split == Split::Test {
             test_captions = data.samples.iter().map(|s| s.caption).collect();
+            test_data = Some(data.clone());
         }
         regs.push(data.regression_set(&models, &dev)?);
         if split == Split::Train {
@@ -414,8 +466,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         pairs.push(data.pair_set(&models, &dev)?);
     }
+    let flags: String = std::env::args().skip(1).map(|a| format!(" {a}")).collect();
+    let flags = if flags.is_empty() {
+        flags
+    } else {
+        format!(" --{flags}")
+    };
     let mut md = format!(
-        "# Latent reward models on shapes-world\n\nProduced by `cargo run --release --example train_rewards` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
+        "# Latent reward models on shapes-world\n\nProduced by `cargo run --release --example train_rewards{flags}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
          Data: for each prompt, {} base-model samples (20 Euler steps) scored by the pixel oracle, the rendered ground-truth video, and a rendered video of another caption; \
          preference pairs are any two samples of the same prompt whose rewards differ by at least {}. Prompts: {} train, {} test, {} out-of-distribution (colour-shape pairs never seen in training). \
          The regression models train on the training split plus hard negatives: each generated sample rescored against a near-miss caption (colour, shape or direction changed, kept inside the training split), \
@@ -519,7 +577,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: 100,
     };
     velr_cfg.save(args.save.join("velr.json"))?;
-    let mut rows: Vec<(String, Vec<RegressionMetrics>)> = Vec::new();
+    let test_grads = test_data
+        .expect("the test split is read")
+        .gradient_set(&models_ad, &dev)?;
+    // (model, MSE and Pearson per split, gradient cosine with the oracle on the test samples)
+    let mut rows: Vec<(String, Vec<RegressionMetrics>, f64)> = Vec::new();
     let eval = |m: &dyn Fn(&RegressionSet<B>) -> latent_reward::Result<RegressionMetrics>| -> latent_reward::Result<Vec<RegressionMetrics>> {
         regs.iter().map(m).collect()
     };
@@ -534,57 +596,94 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    let mlp = fit_seeded(
-        || MlpRewardConfig::new(shape[0], text_dim).init(&dev),
-        &train,
-        loss,
-        &fit,
-        "mlp",
+    write_atomic(&settings_path, settings.as_bytes())?;
+    let mlp_cfg = MlpRewardConfig::new(shape[0], text_dim);
+    let mlp = fit_or_resume(
+        &args.save.join("mlp.mpk"),
+        args.resume,
+        || mlp_cfg.init(&dev),
+        || fit_seeded(|| mlp_cfg.init(&dev), &train, loss, &fit, "mlp"),
     )?;
+    // the autodiff copies (for the gradient cosine and the cost table), read back from disk
+    let mlp_ad = load_record(mlp_cfg.init::<AD>(&dev)?, &args.save.join("mlp.mpk"), &dev)?;
     rows.push((
         "MLP baseline (pooled latents)".into(),
         eval(&|s| evaluate_regression(&mlp, s, 64))?,
+        gradient_cosine(&mlp_ad, &test_grads, 0.0, 16, 23)?,
     ));
-    let single = fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr")?;
+    let single = fit_or_resume(
+        &args.save.join("velr_single.mpk"),
+        args.resume,
+        || velr_cfg.init(&dev),
+        || fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr"),
+    )?;
+    let velr_ad = |file: &str| -> latent_reward::Result<_> {
+        Ok(load_record(
+            velr_cfg.init::<AD>(&dev)?,
+            &args.save.join(file),
+            &dev,
+        )?)
+    };
+    let single_ad = velr_ad("velr_single.mpk")?;
     rows.push((
         "VELR LRM (all data)".into(),
         eval(&|s| evaluate_regression(&single, s, 64))?,
+        gradient_cosine(&single_ad, &test_grads, 0.0, 16, 23)?,
     ));
-    let published = fit_seeded(
+    let published_cfg = velr_cfg.clone().with_fusion(TextFusion::CrossAttention);
+    let published = fit_or_resume(
+        &args.save.join("velr_cross_attention.mpk"),
+        args.resume,
+        || published_cfg.init(&dev),
         || {
-            velr_cfg
-                .clone()
-                .with_fusion(TextFusion::CrossAttention)
-                .init(&dev)
+            fit_seeded(
+                || published_cfg.init(&dev),
+                &train,
+                loss,
+                &fit,
+                "velr (cross-attention only)",
+            )
         },
-        &train,
-        loss,
-        &fit,
-        "velr (cross-attention only)",
+    )?;
+    let published_ad = load_record(
+        published_cfg.init::<AD>(&dev)?,
+        &args.save.join("velr_cross_attention.mpk"),
+        &dev,
     )?;
     rows.push((
         "VELR LRM, published text path (cross-attention only)".into(),
         eval(&|s| evaluate_regression(&published, s, 64))?,
+        gradient_cosine(&published_ad, &test_grads, 0.0, 16, 23)?,
     ));
-    let (members, _) = fit_members(
-        args.members,
-        |_| velr_cfg.init::<AD>(&dev),
-        &train,
-        loss,
-        &FitConfig {
-            seed: 1,
-            ..fit.clone()
-        },
-        args.bootstrap,
+    let member_fit = FitConfig {
+        seed: 1,
+        ..fit.clone()
+    };
+    let members = Ensemble::new(
+        (0..args.members)
+            .map(|i| {
+                fit_or_resume(
+                    &args.save.join(format!("velr_{i}.mpk")),
+                    args.resume,
+                    || velr_cfg.init(&dev),
+                    || {
+                        let init = |_| velr_cfg.init::<AD>(&dev);
+                        fit_member(i, init, &train, loss, &member_fit, args.bootstrap)
+                            .map(|(m, _)| m.valid())
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?,
     )?;
-    for (i, m) in members.members.iter().enumerate() {
-        save_record(m.clone(), &args.save.join(format!("velr_{i}.mpk")))?;
-    }
-    let members = members.valid();
     let sizes: Vec<usize> = [1, 3, 5, 10]
         .into_iter()
         .filter(|n| *n <= args.members)
         .collect();
+    let members_ad = Ensemble::new(
+        (0..args.members)
+            .map(|i| velr_ad(&format!("velr_{i}.mpk")))
+            .collect::<Result<Vec<_>, _>>()?,
+    )?;
     for &n in &sizes {
         let e = members.truncated(n)?;
         rows.push((
@@ -596,12 +695,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             ),
             eval(&|s| evaluate_regression(&e, s, 64))?,
+            gradient_cosine(&members_ad.truncated(n)?, &test_grads, 0.0, 16, 23)?,
         ));
     }
     let lrm_seconds = t.elapsed().as_secs_f64();
     md += &format!(
-        "\n## Regressing the pixel oracle (VELR)\n\nVELR LRM with `TextFusion::{:?}` (`Pooled`: the published cross-attention plus FiLM by the pooled prompt and a head on `[video, prompt, video * prompt]`; `BlockFilm`: that plus FiLM of every residual block by the mean text token), residual blocks of {:?} channels with strides {:?}; MSE loss, {} steps of 32, AdamW lr 3e-4; ensemble members trained with their own seeds{} ({:.0} s for all models). \
-         MSE and Pearson correlation (PCC) of predicted against oracle reward:\n\n| model | train MSE | train PCC | test MSE | test PCC | ood MSE | ood PCC |\n|---|---|---|---|---|---|---|\n",
+        "\n## Regressing the pixel oracle (VELR)\n\nVELR LRM with `TextFusion::{:?}` (`Pooled`: the published cross-attention plus FiLM by the pooled prompt and a head on `[video, prompt, video * prompt]`; `BlockFilm`: that plus FiLM of every residual block by the mean text token), residual blocks of {:?} channels with strides {:?}; MSE loss, {} steps of 32, AdamW lr 3e-4; ensemble members trained with their own seeds{} ({:.0} s for all models{}). \
+         MSE and Pearson correlation (PCC) of predicted against oracle reward; the mean cosine between the model's gradient in the clean latent and the oracle's (through the VAE decoder) on the test samples, which is what reward feedback climbs:\n\n| model | train MSE | train PCC | test MSE | test PCC | ood MSE | ood PCC | test gradient cosine |\n|---|---|---|---|---|---|---|---|\n",
         args.fusion,
         velr_cfg.channels,
         velr_cfg.strides,
@@ -610,16 +710,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Bootstrap::None => " on all the data",
             Bootstrap::Resample => ", each on a bootstrap resample",
         },
-        lrm_seconds
+        lrm_seconds,
+        if args.resume {
+            " in this run, which loaded the models an earlier run had saved (`--resume`)"
+        } else {
+            ""
+        }
     );
-    println!("\nregression (MSE / Pearson): train, test, ood");
-    for (name, m) in &rows {
+    println!("\nregression (MSE / Pearson): train, test, ood; test gradient cosine");
+    for (name, m, cos) in &rows {
         println!(
-            "  {name:<36} {:.4}/{:.3}  {:.4}/{:.3}  {:.4}/{:.3}",
+            "  {name:<36} {:.4}/{:.3}  {:.4}/{:.3}  {:.4}/{:.3}  {cos:.3}",
             m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson
         );
         md += &format!(
-            "| {name} | {:.4} | {:.3} | {:.4} | {:.3} | {:.4} | {:.3} |\n",
+            "| {name} | {:.4} | {:.3} | {:.4} | {:.3} | {:.4} | {:.3} | {cos:.3} |\n",
             m[0].mse, m[0].pearson, m[1].mse, m[1].pearson, m[2].mse, m[2].pearson
         );
     }
@@ -632,20 +737,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let text = || Tensor::<AD, 3>::from_inner(batch.text.clone());
     let sigma = || Tensor::<AD, 1>::zeros([n], &dev);
     let n_ens = 5.min(args.members);
-    let ens5 = Ensemble::new(
-        (0..n_ens)
-            .map(|i| {
-                let m = velr_cfg.init::<AD>(&dev)?;
-                Ok(diffusion_core::checkpoint::load_record(
-                    m,
-                    &args.save.join(format!("velr_{i}.mpk")),
-                    &dev,
-                )?)
-            })
-            .collect::<latent_reward::Result<Vec<_>>>()?,
-    )?;
-    let mlp_ad = MlpRewardConfig::new(shape[0], text_dim).init::<AD>(&dev)?;
-    let single_ad = velr_cfg.init::<AD>(&dev)?;
+    let ens5 = members_ad.truncated(n_ens)?;
     let reps = 5;
     let time = |label: &str, f: &dyn Fn() -> f64| {
         f(); // warm-up

@@ -18,11 +18,8 @@ pub enum Bootstrap {
     Resample,
 }
 
-/// Trains `n` members independently: member `i` is built by `init(seed + i)` (after seeding the
-/// backend's generator with the same number, so initialisations differ and are reproducible) and
-/// trained with
-/// `fit_regression` using seed `seed + i` for its batch order (and its bootstrap resample).
-/// Returns the ensemble and each member's report.
+/// Trains `n` members independently with [`fit_member`] (members `0..n`). Returns the ensemble
+/// and each member's report.
 ///
 /// # Errors
 /// Whatever `init` or a member's training returns (a NaN loss names its step).
@@ -41,30 +38,54 @@ where
 {
     let mut members = Vec::with_capacity(n);
     let mut reports = Vec::with_capacity(n);
-    for i in 0..n as u64 {
-        let seed = cfg.seed.wrapping_add(i);
-        let member_cfg = FitConfig {
-            seed,
-            ..cfg.clone()
-        };
-        let resampled;
-        let set = match bootstrap {
-            Bootstrap::None => data,
-            Bootstrap::Resample => {
-                resampled = data.bootstrap(&mut StdRng::seed_from_u64(seed ^ 0xB007));
-                &resampled
-            }
-        };
-        B::seed(&data.latents.device(), seed);
-        let (m, r) = fit_regression(
-            init(seed)?,
-            set,
-            loss,
-            &member_cfg,
-            &format!("member {}", i + 1),
-        )?;
+    for i in 0..n {
+        let (m, r) = fit_member(i, &mut init, data, loss, cfg, bootstrap)?;
         members.push(m);
         reports.push(r);
     }
     Ok((Ensemble::new(members)?, reports))
+}
+
+/// Trains member `i` of an ensemble on its own: it is built by `init(cfg.seed + i)` (after
+/// seeding the backend's generator with the same number, so initialisations differ and are
+/// reproducible) and trained with `fit_regression` using seed `cfg.seed + i` for its batch order
+/// (and its bootstrap resample). Training members one at a time lets a caller save each as it
+/// finishes and resume a long run; the result equals member `i` of [`fit_members`].
+///
+/// # Errors
+/// Whatever `init` or the training returns (a NaN loss names its step).
+pub fn fit_member<B, M, F>(
+    i: usize,
+    init: F,
+    data: &RegressionSet<B>,
+    loss: RegressionLoss,
+    cfg: &FitConfig,
+    bootstrap: Bootstrap,
+) -> latent_reward::Result<(M, FitReport)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + LatentReward<B>,
+    F: FnOnce(u64) -> latent_reward::Result<M>,
+{
+    let seed = cfg.seed.wrapping_add(i as u64);
+    let member_cfg = FitConfig {
+        seed,
+        ..cfg.clone()
+    };
+    let resampled;
+    let set = match bootstrap {
+        Bootstrap::None => data,
+        Bootstrap::Resample => {
+            resampled = data.bootstrap(&mut StdRng::seed_from_u64(seed ^ 0xB007));
+            &resampled
+        }
+    };
+    B::seed(&data.latents.device(), seed);
+    fit_regression(
+        init(seed)?,
+        set,
+        loss,
+        &member_cfg,
+        &format!("member {}", i + 1),
+    )
 }

@@ -6,5 +6,5 @@ pub mod fit;
 pub mod model;
 
 pub use aggregation::Aggregation;
-pub use fit::{fit_members, Bootstrap};
+pub use fit::{fit_member, fit_members, Bootstrap};
 pub use model::{Ensemble, Evaluation, MemberScores};

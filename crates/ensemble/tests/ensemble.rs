@@ -122,14 +122,22 @@ fn members_train_independently() {
     // different seeds and resamples give different members: positive variance
     let var: Vec<f32> = s.variance().into_data().to_vec().unwrap();
     assert!(var.iter().all(|x| *x > 0.0));
-    // the same seed gives the same ensemble
-    let (again, _) = fit_members(
-        3,
-        init,
-        &data,
-        RegressionLoss::Mse,
-        &cfg,
-        Bootstrap::Resample,
+    // the same seed gives the same ensemble, also when the members are trained one at a time
+    let again = Ensemble::new(
+        (0..3)
+            .map(|i| {
+                fit_member(
+                    i,
+                    init,
+                    &data,
+                    RegressionLoss::Mse,
+                    &cfg,
+                    Bootstrap::Resample,
+                )
+                .map(|(m, _)| m)
+            })
+            .collect::<latent_reward::Result<Vec<_>>>()
+            .unwrap(),
     )
     .unwrap();
     let s2 = again

@@ -20,8 +20,8 @@ pub use base::{LatentReward, PixelReward, RewardRange};
 pub use data::{PairBatch, PairSet, RegressionBatch, RegressionSet};
 pub use error::{Result, RewardError};
 pub use gradient_match::{
-    fit_gradient_match, gradient_match_loss, GradientBatch, GradientMatchConfig, GradientSet,
-    ProbeDirections,
+    fit_gradient_match, gradient_cosine, gradient_match_loss, GradientBatch, GradientMatchConfig,
+    GradientSet, ProbeDirections,
 };
 pub use input_filter::InputFilter;
 pub use loss::{PreferenceLoss, RegressionLoss};

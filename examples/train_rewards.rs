@@ -367,25 +367,24 @@ fn to_ad_reg(s: &RegressionSet<B>) -> RegressionSet<AD> {
 }
 
 /// Seeds the backend (the same seed for every single model, so they start alike), then fits the
-/// model that `init` builds; returns it without autodiff.
+/// model that `init` builds.
 fn fit_seeded<M>(
     init: impl FnOnce() -> latent_reward::Result<M>,
     train: &RegressionSet<AD>,
     loss: RegressionLoss,
     fit: &FitConfig,
     label: &str,
-) -> latent_reward::Result<M::InnerModule>
+) -> latent_reward::Result<M>
 where
     M: AutodiffModule<AD> + LatentReward<AD>,
 {
     B::seed(&train.latents.device(), 100);
-    let (model, _) = fit_regression(init()?, train, loss, fit, label)?;
-    Ok(model.valid())
+    Ok(fit_regression(init()?, train, loss, fit, label)?.0)
 }
 
 /// With `resume`, the model saved at `path` if there is one (loaded into `blank()`); otherwise
 /// `train()`'s model, saved at `path` at once so that an interrupted run can resume after it.
-fn fit_or_resume<M: Module<B>>(
+fn fit_or_resume<M: Module<AD>>(
     path: &Path,
     resume: bool,
     blank: impl FnOnce() -> latent_reward::Result<M>,
@@ -417,8 +416,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_channels(args.channels.clone())
         .with_strides(args.strides.clone());
     velr_cfg.init::<B>(&dev)?; // a bad --channels / --strides fails here, before any work
-                               // every model is saved as soon as it is trained; `--resume` loads those of an interrupted
-                               // run with the same settings instead of training them again
+
+    // every model is saved as soon as it is trained; `--resume` loads those of an interrupted
+    // run with the same settings instead of training them again
     let settings = format!(
         "lrm_steps {} fusion {:?} channels {:?} strides {:?} bootstrap {:?} train_prompts {} per_prompt {} margin {} hard_negatives {} variations {}\n",
         args.lrm_steps, args.fusion, args.channels, args.strides, args.bootstrap,
@@ -587,7 +587,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t = Instant::now();
     if args.single_only {
-        let single = fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr")?;
+        let single = fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr")?.valid();
         let m = eval(&|s| evaluate_regression(&single, s, 64))?;
         println!(
             "VELR ({:?}, {:?}, {} steps, {:.0} s) MSE / Pearson: train {:.4}/{:.3} test {:.4}/{:.3} ood {:.4}/{:.3}",
@@ -598,40 +598,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     write_atomic(&settings_path, settings.as_bytes())?;
     let mlp_cfg = MlpRewardConfig::new(shape[0], text_dim);
-    let mlp = fit_or_resume(
+    // autodiff models (for the gradient cosine and the cost table); `valid()` evaluates them
+    let mlp_ad = fit_or_resume(
         &args.save.join("mlp.mpk"),
         args.resume,
         || mlp_cfg.init(&dev),
         || fit_seeded(|| mlp_cfg.init(&dev), &train, loss, &fit, "mlp"),
     )?;
-    // the autodiff copies (for the gradient cosine and the cost table), read back from disk
-    let mlp_ad = load_record(mlp_cfg.init::<AD>(&dev)?, &args.save.join("mlp.mpk"), &dev)?;
+    let mlp = mlp_ad.valid();
     rows.push((
         "MLP baseline (pooled latents)".into(),
         eval(&|s| evaluate_regression(&mlp, s, 64))?,
         gradient_cosine(&mlp_ad, &test_grads, 0.0, 16, 23)?,
     ));
-    let single = fit_or_resume(
+    let single_ad = fit_or_resume(
         &args.save.join("velr_single.mpk"),
         args.resume,
         || velr_cfg.init(&dev),
         || fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr"),
     )?;
-    let velr_ad = |file: &str| -> latent_reward::Result<_> {
-        Ok(load_record(
-            velr_cfg.init::<AD>(&dev)?,
-            &args.save.join(file),
-            &dev,
-        )?)
-    };
-    let single_ad = velr_ad("velr_single.mpk")?;
+    let single = single_ad.valid();
     rows.push((
         "VELR LRM (all data)".into(),
         eval(&|s| evaluate_regression(&single, s, 64))?,
         gradient_cosine(&single_ad, &test_grads, 0.0, 16, 23)?,
     ));
     let published_cfg = velr_cfg.clone().with_fusion(TextFusion::CrossAttention);
-    let published = fit_or_resume(
+    let published_ad = fit_or_resume(
         &args.save.join("velr_cross_attention.mpk"),
         args.resume,
         || published_cfg.init(&dev),
@@ -645,11 +638,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
         },
     )?;
-    let published_ad = load_record(
-        published_cfg.init::<AD>(&dev)?,
-        &args.save.join("velr_cross_attention.mpk"),
-        &dev,
-    )?;
+    let published = published_ad.valid();
     rows.push((
         "VELR LRM, published text path (cross-attention only)".into(),
         eval(&|s| evaluate_regression(&published, s, 64))?,
@@ -659,7 +648,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: 1,
         ..fit.clone()
     };
-    let members = Ensemble::new(
+    let members_ad = Ensemble::new(
         (0..args.members)
             .map(|i| {
                 fit_or_resume(
@@ -669,7 +658,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     || {
                         let init = |_| velr_cfg.init::<AD>(&dev);
                         fit_member(i, init, &train, loss, &member_fit, args.bootstrap)
-                            .map(|(m, _)| m.valid())
+                            .map(|(m, _)| m)
                     },
                 )
             })
@@ -679,11 +668,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .filter(|n| *n <= args.members)
         .collect();
-    let members_ad = Ensemble::new(
-        (0..args.members)
-            .map(|i| velr_ad(&format!("velr_{i}.mpk")))
-            .collect::<Result<Vec<_>, _>>()?,
-    )?;
+    let members = members_ad.valid();
     for &n in &sizes {
         let e = members.truncated(n)?;
         rows.push((

@@ -9,8 +9,8 @@
 //! cargo run --release --example compare_methods -- --seconds 120 --report docs/comparison.md
 //! ```
 //!
-//! Needs the process reward model (shipped) and the VELR members `velr_0.mpk ...` that the
-//! `train_rewards` example writes to `--rewards` (default assets/shapes-world/rewards).
+//! Uses the process reward model and the VELR members `velr_0.mpk ... velr_4.mpk` in `--rewards`
+//! (default assets/shapes-world/rewards, where both are shipped; `train_rewards` writes them).
 //! Flags: `--seconds`, `--eval-every`, `--batch`, `--lr`, `--heldout`, `--members`,
 //! `--methods` (a comma-separated subset of `rgb-refl,prfl,velr,grpo-latent,grpo-pixel`; the
 //! VELR members are needed only for `velr` and `grpo-latent`), `--out`, `--report`.

@@ -13,8 +13,8 @@
 //! fewest Euler steps (and a schedule shift) that keep the stage-3 reward on training prompts
 //! within `--tolerance`, then reports on the held-out ones.
 //!
-//! Needs the VELR members that `train_rewards` writes (`--rewards`, default
-//! assets/shapes-world/rewards). Flags: `--sft-steps`, `--grpo-steps`, `--heldout`,
+//! Uses the VELR members in `--rewards` (default assets/shapes-world/rewards, where five are
+//! shipped; `train_rewards` writes them). Flags: `--sft-steps`, `--grpo-steps`, `--heldout`,
 //! `--members`, `--tolerance`, `--out`, `--report`.
 
 use std::{path::PathBuf, time::Instant};

@@ -606,8 +606,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let acc = accuracy(&prm, &test_pairs)?;
         let onp = accuracy(&prm, &onp_pairs)?;
         let cos = [
-            gradient_cosine(&prm, &test_grads, 0.0, 16, 23)?,
-            gradient_cosine(&prm, &test_grads, 0.6, 16, 23)?,
+            gradient_cosine(&prm, &test_grads, 0.0, 23, 16)?,
+            gradient_cosine(&prm, &test_grads, 0.6, 23, 16)?,
         ];
         let row = format!(
             "| {round} | {} | {:.3} / {:.3} | {:.3} / {:.3} ({} pairs) | {:.3} / {:.3} | {before:.4} | {after:.4} | {:+.4} |\n",

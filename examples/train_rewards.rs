@@ -609,7 +609,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rows.push((
         "MLP baseline (pooled latents)".into(),
         eval(&|s| evaluate_regression(&mlp, s, 64))?,
-        gradient_cosine(&mlp_ad, &test_grads, 0.0, 16, 23)?,
+        gradient_cosine(&mlp_ad, &test_grads, 0.0, 23, 16)?,
     ));
     let single_ad = fit_or_resume(
         &args.save.join("velr_single.mpk"),
@@ -621,7 +621,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rows.push((
         "VELR LRM (all data)".into(),
         eval(&|s| evaluate_regression(&single, s, 64))?,
-        gradient_cosine(&single_ad, &test_grads, 0.0, 16, 23)?,
+        gradient_cosine(&single_ad, &test_grads, 0.0, 23, 16)?,
     ));
     let published_cfg = velr_cfg.clone().with_fusion(TextFusion::CrossAttention);
     let published_ad = fit_or_resume(
@@ -642,7 +642,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rows.push((
         "VELR LRM, published text path (cross-attention only)".into(),
         eval(&|s| evaluate_regression(&published, s, 64))?,
-        gradient_cosine(&published_ad, &test_grads, 0.0, 16, 23)?,
+        gradient_cosine(&published_ad, &test_grads, 0.0, 23, 16)?,
     ));
     let member_fit = FitConfig {
         seed: 1,
@@ -680,7 +680,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             ),
             eval(&|s| evaluate_regression(&e, s, 64))?,
-            gradient_cosine(&members_ad.truncated(n)?, &test_grads, 0.0, 16, 23)?,
+            gradient_cosine(&members_ad.truncated(n)?, &test_grads, 0.0, 23, 16)?,
         ));
     }
     let lrm_seconds = t.elapsed().as_secs_f64();

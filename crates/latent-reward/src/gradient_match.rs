@@ -269,7 +269,7 @@ where
 /// the reward model's gradient, as PRFL and ReFL do, climbs the oracle where the data lies. 1:
 /// the same direction; about 0: orthogonal (docs/refine_prm.md measured 0.01 for the process
 /// reward model on shapes-world). A sample where either gradient is zero counts 0. Scores
-/// `batch` samples per pass.
+/// `batch` samples per pass (the argument order of `evaluate_pairs`).
 ///
 /// # Errors
 /// `Shape` when the set does not fit the model; `InvalidConfig` for `batch` 0 or `sigma` outside
@@ -277,9 +277,9 @@ where
 pub fn gradient_cosine<B: AutodiffBackend, M: LatentReward<B>>(
     reward: &M,
     set: &GradientSet<B>,
-    sigma: f32,
-    batch: usize,
+    sigma: f64,
     seed: u64,
+    batch: usize,
 ) -> Result<f64> {
     if batch == 0 {
         return Err(invalid("batch", "0: no samples per pass".to_string()));
@@ -295,7 +295,7 @@ pub fn gradient_cosine<B: AutodiffBackend, M: LatentReward<B>>(
         let b = set.batch(chunk);
         reward.check_input(b.latents.dims(), b.text.dims())?;
         let n = chunk.len();
-        let sig = Tensor::<B, 1>::full([n], sigma, &device);
+        let sig = Tensor::<B, 1>::full([n], sigma as f32, &device);
         let eps = randn(b.latents.dims(), &mut rng, &device);
         let x = noisy(b.latents, eps, sig.clone()).detach().require_grad();
         let score = reward.score(x.clone(), sig, b.text);
@@ -423,7 +423,7 @@ mod tests {
     fn gradient_cosine_by_hand() {
         // g = (1, 0); a linear model's gradient is its weight at any noise level
         let data = set::<AD>();
-        let cos = |w: [f32; 2], sigma| gradient_cosine(&linear::<AD>(w), &data, sigma, 4, 0);
+        let cos = |w: [f32; 2], sigma| gradient_cosine(&linear::<AD>(w), &data, sigma, 0, 4);
         assert!((cos([2.0, 0.0], 0.0).unwrap() - 1.0).abs() < 1e-5);
         assert!(cos([0.0, 3.0], 0.5).unwrap().abs() < 1e-5);
         let diagonal = cos([-1.0, 1.0], 0.3).unwrap();
@@ -432,7 +432,7 @@ mod tests {
         assert!(cos([0.0, 0.0], 0.0).unwrap().abs() < 1e-6);
         assert!(cos([1.0, 0.0], 1.0).is_err());
         assert!(gradient_cosine(&linear::<AD>([1.0, 0.0]), &data, 0.0, 0, 0).is_err());
-        let nan = gradient_cosine(&linear::<AD>([f32::NAN, 0.0]), &data, 0.0, 4, 0);
+        let nan = gradient_cosine(&linear::<AD>([f32::NAN, 0.0]), &data, 0.0, 0, 4);
         assert!(matches!(nan, Err(RewardError::NonFinite { step: 0, .. })));
     }
 

@@ -45,7 +45,7 @@ use diffusion_core::{
 use ensemble::{fit_member, Bootstrap, Ensemble};
 use latent_reward::{
     evaluate_pairs, evaluate_regression, fit_preference, fit_regression, gradient_cosine,
-    FitConfig, InputPerturbation, LatentReward, MlpRewardConfig, PreferenceLoss,
+    FitConfig, GradientSet, InputPerturbation, LatentReward, MlpRewardConfig, PreferenceLoss,
     ProcessRewardConfig, RegressionLoss, RegressionMetrics, RegressionSet, TextFusion,
     VelrRewardConfig,
 };
@@ -399,6 +399,27 @@ fn fit_or_resume<M: Module<AD>>(
     Ok(m)
 }
 
+/// A row of the regression table: MSE and Pearson of `valid` on each of `regs`, and the mean
+/// cosine between `model`'s (the same model with autodiff) latent gradient and the oracle's on
+/// `grads` (clean latents).
+fn regression_row(
+    name: &str,
+    valid: &impl LatentReward<B>,
+    model: &impl LatentReward<AD>,
+    regs: &[RegressionSet<B>],
+    grads: &GradientSet<AD>,
+) -> latent_reward::Result<(String, Vec<RegressionMetrics>, f64)> {
+    let metrics = regs
+        .iter()
+        .map(|s| evaluate_regression(valid, s, 64))
+        .collect::<latent_reward::Result<_>>()?;
+    Ok((
+        name.to_string(),
+        metrics,
+        gradient_cosine(model, grads, 0.0, 23, 16)?,
+    ))
+}
+
 fn mb(bytes: Option<u64>) -> f64 {
     bytes.unwrap_or(0) as f64 / 1e6
 }
@@ -577,18 +598,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: 100,
     };
     velr_cfg.save(args.save.join("velr.json"))?;
-    let test_grads = test_data
-        .expect("the test split is read")
-        .gradient_set(&models_ad, &dev)?;
-    // (model, MSE and Pearson per split, gradient cosine with the oracle on the test samples)
-    let mut rows: Vec<(String, Vec<RegressionMetrics>, f64)> = Vec::new();
-    let eval = |m: &dyn Fn(&RegressionSet<B>) -> latent_reward::Result<RegressionMetrics>| -> latent_reward::Result<Vec<RegressionMetrics>> {
-        regs.iter().map(m).collect()
-    };
     let t = Instant::now();
     if args.single_only {
         let single = fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr")?.valid();
-        let m = eval(&|s| evaluate_regression(&single, s, 64))?;
+        let m = regs
+            .iter()
+            .map(|s| evaluate_regression(&single, s, 64))
+            .collect::<latent_reward::Result<Vec<_>>>()?;
         println!(
             "VELR ({:?}, {:?}, {} steps, {:.0} s) MSE / Pearson: train {:.4}/{:.3} test {:.4}/{:.3} ood {:.4}/{:.3}",
             velr_cfg.fusion, velr_cfg.strides, args.lrm_steps, t.elapsed().as_secs_f64(),
@@ -597,6 +613,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     write_atomic(&settings_path, settings.as_bytes())?;
+    let test_grads = test_data
+        .expect("the test split is read")
+        .gradient_set(&models_ad, &dev)?;
+    // (model, MSE and Pearson per split, gradient cosine with the oracle on the test samples)
+    let mut rows: Vec<(String, Vec<RegressionMetrics>, f64)> = Vec::new();
     let mlp_cfg = MlpRewardConfig::new(shape[0], text_dim);
     // autodiff models (for the gradient cosine and the cost table); `valid()` evaluates them
     let mlp_ad = fit_or_resume(
@@ -605,24 +626,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         || mlp_cfg.init(&dev),
         || fit_seeded(|| mlp_cfg.init(&dev), &train, loss, &fit, "mlp"),
     )?;
-    let mlp = mlp_ad.valid();
-    rows.push((
-        "MLP baseline (pooled latents)".into(),
-        eval(&|s| evaluate_regression(&mlp, s, 64))?,
-        gradient_cosine(&mlp_ad, &test_grads, 0.0, 23, 16)?,
-    ));
+    rows.push(regression_row(
+        "MLP baseline (pooled latents)",
+        &mlp_ad.valid(),
+        &mlp_ad,
+        &regs,
+        &test_grads,
+    )?);
     let single_ad = fit_or_resume(
         &args.save.join("velr_single.mpk"),
         args.resume,
         || velr_cfg.init(&dev),
         || fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr"),
     )?;
-    let single = single_ad.valid();
-    rows.push((
-        "VELR LRM (all data)".into(),
-        eval(&|s| evaluate_regression(&single, s, 64))?,
-        gradient_cosine(&single_ad, &test_grads, 0.0, 23, 16)?,
-    ));
+    rows.push(regression_row(
+        "VELR LRM (all data)",
+        &single_ad.valid(),
+        &single_ad,
+        &regs,
+        &test_grads,
+    )?);
     let published_cfg = velr_cfg.clone().with_fusion(TextFusion::CrossAttention);
     let published_ad = fit_or_resume(
         &args.save.join("velr_cross_attention.mpk"),
@@ -638,12 +661,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
         },
     )?;
-    let published = published_ad.valid();
-    rows.push((
-        "VELR LRM, published text path (cross-attention only)".into(),
-        eval(&|s| evaluate_regression(&published, s, 64))?,
-        gradient_cosine(&published_ad, &test_grads, 0.0, 23, 16)?,
-    ));
+    rows.push(regression_row(
+        "VELR LRM, published text path (cross-attention only)",
+        &published_ad.valid(),
+        &published_ad,
+        &regs,
+        &test_grads,
+    )?);
     let member_fit = FitConfig {
         seed: 1,
         ..fit.clone()
@@ -668,20 +692,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .filter(|n| *n <= args.members)
         .collect();
-    let members = members_ad.valid();
     for &n in &sizes {
-        let e = members.truncated(n)?;
-        rows.push((
-            format!(
-                "ensemble of {n} ({}, mean)",
-                match args.bootstrap {
-                    Bootstrap::None => "seeds",
-                    Bootstrap::Resample => "bootstrap",
-                }
-            ),
-            eval(&|s| evaluate_regression(&e, s, 64))?,
-            gradient_cosine(&members_ad.truncated(n)?, &test_grads, 0.0, 23, 16)?,
-        ));
+        let e = members_ad.truncated(n)?;
+        let name = format!(
+            "ensemble of {n} ({}, mean)",
+            match args.bootstrap {
+                Bootstrap::None => "seeds",
+                Bootstrap::Resample => "bootstrap",
+            }
+        );
+        rows.push(regression_row(&name, &e.valid(), &e, &regs, &test_grads)?);
     }
     let lrm_seconds = t.elapsed().as_secs_f64();
     md += &format!(

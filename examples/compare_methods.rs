@@ -12,6 +12,8 @@
 //! Uses the process reward model and the VELR members `velr_0.mpk ... velr_4.mpk` in `--rewards`
 //! (default assets/shapes-world/rewards, where both are shipped; `train_rewards` writes them).
 //! Flags: `--seconds`, `--eval-every`, `--batch`, `--lr`, `--heldout`, `--members`,
+//! `--align-every N` (VELR's online alignment every N steps; 0: no oracle labels, no alignment),
+//! `--velr-lcb K` (VELR scores by the ensemble's mean - K std; default 0: the mean),
 //! `--methods` (a comma-separated subset of `rgb-refl,prfl,velr,grpo-latent,grpo-pixel`; the
 //! VELR members are needed only for `velr` and `grpo-latent`), `--out`, `--report`.
 
@@ -83,6 +85,8 @@ struct Args {
     lr: f64,
     heldout: usize,
     members: usize,
+    align_every: usize,
+    velr_lcb: f64,
     methods: Vec<String>,
     models: PathBuf,
     rewards: PathBuf,
@@ -98,6 +102,8 @@ fn parse() -> Result<Args, String> {
         lr: 1e-4,
         heldout: 16,
         members: 5,
+        align_every: 10,
+        velr_lcb: 0.0,
         methods: METHODS.iter().map(|m| m.to_string()).collect(),
         models: "assets/shapes-world".into(),
         rewards: "assets/shapes-world/rewards".into(),
@@ -116,6 +122,8 @@ fn parse() -> Result<Args, String> {
             "--lr" => a.lr = f(val()?)?,
             "--heldout" => a.heldout = n(val()?)?,
             "--members" => a.members = n(val()?)?,
+            "--align-every" => a.align_every = n(val()?)?,
+            "--velr-lcb" => a.velr_lcb = f(val()?)?,
             "--methods" => {
                 a.methods = val()?
                     .split(',')
@@ -149,7 +157,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let want = |name: &str| args.methods.iter().any(|m| m == name);
     // the VELR members only where a method uses them (`train_rewards` writes them; not shipped)
     let ensemble = if want("velr") || want("grpo latent") {
-        let members = common::load_velr_members::<AD>(&args.rewards, args.members, &dev)?;
+        let members = common::load_velr_members::<AD>(&args.rewards, "velr", args.members, &dev)?;
         Some(Ensemble::new(members)?.with_aggregation(Aggregation::Mean))
     } else {
         None
@@ -224,6 +232,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             lambda: 1.0,
             margin: 2.0,
             sft_every: 1,
+            kl_beta: 0.0,
         });
         runs.push(("prfl", refl(method, LatentRewards::Process(prm), "prfl")?));
     }
@@ -233,10 +242,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 start: [6, 10],
                 window: 2,
                 kl_beta: 1.0,
-                aggregation: Aggregation::Mean,
+                aggregation: if args.velr_lcb > 0.0 {
+                    Aggregation::LowerConfidenceBound { k: args.velr_lcb }
+                } else {
+                    Aggregation::Mean
+                },
                 buffer: 64,
-                label_every: 1,
-                align_every: 10,
+                label_every: usize::from(args.align_every > 0),
+                align_every: args.align_every,
                 align_steps: 4,
                 align_lr: 1e-5,
             });
@@ -266,16 +279,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     let mut curves = Vec::new();
+    let flags = common::command_flags();
+    let velr_align = match args.align_every {
+        0 => "no oracle labels and no alignment".to_string(),
+        n => format!("buffer labelled every step, alignment every {n} steps"),
+    };
+    let velr_score = match args.velr_lcb {
+        k if k > 0.0 => format!("scored by the members' mean - {k} std"),
+        _ => "scored by the members' mean".to_string(),
+    };
     let mut md = format!(
-        "# Reward fine-tuning methods at equal wall time\n\nProduced by `cargo run --release --example compare_methods -- --seconds {} --eval-every {}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores): \
+        "# Reward fine-tuning methods at equal wall time\n\nProduced by `cargo run --release --example compare_methods{flags}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores): \
          each method fine-tunes a fresh copy of the shipped shapes-world DiT for {} s of training time (AdamW lr {:e}, 20-step chains, shift 3); \
          the held-out oracle reward is the mean over {} test prompts of Euler samples from fixed noise, measured every {} s outside the timed training.\n\n\
          - RGB ReFL: batch {b}, window 1 at the end of the chain, all frames decoded, `-r`.\n\
          - PRFL: batch {b}, the shipped process reward model, window 1, `relu(2 - r)`, an SFT step per reward step.\n\
-         - VELR: batch {b}, {} ensemble members from `train_rewards`, start step 6-9, window 2, `x0_hat` jump, KL weight 1, buffer labelled every step, alignment every 10 steps.\n\
+         - VELR: batch {b}, {} ensemble members from `train_rewards`, start step 6-9, window 2, `x0_hat` jump, KL weight 1, {velr_align}, {velr_score}.\n\
          - GRPO: 2 prompts x 4 Flow-GRPO SDE rollouts per step, 30% of the steps trained (one at a time), clip 0.2, KL weight 0.01; the reward is the VELR ensemble's mean - 1 std (latent) or the pixel oracle of every decoded sample (pixel).\n\n\
          | method | steps | held-out reward before | after | change |\n|---|---|---|---|---|\n",
-        args.seconds, args.eval_every, args.seconds, args.lr, args.heldout, args.eval_every, args.members, b = args.batch
+        args.seconds, args.lr, args.heldout, args.eval_every, args.members, b = args.batch
     );
     for (name, mut runner) in runs {
         let before = evaluate(&runner)?;

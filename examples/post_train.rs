@@ -155,7 +155,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Default::default();
     let t_all = Instant::now();
     let mut world = WorldModels::<AD>::load(&args.models, &dev)?;
-    let members = common::load_velr_members::<B>(&args.rewards, args.members, &dev)?;
+    let members = common::load_velr_members::<B>(&args.rewards, "velr", args.members, &dev)?;
     let reward = LatentScore(
         Ensemble::new(members)?.with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 }),
     );

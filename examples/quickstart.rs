@@ -31,10 +31,25 @@ mod common;
 type B = DefaultBackend;
 type AD = Autodiff<B>;
 
+/// PRFL's process reward: which model scores the noisy latents.
+enum ProcessRewardChoice {
+    /// The noise-aware VELR ensemble (`process_velr.json`, `process_velr_{i}.mpk` in the
+    /// directory; the first `members`), scored by its lower confidence bound.
+    NoiseAwareVelr {
+        /// Where `train_rewards` saved it.
+        dir: PathBuf,
+        /// Members used.
+        members: usize,
+    },
+    /// PRFL's reward model on the DiT's first blocks (`prm.json`, `prm.mpk`), or several of them
+    /// scored by their lower confidence bound.
+    DitTrunk(Vec<PathBuf>),
+}
+
 struct Args {
     run: common::PrflRun,
     models: PathBuf,
-    prm: Vec<PathBuf>,
+    reward: ProcessRewardChoice,
     lcb: f64,
     out: PathBuf,
 }
@@ -43,10 +58,14 @@ fn parse() -> Result<Args, String> {
     let mut a = Args {
         run: common::PrflRun::default(),
         models: "assets/shapes-world".into(),
-        prm: vec!["assets/shapes-world/rewards".into()],
+        reward: ProcessRewardChoice::NoiseAwareVelr {
+            dir: "assets/shapes-world/rewards".into(),
+            members: 3,
+        },
         lcb: 1.0,
         out: "out/quickstart".into(),
     };
+    let mut members = 3;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
@@ -58,6 +77,7 @@ fn parse() -> Result<Args, String> {
             "--lambda" => a.run.lambda = val()?.parse().map_err(|e| format!("--lambda: {e}"))?,
             "--margin" => a.run.margin = val()?.parse().map_err(|e| format!("--margin: {e}"))?,
             "--sft-every" => a.run.sft_every = num(val()?)?,
+            "--kl" => a.run.kl_beta = val()?.parse().map_err(|e| format!("--kl: {e}"))?,
             "--start" => {
                 let v: Vec<usize> = val()?
                     .split(',')
@@ -67,11 +87,27 @@ fn parse() -> Result<Args, String> {
             }
             "--heldout" => a.run.heldout = num(val()?)?,
             "--models" => a.models = val()?.into(),
-            "--prm" => a.prm = val()?.split(',').map(PathBuf::from).collect(),
+            "--prm" => {
+                a.reward =
+                    ProcessRewardChoice::DitTrunk(val()?.split(',').map(PathBuf::from).collect())
+            }
+            "--process-velr" => {
+                a.reward = ProcessRewardChoice::NoiseAwareVelr {
+                    dir: val()?.into(),
+                    members,
+                }
+            }
+            "--members" => members = num(val()?)?,
             "--lcb" => a.lcb = val()?.parse().map_err(|e| format!("--lcb: {e}"))?,
             "--out" => a.out = val()?.into(),
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if let ProcessRewardChoice::NoiseAwareVelr { members: m, .. } = &mut a.reward {
+        if members == 0 {
+            return Err("--members must be >= 1".into());
+        }
+        *m = members;
     }
     Ok(a)
 }
@@ -103,22 +139,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models =
         WorldModels::<B>::load(&args.models, &dev).map_err(|e| missing("the world models", &e))?;
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
-    let prms = args
-        .prm
-        .iter()
-        .map(|dir| common::load_prm(&models_ad.dit, dir, &dev))
-        .collect::<Result<Vec<_>, _>>()?;
-    let reward = match prms.len() {
-        1 => LatentRewards::Process(prms.into_iter().next().expect("one")),
-        n => {
+    let lcb = Aggregation::LowerConfidenceBound { k: args.lcb };
+    let reward = match &args.reward {
+        ProcessRewardChoice::NoiseAwareVelr { dir, members } => {
+            let ens = common::load_velr_members::<AD>(dir, "process_velr", *members, &dev)?;
             println!(
-                "{n} process reward models, lower confidence bound mean - {} std",
+                "process reward: the noise-aware VELR ensemble of {members} in {}, mean - {} std",
+                dir.display(),
                 args.lcb
             );
-            LatentRewards::ProcessEnsemble(
-                Ensemble::new(prms)?
-                    .with_aggregation(Aggregation::LowerConfidenceBound { k: args.lcb }),
-            )
+            LatentRewards::Ensemble(Ensemble::new(ens)?.with_aggregation(lcb))
+        }
+        ProcessRewardChoice::DitTrunk(dirs) => {
+            let prms = dirs
+                .iter()
+                .map(|dir| common::load_prm(&models_ad.dit, dir, &dev))
+                .collect::<Result<Vec<_>, _>>()?;
+            match prms.len() {
+                1 => LatentRewards::Process(prms.into_iter().next().expect("one")),
+                n => {
+                    println!(
+                        "{n} process reward models, lower confidence bound mean - {} std",
+                        args.lcb
+                    );
+                    LatentRewards::ProcessEnsemble(Ensemble::new(prms)?.with_aggregation(lcb))
+                }
+            }
         }
     };
     println!("backend {DEFAULT_BACKEND_NAME}; models and process reward model loaded");

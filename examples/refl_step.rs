@@ -295,6 +295,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     lambda: 0.1,
                     margin: 2.0,
                     sft_every: 0,
+                    kl_beta: 0.0,
                 }),
                 LatentRewards::Process(s.prm.clone()),
             ),

@@ -20,7 +20,9 @@
 //! block-film), `--channels 32,64,64` and `--strides 1x1x1,1x2x2,1x1x1` (its residual blocks;
 //! these are the defaults), `--bootstrap none|resample` (the ensemble members' data: all of it,
 //! the default, or a resample each), `--single-only` (train and evaluate only the VELR model on
-//! all data, for sweeps; no report), `--resume` (load the regression models an interrupted run
+//! all data, for sweeps; no report), `--process-members N` (default 3: the noise-aware VELR
+//! ensemble, PRFL's latent reward in the quickstart), `--process-only` (the process reward
+//! models' tables only, no regression models), `--resume` (load the regression models an interrupted run
 //! with the same settings already saved in `--save`, train the rest). With the defaults one VELR
 //! model takes about 24 min on 2 cores, so the whole run (12 VELR models) takes about 5 hours;
 //! every model is saved as soon as it is trained.
@@ -44,10 +46,10 @@ use diffusion_core::{
 };
 use ensemble::{fit_member, Bootstrap, Ensemble};
 use latent_reward::{
-    evaluate_pairs, evaluate_regression, fit_preference, fit_regression, gradient_cosine,
-    FitConfig, GradientSet, InputPerturbation, LatentReward, MlpRewardConfig, PreferenceLoss,
-    ProcessRewardConfig, RegressionLoss, RegressionMetrics, RegressionSet, TextFusion,
-    VelrRewardConfig,
+    evaluate_pairs, evaluate_regression, evaluate_regression_at, fit_preference, fit_regression,
+    gradient_cosine, FitConfig, GradientSet, InputPerturbation, LatentReward, MlpRewardConfig,
+    NoiseInput, PreferenceLoss, ProcessRewardConfig, RegressionLoss, RegressionMetrics,
+    RegressionSet, TextFusion, VelrRewardConfig,
 };
 use rand::{
     rngs::StdRng,
@@ -83,6 +85,8 @@ struct Args {
     channels: Vec<usize>,
     strides: Vec<[usize; 3]>,
     single_only: bool,
+    process_members: usize,
+    process_only: bool,
     resume: bool,
     bootstrap: Bootstrap,
 }
@@ -109,6 +113,8 @@ fn parse() -> Result<Args, String> {
         // first block costs about 0.1 test / OOD Pearson (docs/rewards.md, session 11)
         strides: vec![[1, 1, 1], [1, 2, 2], [1, 1, 1]],
         single_only: false,
+        process_members: 3,
+        process_only: false,
         resume: false,
         // a bootstrap member sees about 63% of the distinct samples and regressed worse
         // (test Pearson 0.53 against 0.66 on all data, session 10)
@@ -118,6 +124,10 @@ fn parse() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "--single-only" {
             a.single_only = true;
+            continue;
+        }
+        if flag == "--process-only" {
+            a.process_only = true;
             continue;
         }
         if flag == "--resume" {
@@ -137,6 +147,7 @@ fn parse() -> Result<Args, String> {
             "--prm-steps" => a.prm_steps = num(val()?)?,
             "--lrm-steps" => a.lrm_steps = num(val()?)?,
             "--members" => a.members = num(val()?)?,
+            "--process-members" => a.process_members = num(val()?)?,
             "--hard-negatives" => a.hard_negatives = num(val()?)?,
             "--variations" => a.variations = num(val()?)?,
             "--fusion" => {
@@ -196,6 +207,9 @@ fn parse() -> Result<Args, String> {
     }
     if a.members == 0 || a.per_prompt < 2 {
         return Err("--members must be >= 1 and --per-prompt >= 2".into());
+    }
+    if a.process_only && a.process_members == 0 {
+        return Err("--process-only needs --process-members >= 1".into());
     }
     Ok(a)
 }
@@ -487,12 +501,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         pairs.push(data.pair_set(&models, &dev)?);
     }
-    let flags: String = std::env::args().skip(1).map(|a| format!(" {a}")).collect();
-    let flags = if flags.is_empty() {
-        flags
-    } else {
-        format!(" --{flags}")
-    };
+    let flags = common::command_flags();
     let mut md = format!(
         "# Latent reward models on shapes-world\n\nProduced by `cargo run --release --example train_rewards{flags}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
          Data: for each prompt, {} base-model samples (20 Euler steps) scored by the pixel oracle, the rendered ground-truth video, and a rendered video of another caption; \
@@ -613,6 +622,83 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     write_atomic(&settings_path, settings.as_bytes())?;
+    let member_fit = FitConfig {
+        seed: 1,
+        ..fit.clone()
+    };
+
+    // ---- noise-aware VELR ensemble: a process reward regressing the oracle ----
+    if args.process_members > 0 {
+        let t = Instant::now();
+        // equal weight on every noise level: PRFL grades latents anywhere in the chain
+        let noise = TimestepSampling::Uniform { shift: 1.0 };
+        let process_cfg = velr_cfg.clone().with_noise(NoiseInput::BlockFilm);
+        process_cfg.save(args.save.join("process_velr.json"))?;
+        let process = Ensemble::new(
+            (0..args.process_members)
+                .map(|i| {
+                    fit_or_resume(
+                        &args.save.join(format!("process_velr_{i}.mpk")),
+                        args.resume,
+                        || process_cfg.init(&dev),
+                        || {
+                            let init = |_| process_cfg.init::<AD>(&dev);
+                            let (m, _) = fit_member(
+                                i,
+                                init,
+                                &train,
+                                loss,
+                                Some(noise),
+                                &member_fit,
+                                args.bootstrap,
+                            )?;
+                            Ok(m)
+                        },
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        )?
+        .valid();
+        md += &format!(
+            "\n## A noise-aware VELR ensemble as the process reward\n\n{} members of the VELR LRM below with `NoiseInput::BlockFilm` (FiLM of every residual block by sinusoidal features of `1000 sigma`), each trained like an ensemble member below ({} steps, MSE, own seed) on the regression data noised to `sigma ~ U(0, 1)`, regressing the clean sample's oracle reward ({:.0} s{}). \
+             The ensemble's mean at fixed noise levels: pairwise accuracy on the preference pairs (both videos noised with the same `eps`, as for the process reward model above) and Pearson correlation with the clean sample's reward:\n\n| t/T | test acc | ood acc | test PCC | ood PCC |\n|---|---|---|---|---|\n",
+            args.process_members,
+            args.lrm_steps,
+            t.elapsed().as_secs_f64(),
+            if args.resume { " in this run, with `--resume`" } else { "" }
+        );
+        println!("\nnoise-aware VELR ensemble: pairwise accuracy and Pearson (test, ood)");
+        for &sigma in &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0] {
+            let acc: Vec<f64> = pairs[1..]
+                .iter()
+                .map(|p| evaluate_pairs(&process, p, sigma, 17, 32))
+                .collect::<latent_reward::Result<_>>()?;
+            let pcc: Vec<f64> = regs[1..]
+                .iter()
+                .map(|r| Ok(evaluate_regression_at(&process, r, sigma, 19, 64)?.pearson))
+                .collect::<latent_reward::Result<_>>()?;
+            println!(
+                "  t/T {sigma:.1}: acc {:.3} {:.3}  PCC {:.3} {:.3}",
+                acc[0], acc[1], pcc[0], pcc[1]
+            );
+            md += &format!(
+                "| {sigma:.1} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                acc[0], acc[1], pcc[0], pcc[1]
+            );
+        }
+        if args.process_only {
+            md += &format!(
+                "\n(`--process-only`: the regression models were not trained in this run.) Total run time {:.1} min.\n",
+                t_all.elapsed().as_secs_f64() / 60.0
+            );
+            if let Some(dir) = args.report.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&args.report, md)?;
+            println!("report written to {}", args.report.display());
+            return Ok(());
+        }
+    }
     let test_grads = test_data
         .expect("the test split is read")
         .gradient_set(&models_ad, &dev)?;
@@ -668,10 +754,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &regs,
         &test_grads,
     )?);
-    let member_fit = FitConfig {
-        seed: 1,
-        ..fit.clone()
-    };
     let members_ad = Ensemble::new(
         (0..args.members)
             .map(|i| {
@@ -681,7 +763,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     || velr_cfg.init(&dev),
                     || {
                         let init = |_| velr_cfg.init::<AD>(&dev);
-                        fit_member(i, init, &train, loss, &member_fit, args.bootstrap)
+                        fit_member(i, init, &train, loss, None, &member_fit, args.bootstrap)
                             .map(|(m, _)| m)
                     },
                 )

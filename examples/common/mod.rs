@@ -17,25 +17,37 @@ use refl_trainer::{
 };
 use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldError, WorldModels};
 
-/// The first `n` VELR ensemble members that the `train_rewards` example saved in `dir`
-/// (`velr.json`, `velr_0.mpk`, ...).
+/// The first `n` VELR ensemble members that the `train_rewards` example saved in `dir` under
+/// `stem` (`velr`: `velr.json`, `velr_0.mpk`, ...; `process_velr`: the noise-aware ensemble).
 pub fn load_velr_members<Bk: Backend>(
     dir: &Path,
+    stem: &str,
     n: usize,
     device: &Bk::Device,
 ) -> Result<Vec<VelrReward<Bk>>, String> {
     let hint = |what: &dyn std::fmt::Display, e: &dyn std::fmt::Display| {
         format!("cannot load {what} (run the train_rewards example): {e}")
     };
-    let cfg = VelrRewardConfig::load(dir.join("velr.json"))
-        .map_err(|e| hint(&dir.join("velr.json").display(), &e))?;
+    let json = dir.join(format!("{stem}.json"));
+    let cfg = VelrRewardConfig::load(&json).map_err(|e| hint(&json.display(), &e))?;
     (0..n)
         .map(|i| {
-            let path = dir.join(format!("velr_{i}.mpk"));
+            let path = dir.join(format!("{stem}_{i}.mpk"));
             let member = cfg.init::<Bk>(device).map_err(|e| e.to_string())?;
             load_record(member, &path, device).map_err(|e| hint(&path.display(), &e))
         })
         .collect()
+}
+
+/// This run's flags as they follow `cargo run --release --example NAME` in a report (` -- --a 1`,
+/// or empty without flags).
+pub fn command_flags() -> String {
+    let flags: String = std::env::args().skip(1).map(|a| format!(" {a}")).collect();
+    if flags.is_empty() {
+        flags
+    } else {
+        format!(" --{flags}")
+    }
 }
 
 /// A preference set moved onto the autodiff backend (as constants) for training.
@@ -130,6 +142,8 @@ pub struct PrflRun {
     pub margin: f64,
     /// An SFT step every this many reward steps (0: none).
     pub sft_every: usize,
+    /// Weight of the KL term to the initial model (0: none).
+    pub kl_beta: f64,
     /// Range of the gradient window's start step (`None`: the whole chain but the last step).
     pub start: Option<[usize; 2]>,
     /// Held-out test prompts scored by the oracle.
@@ -147,6 +161,7 @@ impl Default for PrflRun {
             lambda: 0.1,
             margin: 2.0,
             sft_every: 1,
+            kl_beta: 0.0,
             start: None,
             heldout: 32,
             evals: 6,
@@ -174,6 +189,7 @@ pub fn prfl_trainer<Bk: AutodiffBackend>(
         lambda: run.lambda,
         margin: run.margin,
         sft_every: run.sft_every,
+        kl_beta: run.kl_beta,
     });
     world_trainer(models, models_ad, method, reward, run, out)
 }

@@ -2,7 +2,8 @@
 
 use burn::{module::AutodiffModule, tensor::backend::AutodiffBackend};
 use latent_reward::{
-    fit_regression, FitConfig, FitReport, LatentReward, RegressionLoss, RegressionSet,
+    fit_noisy_regression, FitConfig, FitReport, LatentReward, RegressionLoss, RegressionSet,
+    TimestepSampling,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ pub fn fit_members<B, M, F>(
     mut init: F,
     data: &RegressionSet<B>,
     loss: RegressionLoss,
+    noise: Option<TimestepSampling>,
     cfg: &FitConfig,
     bootstrap: Bootstrap,
 ) -> latent_reward::Result<(Ensemble<M>, Vec<FitReport>)>
@@ -39,7 +41,7 @@ where
     let mut members = Vec::with_capacity(n);
     let mut reports = Vec::with_capacity(n);
     for i in 0..n {
-        let (m, r) = fit_member(i, &mut init, data, loss, cfg, bootstrap)?;
+        let (m, r) = fit_member(i, &mut init, data, loss, noise, cfg, bootstrap)?;
         members.push(m);
         reports.push(r);
     }
@@ -48,8 +50,9 @@ where
 
 /// Trains member `i` of an ensemble on its own: it is built by `init(cfg.seed + i)` (after
 /// seeding the backend's generator with the same number, so initialisations differ and are
-/// reproducible) and trained with `fit_regression` using seed `cfg.seed + i` for its batch order
-/// (and its bootstrap resample). Training members one at a time lets a caller save each as it
+/// reproducible) and trained with `fit_noisy_regression` (clean latents for `noise = None`, VELR;
+/// noisy latents at `sigma ~ noise` for a process-aware ensemble) using seed `cfg.seed + i` for
+/// its batch order, its noise (and its bootstrap resample). Training members one at a time lets a caller save each as it
 /// finishes and resume a long run; the result equals member `i` of [`fit_members`].
 ///
 /// # Errors
@@ -59,6 +62,7 @@ pub fn fit_member<B, M, F>(
     init: F,
     data: &RegressionSet<B>,
     loss: RegressionLoss,
+    noise: Option<TimestepSampling>,
     cfg: &FitConfig,
     bootstrap: Bootstrap,
 ) -> latent_reward::Result<(M, FitReport)>
@@ -81,10 +85,11 @@ where
         }
     };
     B::seed(&data.latents.device(), seed);
-    fit_regression(
+    fit_noisy_regression(
         init(seed)?,
         set,
         loss,
+        noise,
         &member_cfg,
         &format!("member {}", i + 1),
     )

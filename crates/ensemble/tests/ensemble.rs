@@ -99,6 +99,7 @@ fn members_train_independently() {
         init,
         &data,
         RegressionLoss::Mse,
+        None,
         &cfg,
         Bootstrap::Resample,
     )
@@ -131,6 +132,7 @@ fn members_train_independently() {
                     init,
                     &data,
                     RegressionLoss::Mse,
+                    None,
                     &cfg,
                     Bootstrap::Resample,
                 )

@@ -30,7 +30,10 @@ pub use mlp::{MlpReward, MlpRewardConfig};
 pub use perturb::InputPerturbation;
 pub use process::{Pooling, ProcessReward, ProcessRewardConfig};
 pub use train::{
-    evaluate_pairs, evaluate_regression, fit_preference, fit_regression, predict, FitConfig,
-    FitReport,
+    evaluate_pairs, evaluate_regression, evaluate_regression_at, fit_noisy_regression,
+    fit_preference, fit_regression, predict, predict_at, FitConfig, FitReport,
 };
-pub use velr::{TextFusion, TextKeys, VelrReward, VelrRewardConfig};
+/// The noise-level distributions of noisy-latent training ([`fit_preference`],
+/// [`fit_noisy_regression`]).
+pub use diffusion_core::loss::TimestepSampling;
+pub use velr::{NoiseInput, TextFusion, TextKeys, VelrReward, VelrRewardConfig};

@@ -156,14 +156,41 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B> + LatentReward<B>,
 {
+    fit_noisy_regression(model, data, loss_fn, None, cfg, label)
+}
+
+/// [`fit_regression`] on noisy latents: each sample is noised to its own `sigma ~ noise`
+/// (`x_sigma = (1 - sigma) x0 + sigma eps`) and the model regresses the clean sample's target
+/// at that noise level, so it learns the reward a partly denoised latent will reach: a process
+/// reward (PRFL, seed 001, section 3.2) trained by VELR's regression objective (seed 002,
+/// section 4.1). `noise = None` is [`fit_regression`].
+///
+/// # Errors
+/// As [`fit_regression`].
+pub fn fit_noisy_regression<B, M>(
+    model: M,
+    data: &RegressionSet<B>,
+    loss_fn: RegressionLoss,
+    noise: Option<TimestepSampling>,
+    cfg: &FitConfig,
+    label: &str,
+) -> Result<(M, FitReport)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + LatentReward<B>,
+{
     let device = data.latents.device();
-    fit(model, data.len(), cfg, label, |model, idx, _| {
+    fit(model, data.len(), cfg, label, |model, idx, rng| {
         let batch = data.batch(idx);
-        let pred = model.score(
-            batch.latents,
-            Tensor::zeros([idx.len()], &device),
-            batch.text,
-        );
+        let sigma = sample_sigmas::<B>(noise, idx.len(), rng, &device);
+        let latents = match noise {
+            Some(_) => {
+                let eps = randn(batch.latents.dims(), rng, &device);
+                noisy(batch.latents, eps, sigma.clone())
+            }
+            None => batch.latents,
+        };
+        let pred = model.score(latents, sigma, batch.text);
         loss_fn.forward(pred, batch.targets).mean()
     })
 }
@@ -234,14 +261,33 @@ pub fn predict<B: Backend, M: LatentReward<B>>(
     data: &RegressionSet<B>,
     batch: usize,
 ) -> Result<Vec<f32>> {
+    predict_at(model, data, 0.0, 0, batch)
+}
+
+/// Scores of every sample of a set noised to `sigma` (`eps` drawn from `seed`; `sigma = 0`:
+/// the clean latents), in batches of `batch`.
+pub fn predict_at<B: Backend, M: LatentReward<B>>(
+    model: &M,
+    data: &RegressionSet<B>,
+    sigma: f64,
+    seed: u64,
+    batch: usize,
+) -> Result<Vec<f32>> {
     let device = data.latents.device();
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(data.len());
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
         let b = data.batch(chunk);
         model.check_input(b.latents.dims(), b.text.dims())?;
-        let s = model.score(b.latents, Tensor::zeros([chunk.len()], &device), b.text);
-        out.extend(host_f32(s)?);
+        let s = sigmas::<B>(vec![sigma as f32; chunk.len()], &device);
+        let latents = if sigma == 0.0 {
+            b.latents
+        } else {
+            let eps = randn(b.latents.dims(), &mut rng, &device);
+            noisy(b.latents, eps, s.clone())
+        };
+        out.extend(host_f32(model.score(latents, s, b.text))?);
     }
     Ok(out)
 }
@@ -252,8 +298,20 @@ pub fn evaluate_regression<B: Backend, M: LatentReward<B>>(
     data: &RegressionSet<B>,
     batch: usize,
 ) -> Result<RegressionMetrics> {
+    evaluate_regression_at(model, data, 0.0, 0, batch)
+}
+
+/// [`evaluate_regression`] on the set's latents noised to `sigma` (as [`predict_at`]): how well
+/// a process reward predicts the clean sample's target from a noisy latent.
+pub fn evaluate_regression_at<B: Backend, M: LatentReward<B>>(
+    model: &M,
+    data: &RegressionSet<B>,
+    sigma: f64,
+    seed: u64,
+    batch: usize,
+) -> Result<RegressionMetrics> {
     Ok(RegressionMetrics::of(
-        &predict(model, data, batch)?,
+        &predict_at(model, data, sigma, seed, batch)?,
         &data.targets,
     ))
 }

@@ -50,6 +50,21 @@ pub enum TextFusion {
     BlockFilm,
 }
 
+/// How the noise level `sigma` reaches a [`VelrReward`].
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum NoiseInput {
+    /// Ignored: the model scores clean latents (VELR as published).
+    Ignored,
+    /// FiLM of every residual block's output by sinusoidal features of `1000 sigma`: a
+    /// process-aware model that scores noisy latents at their noise level, as PRFL's reward
+    /// model does (seed 001, section 3.2), trained by regressing the clean sample's reward
+    /// ([`fit_regression`](crate::fit_regression) with a noise distribution).
+    BlockFilm,
+}
+
+/// Width of the sinusoidal features of `1000 sigma` ([`NoiseInput::BlockFilm`]).
+const NOISE_FEATURES: usize = 32;
+
 /// Configuration of a [`VelrReward`].
 #[derive(Config, Debug)]
 pub struct VelrRewardConfig {
@@ -81,6 +96,9 @@ pub struct VelrRewardConfig {
     /// How the prompt reaches the score.
     #[config(default = "TextFusion::Pooled")]
     pub fusion: TextFusion,
+    /// How the noise level reaches the model.
+    #[config(default = "NoiseInput::Ignored")]
+    pub noise: NoiseInput,
 }
 
 impl VelrRewardConfig {
@@ -177,6 +195,14 @@ impl VelrRewardConfig {
                     .collect(),
                 _ => Vec::new(),
             },
+            noise_film: match self.noise {
+                NoiseInput::BlockFilm => self
+                    .channels
+                    .iter()
+                    .map(|&c| LinearConfig::new(NOISE_FEATURES, 2 * c).init(device))
+                    .collect(),
+                NoiseInput::Ignored => Vec::new(),
+            },
             head: match self.fusion {
                 TextFusion::CrossAttention => vec![LinearConfig::new(width, 1).init(device)],
                 TextFusion::Pooled | TextFusion::BlockFilm => vec![
@@ -198,7 +224,7 @@ impl VelrRewardConfig {
 /// transformer encoder mixes them; the mean token goes through a linear head to a scalar that
 /// regresses the pixel-space reward of the decoded video. [`TextFusion::Pooled`] adds a pooled
 /// prompt path (FiLM and a head on video and prompt vectors). Scores clean latents (`sigma` is
-/// ignored).
+/// ignored) unless built with [`NoiseInput::BlockFilm`].
 ///
 /// # Shapes
 /// - `latents`: `[B, C, F, H, W]` = the configured `latent_shape`; `text`: `[B, S, D_text]`
@@ -224,6 +250,9 @@ pub struct VelrReward<B: Backend> {
     /// FiLM of each residual block's output by the mean text token, `D_text -> 2 C_i`
     /// ([`TextFusion::BlockFilm`] only; empty otherwise).
     pub block_film: Vec<Linear<B>>,
+    /// FiLM of each residual block's output by the noise features, `32 -> 2 C_i`
+    /// ([`NoiseInput::BlockFilm`] only; empty otherwise).
+    pub noise_film: Vec<Linear<B>>,
     /// Head: `[D] -> 1`, or `[3D] -> D -> 1` with ReLU for [`TextFusion::Pooled`].
     pub head: Vec<Linear<B>>,
     latent_shape: [usize; 4],
@@ -231,14 +260,31 @@ pub struct VelrReward<B: Backend> {
     last_token_only: bool,
 }
 
+/// `x * (1 + scale) + shift` per sample and channel, with `[scale, shift] = film`.
+///
+/// # Shapes
+/// - `x`: `[B, C, F, H, W]`, `film`: `[B, 2C]` -> `[B, C, F, H, W]`
+fn channel_film<B: Backend>(x: Tensor<B, 5>, film: Tensor<B, 2>) -> Tensor<B, 5> {
+    let [b, c, _, _, _] = x.dims();
+    let [scale, shift] = film
+        .reshape([b, 2 * c, 1, 1, 1])
+        .chunk(2, 1)
+        .try_into()
+        .expect("2 chunks");
+    x * (scale + 1.0) + shift
+}
+
 impl<B: Backend> LatentReward<B> for VelrReward<B> {
     fn score(
         &self,
         latents: Tensor<B, 5>,
-        _sigma: Tensor<B, 1>,
+        sigma: Tensor<B, 1>,
         text: Tensor<B, 3>,
     ) -> Tensor<B, 1> {
         let b = latents.dims()[0];
+        // sinusoidal features of 1000 sigma, [B, 32] (NoiseInput::BlockFilm only)
+        let noise = (!self.noise_film.is_empty())
+            .then(|| diffusion_core::wan::timestep_sinusoid(sigma * 1000.0, NOISE_FEATURES));
         // the mean text token, [B, D_text] (TextFusion::BlockFilm only)
         let text_mean = (!self.block_film.is_empty()).then(|| {
             let d = text.dims()[2];
@@ -248,14 +294,10 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x);
             if let (Some(film), Some(t)) = (self.block_film.get(i), &text_mean) {
-                let c = x.dims()[1];
-                let [scale, shift] = film
-                    .forward(t.clone())
-                    .reshape([b, 2 * c, 1, 1, 1])
-                    .chunk(2, 1)
-                    .try_into()
-                    .expect("2 chunks");
-                x = x * (scale + 1.0) + shift;
+                x = channel_film(x, film.forward(t.clone()));
+            }
+            if let (Some(film), Some(n)) = (self.noise_film.get(i), &noise) {
+                x = channel_film(x, film.forward(n.clone()));
             }
         }
         let [_, d, f, h, w] = x.dims();

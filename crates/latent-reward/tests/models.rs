@@ -360,6 +360,71 @@ fn velr_block_film_conditions_every_block() {
     assert!(m.pearson > 0.8, "block-FiLM VELR test {m:?}");
 }
 
+/// A noise-aware model ([`NoiseInput::BlockFilm`]) reads `sigma`, a published one ignores it;
+/// trained on latents noised to `sigma ~ U(0, 1)` the noise-aware model predicts the clean
+/// sample's target from a half-noised latent, and every trainable parameter moves (the noise
+/// FiLM included).
+#[test]
+fn noise_aware_velr_regresses_the_clean_target_from_noisy_latents() {
+    let dev = Default::default();
+    let shape = [4, 2, 8, 8];
+    let cfg = |noise| {
+        VelrRewardConfig::new(shape, 8)
+            .with_channels(vec![8, 16, 16])
+            .with_groups(4)
+            .with_heads(2)
+            .with_layers(1)
+            .with_fusion(TextFusion::BlockFilm)
+            .with_noise(noise)
+    };
+    let z = Tensor::<AD, 5>::random([2, 4, 2, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+    let text = Tensor::<AD, 3>::random([2, 3, 8], Distribution::Normal(0.0, 1.0), &dev);
+    let sigma = |v: f32| Tensor::<AD, 1>::full([2], v, &dev);
+    let scores = |m: &VelrReward<AD>, s: f32| -> Vec<f32> {
+        m.score(z.clone(), sigma(s), text.clone())
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let published = cfg(NoiseInput::Ignored).init::<AD>(&dev).unwrap();
+    assert!(published.noise_film.is_empty());
+    assert_eq!(scores(&published, 0.0), scores(&published, 0.7));
+    let velr = cfg(NoiseInput::BlockFilm).init::<AD>(&dev).unwrap();
+    let widths: Vec<[usize; 2]> = velr.noise_film.iter().map(|l| l.weight.dims()).collect();
+    assert_eq!(widths, vec![[32, 16], [32, 32], [32, 32]]);
+    let (a, b) = (scores(&velr, 0.0), scores(&velr, 0.7));
+    assert!((a[0] - b[0]).abs() > 1e-5, "sigma ignored: {a:?} vs {b:?}");
+
+    let brightness = |a: f32, _t: f32| a;
+    let train = structured_set(512, shape, 8, 4, brightness);
+    let test = valid_set(&structured_set(64, shape, 8, 5, brightness));
+    let fit = FitConfig {
+        steps: 150,
+        batch: 32,
+        lr: 2e-3,
+        weight_decay: 0.0,
+        grad_clip: Some(1.0),
+        seed: 0,
+    };
+    let before = param_snapshot(&velr).unwrap();
+    let noise = Some(TimestepSampling::Uniform { shift: 1.0 });
+    let (velr, _) =
+        fit_noisy_regression(velr, &train, RegressionLoss::Mse, noise, &fit, "noisy").unwrap();
+    let exempt = invariant_biases(
+        std::iter::once(&velr.cross.key.bias)
+            .chain(velr.encoder.layers.iter().map(|l| &l.mha.key.bias)),
+    );
+    assert_trainable_moved_frozen_kept(&before, &param_snapshot(&velr).unwrap(), &exempt);
+    let m = evaluate_regression_at(&velr.valid(), &test, 0.5, 3, 16).unwrap();
+    assert!(m.pearson > 0.8, "noise-aware VELR at sigma 0.5: {m:?}");
+    // `predict_at` with sigma 0 is `predict`: the clean latents, no noise drawn
+    let valid = velr.valid();
+    assert_eq!(
+        predict_at(&valid, &test, 0.0, 9, 16).unwrap(),
+        predict(&valid, &test, 16).unwrap()
+    );
+}
+
 #[test]
 fn bad_shapes_and_nan_losses_are_typed_errors() {
     let dev = Default::default();

@@ -52,6 +52,10 @@ pub struct PrflConfig {
     pub margin: f64,
     /// An SFT step every this many reward steps (0: none; release: every step).
     pub sft_every: usize,
+    /// Weight of a KL term to the initial model at the graded latent, as VELR's (0: none, the
+    /// release; the term costs one more forward of the policy and of the initial model).
+    #[serde(default)]
+    pub kl_beta: f64,
 }
 
 /// VELR (seed 002): truncated mid-step ReFL with an ensemble latent reward, KL to the initial
@@ -296,6 +300,9 @@ impl RunConfig {
                 }
                 finite_pos("method.prfl.lambda", m.lambda)?;
                 finite_pos("method.prfl.margin", m.margin)?;
+                if !(m.kl_beta >= 0.0 && m.kl_beta.is_finite()) {
+                    return Err(config_error("method.prfl.kl_beta", "must be >= 0 and finite"));
+                }
             }
             Method::Velr(m) => {
                 let [a, b] = m.start;
@@ -346,6 +353,7 @@ mod tests {
                 lambda: 0.1,
                 margin: 2.0,
                 sft_every: 1,
+                kl_beta: 0.0,
             }),
             steps: 10,
             batch: 2,
@@ -392,6 +400,7 @@ mod tests {
             lambda: 0.1,
             margin: 2.0,
             sft_every: 0,
+            kl_beta: 0.0,
         });
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("method.prfl.window"), "{err}");
@@ -400,6 +409,11 @@ mod tests {
         }
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("method.prfl.start"), "{err}");
+        if let Method::Prfl(p) = &mut cfg.method {
+            (p.start, p.kl_beta) = (None, -1.0);
+        }
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("method.prfl.kl_beta"), "{err}");
         let mut cfg = prfl();
         cfg.optim.lr = f64::NAN;
         assert!(cfg.validate().unwrap_err().to_string().contains("optim.lr"));

@@ -55,7 +55,9 @@ pub enum LatentRewards<B: AutodiffBackend> {
     /// aggregation: with the lower confidence bound (mean - k std) the policy gains only where
     /// the members agree, as VELR's uncertainty penalty (seed 002, section 4.2).
     ProcessEnsemble(Ensemble<ProcessReward<B>>),
-    /// VELR's ensemble (frozen for the policy; fine-tuned by online alignment).
+    /// VELR's ensemble (frozen for the policy; fine-tuned by online alignment). With PRFL, an
+    /// ensemble of noise-aware models ([`latent_reward::NoiseInput::BlockFilm`]) scores the
+    /// noisy latent at its noise level, with the ensemble's aggregation (frozen).
     Ensemble(Ensemble<VelrReward<B>>),
 }
 
@@ -256,7 +258,9 @@ where
             (Method::RgbRefl(_), LatentRewards::Pixel)
                 | (
                     Method::Prfl(_),
-                    LatentRewards::Process(_) | LatentRewards::ProcessEnsemble(_)
+                    LatentRewards::Process(_)
+                        | LatentRewards::ProcessEnsemble(_)
+                        | LatentRewards::Ensemble(_)
                 )
                 | (Method::Velr(_), LatentRewards::Ensemble(_))
         );
@@ -280,6 +284,13 @@ where
                 members: e.members.into_iter().map(Module::no_grad).collect(),
                 ..e
             }),
+            // frozen under PRFL; VELR fine-tunes its members (online alignment)
+            LatentRewards::Ensemble(e) if matches!(config.method, Method::Prfl(_)) => {
+                LatentRewards::Ensemble(Ensemble {
+                    members: e.members.into_iter().map(Module::no_grad).collect(),
+                    ..e
+                })
+            }
             other => other,
         };
         let schedule = FlowMatchScheduleConfig::new(config.sampling.steps)
@@ -650,7 +661,8 @@ where
 
     /// PRFL (seed 001, section 3.3): roll out steps `0..s` without gradients (`s` uniform in
     /// `[0, S - 1 - K]`), `K` steps with gradients, score the noisy latent `z_{s+K}` at its noise
-    /// level with the process reward model, `L = lambda * relu(margin - r)`.
+    /// level with the process reward model, `L = lambda * relu(margin - r)` (`+ kl_beta * KL`
+    /// to the initial model at `z_{s+K}` when `kl_beta > 0`).
     fn prfl_loss(
         &self,
         policy: &Policy<B>,
@@ -664,19 +676,28 @@ where
         let b = text.dims()[0];
         let sigma = Tensor::full([b], *traj.sigmas.last().expect("non-empty"), &text.device());
         let z = traj.last().clone();
+        let (zs, ts) = (z.clone(), text.clone());
         let r = match &self.reward {
-            LatentRewards::Process(prm) => prm.score(z, sigma, text),
-            LatentRewards::ProcessEnsemble(ens) => ens.score(z, sigma, text),
-            _ => unreachable!("checked in Trainer::new"),
+            LatentRewards::Process(prm) => prm.score(zs, sigma, ts),
+            LatentRewards::ProcessEnsemble(ens) => ens.score(zs, sigma, ts),
+            LatentRewards::Ensemble(ens) => ens.score(zs, sigma, ts),
+            LatentRewards::Pixel => unreachable!("checked in Trainer::new"),
         };
         let reward = r.clone().mean().into_scalar().elem::<f64>();
-        let loss = activation::relu(r.neg().add_scalar(m.margin))
+        let mut loss = activation::relu(r.neg().add_scalar(m.margin))
             .mean()
             .mul_scalar(m.lambda);
+        // the KL at the graded latent (none after the last step: nothing is left to sample)
+        let end = s + m.window;
+        let kl = (m.kl_beta > 0.0 && end < self.config.sampling.steps)
+            .then(|| self.velocity_kl(policy, z, end, text).1);
+        if let Some(kl) = &kl {
+            loss = loss + kl.clone().mul_scalar(m.kl_beta);
+        }
         Ok(MethodLoss {
             loss,
             reward,
-            kl: None,
+            kl: kl.map(|kl| kl.into_scalar().elem::<f64>()),
             uncertainty: None,
             graded: None,
         })
@@ -706,14 +727,7 @@ where
         let device = text.device();
         let (x0, kl) = if end < self.config.sampling.steps {
             let sigma = self.schedule.sigmas()[end];
-            let t = Tensor::<B, 1>::full([b], self.schedule.timesteps()[end], &device);
-            let v = policy.velocity(z.clone(), t.clone(), text.clone());
-            let v_ref = self
-                .reference
-                .velocity(z.clone().inner(), t.inner(), text.clone().inner());
-            let kl = (v.clone() - Tensor::from_inner(v_ref))
-                .powi_scalar(2)
-                .mean();
+            let (v, kl) = self.velocity_kl(policy, z.clone(), end, text.clone());
             (predict_x0(z, v, sigma), kl)
         } else {
             (z, Tensor::zeros([1], &device))
@@ -736,6 +750,29 @@ where
             uncertainty: Some(var_values.iter().map(|v| *v as f64).sum::<f64>() / b as f64),
             graded: Some((x0.inner(), var_values)),
         })
+    }
+
+    /// The policy's velocity at latent `z` of step `step` and the KL of its transition to the
+    /// initial model's there: the mean squared velocity difference (the KL of the two models'
+    /// Gaussian transitions up to a per-step constant; VELR, seed 002, section 4.3).
+    ///
+    /// # Shapes
+    /// - `z`: `[B, C, F, H, W]`, `text`: `[B, S, D]` -> (velocity `[B, C, F, H, W]`, KL `[1]`)
+    fn velocity_kl(
+        &self,
+        policy: &Policy<B>,
+        z: Tensor<B, 5>,
+        step: usize,
+        text: Tensor<B, 3>,
+    ) -> (Tensor<B, 5>, Tensor<B, 1>) {
+        let b = text.dims()[0];
+        let t = Tensor::<B, 1>::full([b], self.schedule.timesteps()[step], &text.device());
+        let v = policy.velocity(z.clone(), t.clone(), text.clone());
+        let v_ref = self.reference.velocity(z.inner(), t.inner(), text.inner());
+        let kl = (v.clone() - Tensor::from_inner(v_ref))
+            .powi_scalar(2)
+            .mean();
+        (v, kl)
     }
 
     /// Global-norm clipping and the guarded AdamW update of the policy with the gradients of a

@@ -13,7 +13,7 @@ use diffusion_core::{
     WanConfig,
 };
 use ensemble::{Aggregation, Ensemble};
-use latent_reward::{PixelReward, ProcessRewardConfig, VelrReward, VelrRewardConfig};
+use latent_reward::{NoiseInput, PixelReward, ProcessRewardConfig, VelrReward, VelrRewardConfig};
 use rand::{rngs::StdRng, SeedableRng};
 use refl_trainer::*;
 
@@ -77,6 +77,7 @@ fn prfl(sft_every: usize) -> Method {
         lambda: 0.1,
         margin: 2.0,
         sft_every,
+        kl_beta: 0.0,
     })
 }
 
@@ -140,6 +141,10 @@ fn prm(w: &World) -> LatentRewards<AD> {
 }
 
 fn ensemble() -> Ensemble<VelrReward<AD>> {
+    ensemble_reading(NoiseInput::Ignored)
+}
+
+fn ensemble_reading(noise: NoiseInput) -> Ensemble<VelrReward<AD>> {
     let members = (0..2)
         .map(|_| {
             VelrRewardConfig::new(SHAPE, 16)
@@ -147,6 +152,7 @@ fn ensemble() -> Ensemble<VelrReward<AD>> {
                 .with_groups(4)
                 .with_heads(2)
                 .with_layers(1)
+                .with_noise(noise)
                 .init::<AD>(&Default::default())
                 .unwrap()
         })
@@ -429,4 +435,53 @@ fn prfl_with_a_process_ensemble() {
         Brightness { poison: false },
     ))
     .is_err());
+}
+
+/// PRFL against a noise-aware VELR ensemble (the quickstart's process reward) with a KL term:
+/// the loss is `lambda * (margin - r) + beta * KL` of the ensemble's lower confidence bound, the
+/// KL is 0 at the first step (the policy is the initial model) and positive after, the
+/// policy moves and the members stay frozen.
+#[test]
+fn prfl_with_a_noise_aware_velr_ensemble() {
+    let w = world();
+    let ens = ensemble_reading(NoiseInput::BlockFilm)
+        .with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 });
+    let members_before: Vec<_> = ens
+        .members
+        .iter()
+        .map(|m| param_snapshot(m).unwrap())
+        .collect();
+    let mut cfg = config(prfl(0), "prfl_velr");
+    if let Method::Prfl(p) = &mut cfg.method {
+        p.kl_beta = 0.5;
+        p.start = Some([0, 3]); // the graded latent is never the last: the KL always applies
+    }
+    let _ = std::fs::remove_dir_all(&cfg.out);
+    let mut t = Trainer::new(parts(
+        &w,
+        cfg.clone(),
+        LatentRewards::Ensemble(ens),
+        Brightness { poison: false },
+    ))
+    .unwrap();
+    let policy_before = param_snapshot(&t.policy).unwrap();
+    for step in 0..2 {
+        let m = t.train_step().unwrap();
+        let (loss, r, kl) = (m.loss.unwrap(), m.latent_reward.unwrap(), m.kl.unwrap());
+        // 0 up to rounding (the autodiff and the plain forward round apart), then clearly not
+        assert_eq!(kl < 1e-10, step == 0, "KL {kl} at step {step}");
+        // lambda 0.1, margin 2; the untrained members score far below the margin
+        let want = 0.1 * (2.0 - r) + 0.5 * kl;
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    }
+    let (moved, total) = differing_entries(&policy_before, &param_snapshot(&t.policy).unwrap(), 0.0);
+    assert!(moved > 0 && total > 0, "policy: {moved} of {total} entries moved");
+    let LatentRewards::Ensemble(after) = &t.reward else {
+        unreachable!()
+    };
+    for (before, m) in members_before.iter().zip(&after.members) {
+        let (moved, total) = differing_entries(before, &param_snapshot(m).unwrap(), 0.0);
+        assert!(moved == 0 && total > 0, "member: {moved} of {total} entries moved");
+    }
+    let _ = std::fs::remove_dir_all(&cfg.out);
 }

@@ -3,6 +3,7 @@
 
 pub mod base;
 pub mod data;
+pub mod denoised;
 pub mod error;
 pub mod gradient_match;
 pub mod input_filter;
@@ -18,6 +19,10 @@ pub mod velr;
 
 pub use base::{LatentReward, PixelReward, RewardRange};
 pub use data::{PairBatch, PairSet, RegressionBatch, RegressionSet};
+pub use denoised::DenoisedReward;
+/// The noise-level distributions of noisy-latent training ([`fit_preference`],
+/// [`fit_noisy_regression`]).
+pub use diffusion_core::loss::TimestepSampling;
 pub use error::{Result, RewardError};
 pub use gradient_match::{
     fit_gradient_match, gradient_cosine, gradient_match_loss, GradientBatch, GradientMatchConfig,
@@ -33,7 +38,4 @@ pub use train::{
     evaluate_pairs, evaluate_regression, evaluate_regression_at, fit_noisy_regression,
     fit_preference, fit_regression, predict, predict_at, FitConfig, FitReport,
 };
-/// The noise-level distributions of noisy-latent training ([`fit_preference`],
-/// [`fit_noisy_regression`]).
-pub use diffusion_core::loss::TimestepSampling;
 pub use velr::{NoiseInput, TextFusion, TextKeys, VelrReward, VelrRewardConfig};

@@ -196,12 +196,13 @@ impl VelrRewardConfig {
                 _ => Vec::new(),
             },
             noise_film: match self.noise {
-                NoiseInput::BlockFilm => self
-                    .channels
-                    .iter()
-                    .map(|&c| LinearConfig::new(NOISE_FEATURES, 2 * c).init(device))
-                    .collect(),
-                NoiseInput::Ignored => Vec::new(),
+                NoiseInput::BlockFilm => Some(
+                    self.channels
+                        .iter()
+                        .map(|&c| LinearConfig::new(NOISE_FEATURES, 2 * c).init(device))
+                        .collect(),
+                ),
+                NoiseInput::Ignored => None,
             },
             head: match self.fusion {
                 TextFusion::CrossAttention => vec![LinearConfig::new(width, 1).init(device)],
@@ -251,8 +252,9 @@ pub struct VelrReward<B: Backend> {
     /// ([`TextFusion::BlockFilm`] only; empty otherwise).
     pub block_film: Vec<Linear<B>>,
     /// FiLM of each residual block's output by the noise features, `32 -> 2 C_i`
-    /// ([`NoiseInput::BlockFilm`] only; empty otherwise).
-    pub noise_film: Vec<Linear<B>>,
+    /// ([`NoiseInput::BlockFilm`] only; `None` otherwise, so records saved before the noise
+    /// input existed load unchanged).
+    pub noise_film: Option<Vec<Linear<B>>>,
     /// Head: `[D] -> 1`, or `[3D] -> D -> 1` with ReLU for [`TextFusion::Pooled`].
     pub head: Vec<Linear<B>>,
     latent_shape: [usize; 4],
@@ -283,8 +285,10 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
     ) -> Tensor<B, 1> {
         let b = latents.dims()[0];
         // sinusoidal features of 1000 sigma, [B, 32] (NoiseInput::BlockFilm only)
-        let noise = (!self.noise_film.is_empty())
-            .then(|| diffusion_core::wan::timestep_sinusoid(sigma * 1000.0, NOISE_FEATURES));
+        let noise = self.noise_film.as_ref().map(|films| {
+            let features = diffusion_core::wan::timestep_sinusoid(sigma * 1000.0, NOISE_FEATURES);
+            (films, features)
+        });
         // the mean text token, [B, D_text] (TextFusion::BlockFilm only)
         let text_mean = (!self.block_film.is_empty()).then(|| {
             let d = text.dims()[2];
@@ -296,8 +300,8 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
             if let (Some(film), Some(t)) = (self.block_film.get(i), &text_mean) {
                 x = channel_film(x, film.forward(t.clone()));
             }
-            if let (Some(film), Some(n)) = (self.noise_film.get(i), &noise) {
-                x = channel_film(x, film.forward(n.clone()));
+            if let Some((films, features)) = &noise {
+                x = channel_film(x, films[i].forward(features.clone()));
             }
         }
         let [_, d, f, h, w] = x.dims();

@@ -387,10 +387,11 @@ fn noise_aware_velr_regresses_the_clean_target_from_noisy_latents() {
             .unwrap()
     };
     let published = cfg(NoiseInput::Ignored).init::<AD>(&dev).unwrap();
-    assert!(published.noise_film.is_empty());
+    assert!(published.noise_film.is_none());
     assert_eq!(scores(&published, 0.0), scores(&published, 0.7));
     let velr = cfg(NoiseInput::BlockFilm).init::<AD>(&dev).unwrap();
-    let widths: Vec<[usize; 2]> = velr.noise_film.iter().map(|l| l.weight.dims()).collect();
+    let films = velr.noise_film.as_ref().expect("noise FiLM");
+    let widths: Vec<[usize; 2]> = films.iter().map(|l| l.weight.dims()).collect();
     assert_eq!(widths, vec![[32, 16], [32, 32], [32, 32]]);
     let (a, b) = (scores(&velr, 0.0), scores(&velr, 0.7));
     assert!((a[0] - b[0]).abs() > 1e-5, "sigma ignored: {a:?} vs {b:?}");
@@ -417,6 +418,13 @@ fn noise_aware_velr_regresses_the_clean_target_from_noisy_latents() {
     assert_trainable_moved_frozen_kept(&before, &param_snapshot(&velr).unwrap(), &exempt);
     let m = evaluate_regression_at(&velr.valid(), &test, 0.5, 3, 16).unwrap();
     assert!(m.pearson > 0.8, "noise-aware VELR at sigma 0.5: {m:?}");
+    // the noise FiLM survives a checkpoint round trip
+    let path = std::env::temp_dir().join(format!("noisy_velr_{}.mpk", std::process::id()));
+    diffusion_core::checkpoint::save_record(velr.clone(), &path).unwrap();
+    let blank = cfg(NoiseInput::BlockFilm).init::<AD>(&dev).unwrap();
+    let loaded = diffusion_core::checkpoint::load_record(blank, &path, &dev).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(scores(&loaded, 0.3), scores(&velr, 0.3));
     // `predict_at` with sigma 0 is `predict`: the clean latents, no noise drawn
     let valid = velr.valid();
     assert_eq!(

@@ -301,7 +301,10 @@ impl RunConfig {
                 finite_pos("method.prfl.lambda", m.lambda)?;
                 finite_pos("method.prfl.margin", m.margin)?;
                 if !(m.kl_beta >= 0.0 && m.kl_beta.is_finite()) {
-                    return Err(config_error("method.prfl.kl_beta", "must be >= 0 and finite"));
+                    return Err(config_error(
+                        "method.prfl.kl_beta",
+                        "must be >= 0 and finite",
+                    ));
                 }
             }
             Method::Velr(m) => {

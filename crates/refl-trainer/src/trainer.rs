@@ -27,8 +27,8 @@ use diffusion_core::{
 };
 use ensemble::Ensemble;
 use latent_reward::{
-    fit_regression, FitConfig, LatentReward, PixelReward, ProcessReward, RegressionLoss,
-    RegressionSet, VelrReward,
+    fit_regression, DenoisedReward, FitConfig, LatentReward, PixelReward, ProcessReward,
+    RegressionLoss, RegressionSet, VelrReward,
 };
 use rand::{Rng, SeedableRng};
 use replay_buffer::{PrioritisedBuffer, ReplayBuffer};
@@ -55,6 +55,9 @@ pub enum LatentRewards<B: AutodiffBackend> {
     /// aggregation: with the lower confidence bound (mean - k std) the policy gains only where
     /// the members agree, as VELR's uncertainty penalty (seed 002, section 4.2).
     ProcessEnsemble(Ensemble<ProcessReward<B>>),
+    /// PRFL with a clean-latent VELR ensemble applied to the frozen initial generator's
+    /// prediction of the clean sample ([`DenoisedReward`]; the denoiser is frozen here).
+    Denoised(DenoisedReward<B, WanTransformer<B>, Ensemble<VelrReward<B>>>),
     /// VELR's ensemble (frozen for the policy; fine-tuned by online alignment). With PRFL, an
     /// ensemble of noise-aware models ([`latent_reward::NoiseInput::BlockFilm`]) scores the
     /// noisy latent at its noise level, with the ensemble's aggregation (frozen).
@@ -260,6 +263,7 @@ where
                     Method::Prfl(_),
                     LatentRewards::Process(_)
                         | LatentRewards::ProcessEnsemble(_)
+                        | LatentRewards::Denoised(_)
                         | LatentRewards::Ensemble(_)
                 )
                 | (Method::Velr(_), LatentRewards::Ensemble(_))
@@ -284,6 +288,14 @@ where
                 members: e.members.into_iter().map(Module::no_grad).collect(),
                 ..e
             }),
+            LatentRewards::Denoised(d) => LatentRewards::Denoised(DenoisedReward::new(
+                d.denoiser.no_grad(),
+                Ensemble {
+                    members: d.reward.members.into_iter().map(Module::no_grad).collect(),
+                    ..d.reward
+                },
+                d.timestep_scale,
+            )),
             // frozen under PRFL; VELR fine-tunes its members (online alignment)
             LatentRewards::Ensemble(e) if matches!(config.method, Method::Prfl(_)) => {
                 LatentRewards::Ensemble(Ensemble {
@@ -681,6 +693,7 @@ where
             LatentRewards::Process(prm) => prm.score(zs, sigma, ts),
             LatentRewards::ProcessEnsemble(ens) => ens.score(zs, sigma, ts),
             LatentRewards::Ensemble(ens) => ens.score(zs, sigma, ts),
+            LatentRewards::Denoised(d) => d.score(zs, sigma, ts),
             LatentRewards::Pixel => unreachable!("checked in Trainer::new"),
         };
         let reward = r.clone().mean().into_scalar().elem::<f64>();

@@ -474,14 +474,21 @@ fn prfl_with_a_noise_aware_velr_ensemble() {
         let want = 0.1 * (2.0 - r) + 0.5 * kl;
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
     }
-    let (moved, total) = differing_entries(&policy_before, &param_snapshot(&t.policy).unwrap(), 0.0);
-    assert!(moved > 0 && total > 0, "policy: {moved} of {total} entries moved");
+    let (moved, total) =
+        differing_entries(&policy_before, &param_snapshot(&t.policy).unwrap(), 0.0);
+    assert!(
+        moved > 0 && total > 0,
+        "policy: {moved} of {total} entries moved"
+    );
     let LatentRewards::Ensemble(after) = &t.reward else {
         unreachable!()
     };
     for (before, m) in members_before.iter().zip(&after.members) {
         let (moved, total) = differing_entries(before, &param_snapshot(m).unwrap(), 0.0);
-        assert!(moved == 0 && total > 0, "member: {moved} of {total} entries moved");
+        assert!(
+            moved == 0 && total > 0,
+            "member: {moved} of {total} entries moved"
+        );
     }
     let _ = std::fs::remove_dir_all(&cfg.out);
 }

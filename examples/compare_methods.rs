@@ -14,8 +14,9 @@
 //! Flags: `--seconds`, `--eval-every`, `--batch`, `--lr`, `--heldout`, `--members`,
 //! `--align-every N` (VELR's online alignment every N steps; 0: no oracle labels, no alignment),
 //! `--velr-lcb K` (VELR scores by the ensemble's mean - K std; default 0: the mean),
-//! `--methods` (a comma-separated subset of `rgb-refl,prfl,velr,grpo-latent,grpo-pixel`; the
-//! VELR members are needed only for `velr` and `grpo-latent`), `--out`, `--report`.
+//! `--methods` (a comma-separated subset of `rgb-refl,prfl,prfl-denoised,velr,grpo-latent,grpo-pixel`; the
+//! VELR members are needed only for `prfl-denoised`, `velr` and `grpo-latent`), `--out`,
+//! `--report`.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -76,7 +77,14 @@ impl Runner {
 }
 
 /// The methods compared, in the order they run (`--methods` picks some).
-const METHODS: [&str; 5] = ["rgb refl", "prfl", "velr", "grpo latent", "grpo pixel"];
+const METHODS: [&str; 6] = [
+    "rgb refl",
+    "prfl",
+    "prfl denoised",
+    "velr",
+    "grpo latent",
+    "grpo pixel",
+];
 
 struct Args {
     seconds: f64,
@@ -156,7 +164,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prm = common::load_prm(&models_ad.dit, &args.rewards, &dev)?;
     let want = |name: &str| args.methods.iter().any(|m| m == name);
     // the VELR members only where a method uses them (`train_rewards` writes them; not shipped)
-    let ensemble = if want("velr") || want("grpo latent") {
+    let ensemble = if want("velr") || want("grpo latent") || want("prfl denoised") {
         let members = common::load_velr_members::<AD>(&args.rewards, "velr", args.members, &dev)?;
         Some(Ensemble::new(members)?.with_aggregation(Aggregation::Mean))
     } else {
@@ -237,6 +245,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         runs.push(("prfl", refl(method, LatentRewards::Process(prm), "prfl")?));
     }
     if let Some(ensemble) = ensemble {
+        if want("prfl denoised") {
+            // the quickstart's recipe
+            let method = Method::Prfl(PrflConfig {
+                start: Some([6, 10]),
+                window: 1,
+                lambda: 1.0,
+                margin: 2.0,
+                sft_every: 0,
+                kl_beta: 0.1,
+            });
+            let reward = common::denoised_velr(&models_ad.dit, ensemble.members.clone(), 1.0)?;
+            runs.push(("prfl denoised", refl(method, reward, "prfl_denoised")?));
+        }
         if want("velr") {
             let method = Method::Velr(VelrConfig {
                 start: [6, 10],
@@ -294,6 +315,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          the held-out oracle reward is the mean over {} test prompts of Euler samples from fixed noise, measured every {} s outside the timed training.\n\n\
          - RGB ReFL: batch {b}, window 1 at the end of the chain, all frames decoded, `-r`.\n\
          - PRFL: batch {b}, the shipped process reward model, window 1, `relu(2 - r)`, an SFT step per reward step.\n\
+         - PRFL denoised (the quickstart's recipe): batch {b}, the VELR ensemble's mean - 1 std on the frozen DiT's clean-sample prediction, start step 6-9, window 1, `relu(2 - r)`, KL weight 0.1, no SFT steps.\n\
          - VELR: batch {b}, {} ensemble members from `train_rewards`, start step 6-9, window 2, `x0_hat` jump, KL weight 1, {velr_align}, {velr_score}.\n\
          - GRPO: 2 prompts x 4 Flow-GRPO SDE rollouts per step, 30% of the steps trained (one at a time), clip 0.2, KL weight 0.01; the reward is the VELR ensemble's mean - 1 std (latent) or the pixel oracle of every decoded sample (pixel).\n\n\
          | method | steps | held-out reward before | after | change |\n|---|---|---|---|---|\n",

@@ -26,11 +26,8 @@
 use std::{path::PathBuf, time::Instant};
 
 use burn::backend::Autodiff;
-use diffusion_core::{
-    backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME, FlowMatchScheduleConfig,
-};
+use diffusion_core::{backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME};
 use ensemble::{Aggregation, Ensemble};
-use latent_reward::DenoisedReward;
 use refl_trainer::{write_curves_png, LatentRewards, Series};
 use shapes_world::{write_gif, Caption, OracleReward, Video, WorldModels};
 
@@ -193,9 +190,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 dir.display(),
                 args.lcb
             );
-            let ens = Ensemble::new(ens)?.with_aggregation(lcb);
-            let scale = FlowMatchScheduleConfig::new(1).num_train_timesteps as f64;
-            LatentRewards::Denoised(DenoisedReward::new(models_ad.dit.clone(), ens, scale))
+            common::denoised_velr(&models_ad.dit, ens, args.lcb)?
         }
         ProcessRewardChoice::DitTrunk(dirs) => {
             let prms = dirs

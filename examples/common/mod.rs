@@ -39,6 +39,23 @@ pub fn load_velr_members<Bk: Backend>(
         .collect()
 }
 
+/// The quickstart's process reward: `members` scored by mean - `k` std on the frozen `dit`'s
+/// prediction of the clean sample (`DenoisedReward`).
+pub fn denoised_velr<Bk: AutodiffBackend>(
+    dit: &WanTransformer<Bk>,
+    members: Vec<VelrReward<Bk>>,
+    k: f64,
+) -> latent_reward::Result<LatentRewards<Bk>> {
+    let ens = ensemble::Ensemble::new(members)?
+        .with_aggregation(ensemble::Aggregation::LowerConfidenceBound { k });
+    let scale = diffusion_core::FlowMatchScheduleConfig::new(1).num_train_timesteps as f64;
+    Ok(LatentRewards::Denoised(latent_reward::DenoisedReward::new(
+        dit.clone(),
+        ens,
+        scale,
+    )))
+}
+
 /// This run's flags as they follow `cargo run --release --example NAME` in a report (` -- --a 1`,
 /// or empty without flags).
 pub fn command_flags() -> String {

@@ -52,8 +52,9 @@ where
 /// seeding the backend's generator with the same number, so initialisations differ and are
 /// reproducible) and trained with `fit_noisy_regression` (clean latents for `noise = None`, VELR;
 /// noisy latents at `sigma ~ noise` for a process-aware ensemble) using seed `cfg.seed + i` for
-/// its batch order, its noise (and its bootstrap resample). Training members one at a time lets a caller save each as it
-/// finishes and resume a long run; the result equals member `i` of [`fit_members`].
+/// its batch order, its noise (and its bootstrap resample). Training members one at a time
+/// lets a caller save each as it finishes and resume a long run; the result equals member `i`
+/// of [`fit_members`].
 ///
 /// # Errors
 /// Whatever `init` or the training returns (a NaN loss names its step).

@@ -58,7 +58,7 @@ pub enum NoiseInput {
     /// FiLM of every residual block's output by sinusoidal features of `1000 sigma`: a
     /// process-aware model that scores noisy latents at their noise level, as PRFL's reward
     /// model does (seed 001, section 3.2), trained by regressing the clean sample's reward
-    /// ([`fit_regression`](crate::fit_regression) with a noise distribution).
+    /// ([`fit_noisy_regression`](crate::fit_noisy_regression)).
     BlockFilm,
 }
 

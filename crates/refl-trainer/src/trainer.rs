@@ -64,6 +64,14 @@ pub enum LatentRewards<B: AutodiffBackend> {
     Ensemble(Ensemble<VelrReward<B>>),
 }
 
+/// `e` with every member's parameters frozen (no gradients; gradients still reach the input).
+fn frozen<B: AutodiffBackend, M: Module<B>>(e: Ensemble<M>) -> Ensemble<M> {
+    Ensemble {
+        members: e.members.into_iter().map(Module::no_grad).collect(),
+        ..e
+    }
+}
+
 /// Real latents for PRFL's alternating SFT steps.
 ///
 /// # Shapes
@@ -284,24 +292,15 @@ where
         }
         let reward = match reward {
             LatentRewards::Process(m) => LatentRewards::Process(m.no_grad()),
-            LatentRewards::ProcessEnsemble(e) => LatentRewards::ProcessEnsemble(Ensemble {
-                members: e.members.into_iter().map(Module::no_grad).collect(),
-                ..e
-            }),
+            LatentRewards::ProcessEnsemble(e) => LatentRewards::ProcessEnsemble(frozen(e)),
             LatentRewards::Denoised(d) => LatentRewards::Denoised(DenoisedReward::new(
                 d.denoiser.no_grad(),
-                Ensemble {
-                    members: d.reward.members.into_iter().map(Module::no_grad).collect(),
-                    ..d.reward
-                },
+                frozen(d.reward),
                 d.timestep_scale,
             )),
             // frozen under PRFL; VELR fine-tunes its members (online alignment)
             LatentRewards::Ensemble(e) if matches!(config.method, Method::Prfl(_)) => {
-                LatentRewards::Ensemble(Ensemble {
-                    members: e.members.into_iter().map(Module::no_grad).collect(),
-                    ..e
-                })
+                LatentRewards::Ensemble(frozen(e))
             }
             other => other,
         };
@@ -745,12 +744,7 @@ where
         } else {
             (z, Tensor::zeros([1], &device))
         };
-        let frozen = ens.clone();
-        let frozen = Ensemble {
-            members: frozen.members.into_iter().map(Module::no_grad).collect(),
-            ..frozen
-        };
-        let scores = frozen.score_members(x0.clone(), Tensor::zeros([b], &device), text);
+        let scores = frozen(ens.clone()).score_members(x0.clone(), Tensor::zeros([b], &device), text);
         let r = scores.aggregate(m.aggregation);
         let var = scores.variance();
         let reward = r.clone().mean().into_scalar().elem::<f64>();

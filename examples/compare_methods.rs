@@ -357,7 +357,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;
-        std::fs::copy(&png, dir.join("comparison.png"))?;
+        let copy = dir.join("comparison.png");
+        // a report next to the curves: copying a file onto itself would empty it
+        if std::fs::canonicalize(dir)? != std::fs::canonicalize(&args.out)? {
+            std::fs::copy(&png, copy)?;
+        }
     }
     std::fs::write(&args.report, &md)?;
     println!("{md}");

@@ -744,7 +744,8 @@ where
         } else {
             (z, Tensor::zeros([1], &device))
         };
-        let scores = frozen(ens.clone()).score_members(x0.clone(), Tensor::zeros([b], &device), text);
+        let scores =
+            frozen(ens.clone()).score_members(x0.clone(), Tensor::zeros([b], &device), text);
         let r = scores.aggregate(m.aggregation);
         let var = scores.variance();
         let reward = r.clone().mean().into_scalar().elem::<f64>();

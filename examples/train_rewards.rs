@@ -676,9 +676,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Result<Vec<_>, _>>()?;
         let process = Ensemble::new(process)?.valid();
         md += &format!(
-            "\n## A noise-aware VELR ensemble as the process reward\n\n{} members of the VELR LRM below with `NoiseInput::BlockFilm` (FiLM of every residual block by sinusoidal features of `1000 sigma`), each trained like an ensemble member below ({} steps, MSE, own seed) on the regression data noised to `sigma ~ U(0, 1)`, regressing the clean sample's oracle reward ({:.0} s{}). \
+            "\n## A noise-aware VELR ensemble as the process reward\n\n{} VELR LRMs (`TextFusion::{:?}`, channels {:?}, strides {:?}) with `NoiseInput::BlockFilm` (FiLM of every residual block by sinusoidal features of `1000 sigma`), each trained as a VELR ensemble member ({} steps of 32, MSE, AdamW lr 3e-4, own seed) on the regression data noised to `sigma ~ U(0, 1)`, regressing the clean sample's oracle reward ({:.0} s{}). \
              The ensemble's mean at fixed noise levels: pairwise accuracy on the preference pairs (both videos noised with the same `eps`, as for the process reward model above) and Pearson correlation with the clean sample's reward:\n\n| t/T | test acc | ood acc | test PCC | ood PCC |\n|---|---|---|---|---|\n",
             args.process_members,
+            args.fusion,
+            velr_cfg.channels,
+            velr_cfg.strides,
             args.lrm_steps,
             t.elapsed().as_secs_f64(),
             if args.resume { " in this run, with `--resume`" } else { "" }

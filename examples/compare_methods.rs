@@ -246,15 +246,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(ensemble) = ensemble {
         if want("prfl denoised") {
-            // the quickstart's recipe
-            let method = Method::Prfl(PrflConfig {
-                start: Some([6, 10]),
-                window: 1,
-                lambda: 1.0,
-                margin: 2.0,
-                sft_every: 0,
-                kl_beta: 0.1,
-            });
+            // the quickstart's recipe (its method settings; time and lr are this comparison's)
+            let method = common::PrflRun::denoised_recipe().method();
             let reward = common::denoised_velr(&models_ad.dit, ensemble.members.clone(), 1.0)?;
             runs.push(("prfl denoised", refl(method, reward, "prfl_denoised")?));
         }

@@ -38,23 +38,13 @@ type AD = Autodiff<B>;
 
 /// PRFL's process reward: which model scores the noisy latents.
 enum ProcessRewardChoice {
-    /// The noise-aware VELR ensemble (`process_velr.json`, `process_velr_{i}.mpk` in the
-    /// directory; the first `members`), scored by its lower confidence bound.
-    NoiseAwareVelr {
-        /// Where `train_rewards` saved it.
-        dir: PathBuf,
-        /// Members used.
-        members: usize,
-    },
-    /// The clean-latent VELR ensemble (`velr.json`, `velr_{i}.mpk`; the first `members`) on the
-    /// frozen DiT's prediction of the clean sample (`DenoisedReward`), scored by its lower
-    /// confidence bound.
-    DenoisedVelr {
-        /// Where `train_rewards` saved it.
-        dir: PathBuf,
-        /// Members used.
-        members: usize,
-    },
+    /// The noise-aware VELR ensemble that `train_rewards` saved in the directory
+    /// (`process_velr.json`, `process_velr_{i}.mpk`), scored by its lower confidence bound.
+    NoiseAwareVelr(PathBuf),
+    /// The clean-latent VELR ensemble that `train_rewards` saved in the directory
+    /// (`velr.json`, `velr_{i}.mpk`) on the frozen DiT's prediction of the clean sample
+    /// (`DenoisedReward`), scored by its lower confidence bound.
+    DenoisedVelr(PathBuf),
     /// PRFL's reward model on the DiT's first blocks (`prm.json`, `prm.mpk`), or several of them
     /// scored by their lower confidence bound.
     DitTrunk(Vec<PathBuf>),
@@ -64,33 +54,21 @@ struct Args {
     run: common::PrflRun,
     models: PathBuf,
     reward: ProcessRewardChoice,
+    /// VELR members used (the first of those saved).
+    members: usize,
     lcb: f64,
     out: PathBuf,
 }
 
 fn parse() -> Result<Args, String> {
-    // the recipe that raises the held-out reward here (docs/refine_prm.md, session 13): the
-    // shipped VELR ensemble on the frozen DiT's clean-sample prediction, no SFT steps, the
-    // window's start in the mid-noise steps, a KL term to the initial model
     let mut a = Args {
-        run: common::PrflRun {
-            steps: 240,
-            lr: 1e-4,
-            lambda: 1.0,
-            sft_every: 0,
-            kl_beta: 0.1,
-            start: Some([6, 10]),
-            ..common::PrflRun::default()
-        },
+        run: common::PrflRun::denoised_recipe(),
         models: "assets/shapes-world".into(),
-        reward: ProcessRewardChoice::DenoisedVelr {
-            dir: "assets/shapes-world/rewards".into(),
-            members: 5,
-        },
+        reward: ProcessRewardChoice::DenoisedVelr("assets/shapes-world/rewards".into()),
+        members: 5,
         lcb: 1.0,
         out: "out/quickstart".into(),
     };
-    let mut members = 5;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
@@ -116,31 +94,16 @@ fn parse() -> Result<Args, String> {
                 a.reward =
                     ProcessRewardChoice::DitTrunk(val()?.split(',').map(PathBuf::from).collect())
             }
-            "--process-velr" => {
-                a.reward = ProcessRewardChoice::NoiseAwareVelr {
-                    dir: val()?.into(),
-                    members,
-                }
-            }
-            "--denoised-velr" => {
-                a.reward = ProcessRewardChoice::DenoisedVelr {
-                    dir: val()?.into(),
-                    members,
-                }
-            }
-            "--members" => members = num(val()?)?,
+            "--process-velr" => a.reward = ProcessRewardChoice::NoiseAwareVelr(val()?.into()),
+            "--denoised-velr" => a.reward = ProcessRewardChoice::DenoisedVelr(val()?.into()),
+            "--members" => a.members = num(val()?)?,
             "--lcb" => a.lcb = val()?.parse().map_err(|e| format!("--lcb: {e}"))?,
             "--out" => a.out = val()?.into(),
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if let ProcessRewardChoice::NoiseAwareVelr { members: m, .. }
-    | ProcessRewardChoice::DenoisedVelr { members: m, .. } = &mut a.reward
-    {
-        if members == 0 {
-            return Err("--members must be >= 1".into());
-        }
-        *m = members;
+    if a.members == 0 {
+        return Err("--members must be >= 1".into());
     }
     Ok(a)
 }
@@ -174,8 +137,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
     let lcb = Aggregation::LowerConfidenceBound { k: args.lcb };
     let reward = match &args.reward {
-        ProcessRewardChoice::NoiseAwareVelr { dir, members } => {
-            let ens = common::load_velr_members::<AD>(dir, "process_velr", *members, &dev)?;
+        ProcessRewardChoice::NoiseAwareVelr(dir) => {
+            let members = args.members;
+            let ens = common::load_velr_members::<AD>(dir, "process_velr", members, &dev)?;
             println!(
                 "process reward: the noise-aware VELR ensemble of {members} in {}, mean - {} std",
                 dir.display(),
@@ -183,8 +147,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             LatentRewards::Ensemble(Ensemble::new(ens)?.with_aggregation(lcb))
         }
-        ProcessRewardChoice::DenoisedVelr { dir, members } => {
-            let ens = common::load_velr_members::<AD>(dir, "velr", *members, &dev)?;
+        ProcessRewardChoice::DenoisedVelr(dir) => {
+            let members = args.members;
+            let ens = common::load_velr_members::<AD>(dir, "velr", members, &dev)?;
             println!(
                 "process reward: the VELR ensemble of {members} in {} on the frozen DiT's clean-sample prediction, mean - {} std",
                 dir.display(),

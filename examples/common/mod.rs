@@ -169,6 +169,35 @@ pub struct PrflRun {
     pub evals: usize,
 }
 
+impl PrflRun {
+    /// The quickstart's recipe, which raises the held-out reward against the VELR ensemble on the
+    /// frozen DiT's clean-sample prediction (docs/refine_prm.md, session 13): the window's start
+    /// in the mid-noise steps, a KL term to the initial model, no SFT steps, 240 steps.
+    pub fn denoised_recipe() -> Self {
+        Self {
+            steps: 240,
+            lr: 1e-4,
+            lambda: 1.0,
+            sft_every: 0,
+            kl_beta: 0.1,
+            start: Some([6, 10]),
+            ..Self::default()
+        }
+    }
+
+    /// PRFL's method settings of this run (a window of one step).
+    pub fn method(&self) -> Method {
+        Method::Prfl(PrflConfig {
+            start: self.start,
+            window: 1,
+            lambda: self.lambda,
+            margin: self.margin,
+            sft_every: self.sft_every,
+            kl_beta: self.kl_beta,
+        })
+    }
+}
+
 impl Default for PrflRun {
     fn default() -> Self {
         Self {
@@ -200,15 +229,7 @@ pub fn prfl_trainer<Bk: AutodiffBackend>(
     run: &PrflRun,
     out: &Path,
 ) -> Result<(WorldTrainer<Bk>, Vec<Caption>), Box<dyn std::error::Error>> {
-    let method = Method::Prfl(PrflConfig {
-        start: run.start,
-        window: 1,
-        lambda: run.lambda,
-        margin: run.margin,
-        sft_every: run.sft_every,
-        kl_beta: run.kl_beta,
-    });
-    world_trainer(models, models_ad, method, reward, run, out)
+    world_trainer(models, models_ad, run.method(), reward, run, out)
 }
 
 /// [`prfl_trainer`] with another `method` (its steps, batch, learning rate and held-out

@@ -14,6 +14,12 @@
 //! Flags: `--seconds`, `--eval-every`, `--batch`, `--lr`, `--heldout`, `--members`,
 //! `--align-every N` (VELR's online alignment every N steps; 0: no oracle labels, no alignment),
 //! `--velr-lcb K` (VELR scores by the ensemble's mean - K std; default 0: the mean),
+//! GRPO (defaults: `common::grpo_config`, iso-temporal) with `--group G` (rollouts per prompt,
+//! default 8), `--grpo-prompts N` (prompts per step, default 4), `--grpo-steps S` (rollout
+//! sampling steps, default 10), `--grpo-fraction F` (train a random fraction of the SDE steps,
+//! every step stochastic, no rectification: the recipe before session 14), `--grpo-kl B`
+//! (default 0.01), `--grpo-lcb K` (the latent reward is the members' mean - K std, default 1),
+//! `--independent-noise` (each rollout its own initial noise), `--global-std` (advantages scaled by the batch's std),
 //! `--methods` (a comma-separated subset of `rgb-refl,prfl,prfl-denoised,velr,grpo-latent,grpo-pixel`; the
 //! VELR members are needed only for `prfl-denoised`, `velr` and `grpo-latent`), `--out`,
 //! `--report`.
@@ -26,7 +32,9 @@ use diffusion_core::{
     FlowMatchScheduleConfig,
 };
 use ensemble::{Aggregation, Ensemble};
-use grpo::{GroupReward, GrpoTrainer, LatentScore, PixelScore};
+use grpo::{
+    GroupReward, GrpoConfig, GrpoTrainer, LatentScore, PixelScore, StdScope, TimestepSelection,
+};
 use rand::Rng;
 use refl_trainer::{
     heldout_reward, write_curves_png, FrameSelection, LatentRewards, LrSchedule, Method,
@@ -43,18 +51,19 @@ type AD = Autodiff<B>;
 /// A method under comparison: a ReFL trainer, or GRPO with its reward.
 enum Runner {
     Refl(Box<Trainer<AD, CausalVae<AD>, OracleReward, Caption>>),
-    Grpo(Box<GrpoTrainer<AD>>, Box<dyn GroupReward<B, Caption>>),
+    /// GRPO with its reward and the prompts per step.
+    Grpo(Box<GrpoTrainer<AD>>, Box<dyn GroupReward<B, Caption>>, usize),
 }
 
 impl Runner {
     fn policy(&self) -> &diffusion_core::WanTransformer<AD> {
         match self {
             Runner::Refl(t) => &t.policy,
-            Runner::Grpo(t, _) => &t.policy,
+            Runner::Grpo(t, ..) => &t.policy,
         }
     }
 
-    /// One training step; GRPO draws 2 training prompts from a generator seeded by the step.
+    /// One training step; GRPO draws its training prompts from a generator seeded by the step.
     fn step(
         &mut self,
         train: &PromptSet<B, Caption>,
@@ -65,11 +74,19 @@ impl Runner {
             Runner::Refl(t) => {
                 t.train_step()?;
             }
-            Runner::Grpo(t, reward) => {
+            Runner::Grpo(t, reward, prompts) => {
                 let mut rng = step_rng(1, step);
-                let idx: Vec<usize> = (0..2).map(|_| rng.random_range(0..train.len())).collect();
+                let idx: Vec<usize> = (0..*prompts)
+                    .map(|_| rng.random_range(0..train.len()))
+                    .collect();
                 let (prompts, text) = train.batch(&idx);
-                t.train_step(&prompts, text, *latent_shape, reward.as_ref())?;
+                let m = t.train_step(&prompts, text, *latent_shape, reward.as_ref())?;
+                if step % 10 == 0 {
+                    println!(
+                        "    step {step}: rollout reward {:.4} (group std {:.4}), kl {:.2e}",
+                        m.reward, m.reward_std, m.kl
+                    );
+                }
             }
         }
         Ok(())
@@ -95,6 +112,9 @@ struct Args {
     members: usize,
     align_every: usize,
     velr_lcb: f64,
+    grpo: GrpoConfig,
+    grpo_prompts: usize,
+    grpo_lcb: f64,
     methods: Vec<String>,
     models: PathBuf,
     rewards: PathBuf,
@@ -112,6 +132,9 @@ fn parse() -> Result<Args, String> {
         members: 5,
         align_every: 10,
         velr_lcb: 0.0,
+        grpo: common::grpo_config(1e-4),
+        grpo_prompts: common::GRPO_PROMPTS,
+        grpo_lcb: 1.0,
         methods: METHODS.iter().map(|m| m.to_string()).collect(),
         models: "assets/shapes-world".into(),
         rewards: "assets/shapes-world/rewards".into(),
@@ -132,6 +155,20 @@ fn parse() -> Result<Args, String> {
             "--members" => a.members = n(val()?)?,
             "--align-every" => a.align_every = n(val()?)?,
             "--velr-lcb" => a.velr_lcb = f(val()?)?,
+            "--group" => a.grpo.group = n(val()?)?,
+            "--grpo-prompts" => a.grpo_prompts = n(val()?)?,
+            "--grpo-steps" => a.grpo.steps = n(val()?)?,
+            "--grpo-kl" => a.grpo.kl_beta = f(val()?)?,
+            "--grpo-lcb" => a.grpo_lcb = f(val()?)?,
+            "--grpo-fraction" => {
+                a.grpo.timesteps = TimestepSelection::RandomFraction {
+                    fraction: f(val()?)?,
+                    skip_last: 1,
+                };
+                a.grpo.rectify = false;
+            }
+            "--independent-noise" => a.grpo.shared_noise = false,
+            "--global-std" => a.grpo.advantage.std = StdScope::Global,
             "--methods" => {
                 a.methods = val()?
                     .split(',')
@@ -150,10 +187,28 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if !(a.seconds > 0.0 && a.eval_every > 0.0) || a.members == 0 {
-        return Err("--seconds and --eval-every must be > 0, --members >= 1".into());
+    if !(a.seconds > 0.0 && a.eval_every > 0.0) || a.members == 0 || a.grpo_prompts == 0 {
+        return Err(
+            "--seconds and --eval-every must be > 0, --members and --grpo-prompts >= 1".into(),
+        );
     }
+    a.grpo.lr = a.lr;
+    a.grpo.validate().map_err(|e| e.to_string())?;
     Ok(a)
+}
+
+/// The report's words for GRPO's trained steps.
+fn trained_steps(t: &TimestepSelection) -> String {
+    match t {
+        TimestepSelection::All => "every step an SDE step and trained".into(),
+        TimestepSelection::RandomFraction { fraction, .. } => format!(
+            "every step an SDE step, {:.0}% of them trained (one at a time)",
+            fraction * 100.0
+        ),
+        TimestepSelection::IsoTemporal { .. } => {
+            "one random step per update the SDE step and trained, the others ODE (iso-temporal, rectified)".into()
+        }
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -216,8 +271,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|t| Runner::Refl(Box::new(t)))
     };
     let grpo = |reward: Box<dyn GroupReward<B, Caption>>| {
-        let config = common::grpo_config(args.lr);
-        GrpoTrainer::new(config, models_ad.dit.clone()).map(|t| Runner::Grpo(Box::new(t), reward))
+        GrpoTrainer::new(args.grpo.clone(), models_ad.dit.clone())
+            .map(|t| Runner::Grpo(Box::new(t), reward, args.grpo_prompts))
     };
     let pixel_score = PixelScore {
         vae: models.vae.clone(),
@@ -273,7 +328,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if want("grpo latent") {
             let lcb = ensemble
                 .valid()
-                .with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 });
+                .with_aggregation(Aggregation::LowerConfidenceBound { k: args.grpo_lcb });
             runs.push(("grpo latent", grpo(Box::new(LatentScore(lcb)))?));
         }
     }
@@ -310,9 +365,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          - PRFL: batch {b}, the shipped process reward model, window 1, `relu(2 - r)`, an SFT step per reward step.\n\
          - PRFL denoised (the quickstart's recipe): batch {b}, the VELR ensemble's mean - 1 std on the frozen DiT's clean-sample prediction, start step 6-9, window 1, `relu(2 - r)`, KL weight 0.1, no SFT steps.\n\
          - VELR: batch {b}, {} ensemble members from `train_rewards`, start step 6-9, window 2, `x0_hat` jump, KL weight 1, {velr_align}, {velr_score}.\n\
-         - GRPO: 2 prompts x 4 Flow-GRPO SDE rollouts per step, 30% of the steps trained (one at a time), clip 0.2, KL weight 0.01; the reward is the VELR ensemble's mean - 1 std (latent) or the pixel oracle of every decoded sample (pixel).\n\n\
+         - GRPO: {} prompts x {} Flow-GRPO rollouts of {} steps per step{}, {}, {:?} advantage std, clip {}, KL weight {}; the reward is the VELR ensemble's mean - {} std (latent) or the pixel oracle of every decoded sample (pixel).\n\n\
          | method | steps | held-out reward before | after | change |\n|---|---|---|---|---|\n",
-        args.seconds, args.lr, args.heldout, args.eval_every, args.members, b = args.batch
+        args.seconds, args.lr, args.heldout, args.eval_every, args.members,
+        args.grpo_prompts, args.grpo.group, args.grpo.steps,
+        if args.grpo.shared_noise { " (a group shares its initial noise)" } else { "" },
+        trained_steps(&args.grpo.timesteps),
+        args.grpo.advantage.std, args.grpo.clip, args.grpo.kl_beta, args.grpo_lcb, b = args.batch
     );
     for (name, mut runner) in runs {
         let before = evaluate(&runner)?;

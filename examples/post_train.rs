@@ -53,7 +53,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut a = Args {
         sft_steps: 150,
-        grpo_steps: 20,
+        grpo_steps: 120,
         heldout: 32,
         members: 5,
         tolerance: 0.01,
@@ -79,8 +79,8 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if a.heldout == 0 || a.members == 0 {
-        return Err("--heldout and --members must be >= 1".into());
+    if a.heldout == 0 || a.members == 0 || a.grpo_steps == 0 {
+        return Err("--heldout, --members and --grpo-steps must be >= 1".into());
     }
     Ok(a)
 }
@@ -101,26 +101,35 @@ fn terse(c: &Caption) -> String {
     )
 }
 
-/// Mean oracle reward (against the true captions) of Euler samples for `prompts`, and the
-/// sampling time per video (the denoising chain only).
+/// The oracle reward (against the true captions) of an Euler sample for each of `prompts`, and
+/// the sampling time per video (the denoising chain only). The noise depends only on the
+/// prompt's position, so two calls are paired prompt by prompt.
 fn evaluate(
     models: &WorldModels<B>,
     prompts: &[String],
     truth: &[Caption],
     steps: usize,
     shift: f64,
-) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+) -> Result<(Vec<f64>, f64), Box<dyn std::error::Error>> {
     let dev = Default::default();
-    let (mut total, mut secs) = (0.0, 0.0);
+    let (mut rewards, mut secs) = (Vec::new(), 0.0);
     for (k, (p, t)) in prompts.chunks(8).zip(truth.chunks(8)).enumerate() {
         let text = models.embed_texts(p, &dev)?;
         let t0 = Instant::now();
         let z = models.sample_from_text(text, steps, shift, 7 + k as u64)?;
         secs += t0.elapsed().as_secs_f64();
-        let r = OracleReward.score(models.decode(z), t)?;
-        total += r.sum().into_scalar() as f64;
+        let r: Vec<f32> = OracleReward
+            .score(models.decode(z), t)?
+            .into_data()
+            .to_vec()
+            .map_err(|e| format!("{e:?}"))?;
+        rewards.extend(r.into_iter().map(f64::from));
     }
-    Ok((total / truth.len() as f64, secs / truth.len() as f64))
+    Ok((rewards, secs / truth.len() as f64))
+}
+
+fn mean(x: &[f64]) -> f64 {
+    x.iter().sum::<f64>() / x.len() as f64
 }
 
 fn gif(
@@ -143,7 +152,10 @@ fn gif(
 
 struct Row {
     stage: &'static str,
-    reward: f64,
+    /// Per held-out prompt, on the stage's prompts.
+    rewards: Vec<f64>,
+    /// Per held-out prompt, on the full captions.
+    full: Vec<f64>,
     ms: f64,
     steps: usize,
     shift: f64,
@@ -163,6 +175,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
     let val = common::shuffled_captions(Split::Train, 3, args.heldout);
     let terse_heldout: Vec<String> = heldout.iter().map(terse).collect();
+    let full_captions: Vec<String> = heldout.iter().map(Caption::text).collect();
     std::fs::create_dir_all(&args.out)?;
     let show = &terse_heldout[0];
     let mut rows = Vec::new();
@@ -173,18 +186,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                      shift: f64,
                      note: String|
      -> Result<(), Box<dyn std::error::Error>> {
-        let (reward, secs) = evaluate(models, prompts, &heldout, steps, shift)?;
+        let (rewards, secs) = evaluate(models, prompts, &heldout, steps, shift)?;
+        let full = if prompts == full_captions.as_slice() {
+            rewards.clone()
+        } else {
+            evaluate(models, &full_captions, &heldout, steps, shift)?.0
+        };
+        let reward = mean(&rewards);
         let first_word = name.split(' ').next().unwrap_or(name);
         let path = args.out.join(format!("{}_{first_word}.gif", rows.len()));
         gif(models, &prompts[0], steps, shift, &path)?;
         println!(
-            "{name:<24} held-out reward {reward:.4}, {:.1} ms per video ({steps} steps, shift {shift})  {}",
+            "{name:<24} held-out reward {reward:.4} (full captions {:.4}), {:.1} ms per video ({steps} steps, shift {shift})  {}",
+            mean(&full),
             secs * 1e3,
             path.display()
         );
         rows.push(Row {
             stage: name,
-            reward,
+            rewards,
+            full,
             ms: secs * 1e3,
             steps,
             shift,
@@ -232,20 +253,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let train = common::shuffled_captions(Split::Train, 1, 512);
     let train_set = PromptSet::new(train.clone(), world.valid().embed(&train, &dev)?)?;
-    let config = common::grpo_config(5e-5);
+    let config = common::grpo_config(1e-4);
+    let about = format!(
+        "{} prompts x {} rollouts of {} steps sharing a noise per prompt, one SDE step per update (iso-temporal, rectified), clip {}, KL {}, lr {:e}",
+        common::GRPO_PROMPTS, config.group, config.steps, config.clip, config.kl_beta, config.lr
+    );
     let mut grpo = GrpoTrainer::new(config, world.dit.clone())?;
     let mut rng = StdRng::seed_from_u64(5);
-    let mut last = 0.0;
+    let mut curve = Vec::new();
     for _ in 0..args.grpo_steps {
-        let idx: Vec<usize> = (0..2).map(|_| rng.random_range(0..train.len())).collect();
+        let idx: Vec<usize> = (0..common::GRPO_PROMPTS)
+            .map(|_| rng.random_range(0..train.len()))
+            .collect();
         let (prompts, text) = train_set.batch(&idx);
         let m = grpo.train_step(&prompts, text, world.config.latent_shape(), &reward)?;
         println!(
             "  grpo step {}: latent reward {:.3} (group std {:.3}), kl {:.2e}, clipped {:.2}",
             m.step, m.reward, m.reward_std, m.kl, m.clip_fraction
         );
-        last = m.reward;
+        curve.push(m.reward);
     }
+    let ends = curve.len().min(10);
     world.dit = grpo.policy.clone();
     stage(
         "grpo (latent ensemble)",
@@ -254,9 +282,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         20,
         3.0,
         format!(
-            "{} steps of 2 prompts x 4 rollouts, 30% of the steps trained, clip 0.2, KL 0.01, lr 5e-5 ({:.0} s; last latent reward {last:.3})",
+            "{} steps of {about} ({:.0} s; the rollouts' latent reward {:.3} in the first {ends} steps, {:.3} in the last {ends})",
             args.grpo_steps,
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            mean(&curve[..ends]),
+            mean(&curve[curve.len() - ends..])
         ),
     )?;
 
@@ -327,16 +357,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "# The post-train pipeline on shapes-world\n\nProduced by `cargo run --release --example post_train` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores) in {:.1} min. \
          Held-out: {} test captions; the user prompt is terse (the caption's attribute words without its template, e.g. `{show}`), the oracle scores against the full caption. \
          Sampling time is the denoising chain per video (Euler, batches of 8), without decoding. GIFs of the first held-out prompt per stage are in `{}` (`0_base.gif` ... `4_inference.gif`).\n\n\
-         | stage | held-out oracle reward | sampling ms / video | steps | shift | what |\n|---|---|---|---|---|---|\n",
+         The change is from the row above, prompt by prompt on the same noise, with the standard error of that paired mean; \
+         the full-caption column prompts each stage's model with the full test captions instead (what prompt enhancement feeds it).\n\n\
+         | stage | held-out oracle reward | change | full captions | change | sampling ms / video | steps | shift | what |\n|---|---|---|---|---|---|---|---|---|\n",
         t_all.elapsed().as_secs_f64() / 60.0,
         args.heldout,
         args.out.display()
     );
+    let mut previous: Option<&Row> = None;
     for r in &rows {
+        let change = |of: fn(&Row) -> &[f64]| match previous {
+            Some(p) => {
+                let (d, se) = common::paired_change(of(p), of(r));
+                format!("{d:+.4} +- {se:.4}")
+            }
+            None => "-".into(),
+        };
         md += &format!(
-            "| {} | {:.4} | {:.1} | {} | {} | {} |\n",
-            r.stage, r.reward, r.ms, r.steps, r.shift, r.note
+            "| {} | {:.4} | {} | {:.4} | {} | {:.1} | {} | {} | {} |\n",
+            r.stage,
+            mean(&r.rewards),
+            change(|r| &r.rewards),
+            mean(&r.full),
+            change(|r| &r.full),
+            r.ms,
+            r.steps,
+            r.shift,
+            r.note
         );
+        previous = Some(r);
     }
     if let Some(dir) = args.report.parent() {
         std::fs::create_dir_all(dir)?;

@@ -119,23 +119,25 @@ pub fn load_prm<Bk: AutodiffBackend>(
         .freeze_embeddings())
 }
 
-/// The GRPO settings of the examples: 4 Flow-GRPO SDE rollouts per prompt over 20 steps
-/// (shift 3), 30% of the steps trained, clip 0.2, KL weight 0.01, AdamW at `lr`.
+/// The GRPO settings of the examples (session 14): 8 rollouts per prompt of 10 Flow-GRPO steps
+/// (shift 3) from one shared noise per group, Flash-GRPO's iso-temporal selection (one SDE step
+/// per update, the others ODE, so a group's rewards differ only by that step's noise) with
+/// temporal gradient rectification, per-group advantages, clip 0.2, KL weight 0.01, AdamW at
+/// `lr`. On shapes-world with the pixel oracle this raised the held-out reward by +0.050 in 300 s
+/// where 4 independent rollouts of 20 steps with 30% of the steps trained did not move it
+/// (docs/comparison.md).
 pub fn grpo_config(lr: f64) -> GrpoConfig {
     GrpoConfig {
-        group: 4,
-        steps: 20,
+        group: 8,
+        steps: 10,
         shift: 3.0,
         sde: Sde::FlowGrpo(FlowGrpoSde::default()),
-        shared_noise: false,
+        shared_noise: true,
         advantage: AdvantageConfig::default(),
         clip: 0.2,
         kl_beta: 0.01,
-        timesteps: TimestepSelection::RandomFraction {
-            fraction: 0.3,
-            skip_last: 1,
-        },
-        rectify: false,
+        timesteps: TimestepSelection::IsoTemporal { skip_last: 1 },
+        rectify: true,
         lr,
         weight_decay: 0.01,
         grad_clip: Some(1.0),
@@ -143,6 +145,9 @@ pub fn grpo_config(lr: f64) -> GrpoConfig {
         shards: diffusion_core::parallel::cores(),
     }
 }
+
+/// Prompts per GRPO step in the examples.
+pub const GRPO_PROMPTS: usize = 4;
 
 /// PRFL as the quickstart runs it (and `refine_prm` between reward-model rounds).
 #[derive(Debug, Clone)]
@@ -345,15 +350,16 @@ impl OracleTerms {
     /// The mean of `after - self` over the prompts and its standard error (the two scored on the
     /// same prompts and noise).
     pub fn paired_change(&self, after: &Self) -> (f64, f64) {
-        let d: Vec<f64> = after
-            .rewards
-            .iter()
-            .zip(&self.rewards)
-            .map(|(a, b)| a - b)
-            .collect();
-        let n = d.len() as f64;
-        let mean = d.iter().sum::<f64>() / n;
-        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        (mean, (var / n).sqrt())
+        paired_change(&self.rewards, &after.rewards)
     }
+}
+
+/// The mean of `after - before` and its standard error, for rewards paired element by element
+/// (the same prompts and noise).
+pub fn paired_change(before: &[f64], after: &[f64]) -> (f64, f64) {
+    let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, (var / n).sqrt())
 }

@@ -52,7 +52,11 @@ type AD = Autodiff<B>;
 enum Runner {
     Refl(Box<Trainer<AD, CausalVae<AD>, OracleReward, Caption>>),
     /// GRPO with its reward and the prompts per step.
-    Grpo(Box<GrpoTrainer<AD>>, Box<dyn GroupReward<B, Caption>>, usize),
+    Grpo(
+        Box<GrpoTrainer<AD>>,
+        Box<dyn GroupReward<B, Caption>>,
+        usize,
+    ),
 }
 
 impl Runner {

@@ -53,7 +53,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut a = Args {
         sft_steps: 150,
-        grpo_steps: 120,
+        grpo_steps: 250,
         heldout: 32,
         members: 5,
         tolerance: 0.01,
@@ -354,12 +354,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let mut md = format!(
-        "# The post-train pipeline on shapes-world\n\nProduced by `cargo run --release --example post_train` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores) in {:.1} min. \
+        "# The post-train pipeline on shapes-world\n\nProduced by `cargo run --release --example post_train{}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores) in {:.1} min. \
          Held-out: {} test captions; the user prompt is terse (the caption's attribute words without its template, e.g. `{show}`), the oracle scores against the full caption. \
          Sampling time is the denoising chain per video (Euler, batches of 8), without decoding. GIFs of the first held-out prompt per stage are in `{}` (`0_base.gif` ... `4_inference.gif`).\n\n\
          The change is from the row above, prompt by prompt on the same noise, with the standard error of that paired mean; \
          the full-caption column prompts each stage's model with the full test captions instead (what prompt enhancement feeds it).\n\n\
          | stage | held-out oracle reward | change | full captions | change | sampling ms / video | steps | shift | what |\n|---|---|---|---|---|---|---|---|---|\n",
+        common::command_flags(),
         t_all.elapsed().as_secs_f64() / 60.0,
         args.heldout,
         args.out.display()

@@ -118,50 +118,61 @@ fn sharded_rows_match_one_graph() {
     assert!(off * 100 < total, "{off} of {total} entries differ");
 }
 
+/// Both selections raise the reward: a random fraction of the steps (every step stochastic), and
+/// the iso-temporal one SDE step per update, which the examples use.
 #[test]
 fn grpo_raises_the_reward_and_moves_the_policy() {
-    let dev = Default::default();
-    AD::seed(&dev, 5);
-    let policy = WanConfig::tiny().init::<AD>(&dev).unwrap();
-    let text = Tensor::<B, 3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
-    let eval_text = Tensor::<B, 3>::random([8, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
-    let before = param_snapshot(&policy).unwrap();
-    let r0 = evaluate(&policy.valid(), &eval_text);
-    let reward = LatentScore(MeanLatent { poison: false });
-    let mut trainer = GrpoTrainer::new(
-        config(TimestepSelection::RandomFraction {
-            fraction: 0.75,
-            skip_last: 1,
-        }),
-        policy,
-    )
-    .unwrap();
-    let mut metrics = Vec::new();
-    for _ in 0..25 {
-        metrics.push(
-            trainer
-                .train_step(&[0, 1], text.clone(), SHAPE, &reward)
-                .unwrap(),
+    let selections = [
+        (
+            TimestepSelection::RandomFraction {
+                fraction: 0.75,
+                skip_last: 1,
+            },
+            2,
+        ),
+        (TimestepSelection::IsoTemporal { skip_last: 1 }, 1),
+    ];
+    for (timesteps, trained_steps) in selections {
+        let dev = Default::default();
+        AD::seed(&dev, 5);
+        let policy = WanConfig::tiny().init::<AD>(&dev).unwrap();
+        let text = Tensor::<B, 3>::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
+        let eval_text = Tensor::<B, 3>::random([8, 3, 16], Distribution::Normal(0.0, 1.0), &dev);
+        let before = param_snapshot(&policy).unwrap();
+        let r0 = evaluate(&policy.valid(), &eval_text);
+        let reward = LatentScore(MeanLatent { poison: false });
+        let mut trainer = GrpoTrainer::new(config(timesteps.clone()), policy).unwrap();
+        let mut metrics = Vec::new();
+        for _ in 0..25 {
+            metrics.push(
+                trainer
+                    .train_step(&[0, 1], text.clone(), SHAPE, &reward)
+                    .unwrap(),
+            );
+        }
+        // first step: policy == reference and ratio == 1
+        assert!(
+            metrics[0].kl.abs() < 1e-6,
+            "{timesteps:?}: {:?}",
+            metrics[0]
+        );
+        assert_eq!(metrics[0].clip_fraction, 0.0);
+        assert!(metrics
+            .iter()
+            .all(|m| m.trained_steps == trained_steps && m.grad_norm.is_finite()));
+        assert!(metrics.last().unwrap().kl > 0.0);
+        let r1 = evaluate(&trainer.policy.valid(), &eval_text);
+        assert!(r1 > r0 + 0.1, "{timesteps:?}: held-out reward {r0} -> {r1}");
+        // every parameter with a gradient moved (attention key biases get none; rope tables
+        // and the unused parts of the time embedding are buffers)
+        let after = param_snapshot(&trainer.policy).unwrap();
+        let moved = before.iter().filter(|(id, v)| &after[*id] != *v).count();
+        assert!(
+            moved as f64 >= 0.9 * before.len() as f64,
+            "{timesteps:?}: {moved} of {}",
+            before.len()
         );
     }
-    // first step: policy == reference and ratio == 1
-    assert!(metrics[0].kl.abs() < 1e-6, "{:?}", metrics[0]);
-    assert_eq!(metrics[0].clip_fraction, 0.0);
-    assert!(metrics
-        .iter()
-        .all(|m| m.trained_steps == 2 && m.grad_norm.is_finite()));
-    assert!(metrics.last().unwrap().kl > 0.0);
-    let r1 = evaluate(&trainer.policy.valid(), &eval_text);
-    assert!(r1 > r0 + 0.1, "held-out reward {r0} -> {r1}");
-    // every parameter with a gradient moved (attention key biases get none; rope tables and
-    // the unused parts of the time embedding are buffers)
-    let after = param_snapshot(&trainer.policy).unwrap();
-    let moved = before.iter().filter(|(id, v)| &after[*id] != *v).count();
-    assert!(
-        moved as f64 >= 0.9 * before.len() as f64,
-        "{moved} of {}",
-        before.len()
-    );
 }
 
 #[test]

@@ -14,8 +14,8 @@
 //! within `--tolerance`, then reports on the held-out ones.
 //!
 //! Uses the VELR members in `--rewards` (default assets/shapes-world/rewards, where five are
-//! shipped; `train_rewards` writes them). Flags: `--sft-steps`, `--grpo-steps`, `--heldout`,
-//! `--members`, `--tolerance`, `--out`, `--report`.
+//! shipped; `train_rewards` writes them). Flags: `--sft-steps`, `--grpo-steps` (default 250),
+//! `--grpo-lr` (default 5e-5), `--heldout`, `--members`, `--tolerance`, `--out`, `--report`.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -41,6 +41,7 @@ type AD = Autodiff<B>;
 struct Args {
     sft_steps: usize,
     grpo_steps: usize,
+    grpo_lr: f64,
     heldout: usize,
     members: usize,
     tolerance: f64,
@@ -54,6 +55,7 @@ fn parse() -> Result<Args, String> {
     let mut a = Args {
         sft_steps: 150,
         grpo_steps: 250,
+        grpo_lr: 5e-5,
         heldout: 32,
         members: 5,
         tolerance: 0.01,
@@ -72,6 +74,7 @@ fn parse() -> Result<Args, String> {
             "--heldout" => a.heldout = n(val()?)?,
             "--members" => a.members = n(val()?)?,
             "--tolerance" => a.tolerance = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
+            "--grpo-lr" => a.grpo_lr = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--models" => a.models = val()?.into(),
             "--rewards" => a.rewards = val()?.into(),
             "--out" => a.out = val()?.into(),
@@ -79,8 +82,8 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if a.heldout == 0 || a.members == 0 || a.grpo_steps == 0 {
-        return Err("--heldout, --members and --grpo-steps must be >= 1".into());
+    if a.heldout == 0 || a.members == 0 || a.grpo_steps == 0 || !(a.grpo_lr > 0.0) {
+        return Err("--heldout, --members and --grpo-steps must be >= 1, --grpo-lr > 0".into());
     }
     Ok(a)
 }
@@ -253,7 +256,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let train = common::shuffled_captions(Split::Train, 1, 512);
     let train_set = PromptSet::new(train.clone(), world.valid().embed(&train, &dev)?)?;
-    let config = common::grpo_config(1e-4);
+    let config = common::grpo_config(args.grpo_lr);
     let about = format!(
         "{} prompts x {} rollouts of {} steps sharing a noise per prompt, one SDE step per update (iso-temporal, rectified), clip {}, KL {}, lr {:e}",
         common::GRPO_PROMPTS, config.group, config.steps, config.clip, config.kl_beta, config.lr

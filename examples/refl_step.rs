@@ -1,5 +1,7 @@
-//! Benchmark: one training step of RGB ReFL (all frames), RGB ReFL (first frame), PRFL and VELR
-//! on the same model and prompts, as peak memory and step time, with ratios to all-frames RGB
+//! Benchmark: one training step of RGB ReFL (all frames), RGB ReFL (first frame), PRFL (with the
+//! process reward model, and with the quickstart's reward: the VELR ensemble's mean - 1 std on
+//! the frozen DiT's prediction of the clean sample, start step 6..10, KL 0.1) and VELR on the
+//! same model and prompts, as peak memory and step time, with ratios to all-frames RGB
 //! ReFL measured in the same run (`../shared/ALGORITHMS.md` sections 2-4).
 //!
 //! ```text
@@ -298,6 +300,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     kl_beta: 0.0,
                 }),
                 LatentRewards::Process(s.prm.clone()),
+            ),
+            (
+                "PRFL, ensemble on the DiT's x0 (KL 0.1)",
+                common::PrflRun::denoised_recipe().method(),
+                common::denoised_velr(&s.dit, s.ensemble.members.clone(), 1.0)?,
             ),
             velr("VELR, policy step (ensemble reward, KL)", 0, &s),
             velr("VELR, + pixel labels for the buffer", 1, &s),

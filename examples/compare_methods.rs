@@ -201,20 +201,6 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// The report's words for GRPO's trained steps.
-fn trained_steps(t: &TimestepSelection) -> String {
-    match t {
-        TimestepSelection::All => "every step an SDE step and trained".into(),
-        TimestepSelection::RandomFraction { fraction, .. } => format!(
-            "every step an SDE step, {:.0}% of them trained (one at a time)",
-            fraction * 100.0
-        ),
-        TimestepSelection::IsoTemporal { .. } => {
-            "one random step per update the SDE step and trained, the others ODE (iso-temporal, rectified)".into()
-        }
-    }
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse()?;
     let dev = Default::default();
@@ -369,13 +355,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          - PRFL: batch {b}, the shipped process reward model, window 1, `relu(2 - r)`, an SFT step per reward step.\n\
          - PRFL denoised (the quickstart's recipe): batch {b}, the VELR ensemble's mean - 1 std on the frozen DiT's clean-sample prediction, start step 6-9, window 1, `relu(2 - r)`, KL weight 0.1, no SFT steps.\n\
          - VELR: batch {b}, {} ensemble members from `train_rewards`, start step 6-9, window 2, `x0_hat` jump, KL weight 1, {velr_align}, {velr_score}.\n\
-         - GRPO: {} prompts x {} Flow-GRPO rollouts of {} steps per step{}, {}, {:?} advantage std, clip {}, KL weight {}; the reward is the VELR ensemble's mean - {} std (latent) or the pixel oracle of every decoded sample (pixel).\n\n\
+         - GRPO: {}; the reward is the VELR ensemble's mean - {} std (latent) or the pixel oracle of every decoded sample (pixel).\n\n\
          | method | steps | held-out reward before | after | change |\n|---|---|---|---|---|\n",
         args.seconds, args.lr, args.heldout, args.eval_every, args.members,
-        args.grpo_prompts, args.grpo.group, args.grpo.steps,
-        if args.grpo.shared_noise { " (a group shares its initial noise)" } else { "" },
-        trained_steps(&args.grpo.timesteps),
-        args.grpo.advantage.std, args.grpo.clip, args.grpo.kl_beta, args.grpo_lcb, b = args.batch
+        common::grpo_settings(&args.grpo, args.grpo_prompts), args.grpo_lcb, b = args.batch
     );
     for (name, mut runner) in runs {
         let before = evaluate(&runner)?;

@@ -105,21 +105,22 @@ fn terse(c: &Caption) -> String {
 }
 
 /// The oracle reward (against the true captions) of an Euler sample for each of `prompts`, and
-/// the sampling time per video (the denoising chain only). The noise depends only on the
-/// prompt's position, so two calls are paired prompt by prompt.
+/// the sampling time per video (the denoising chain only). The noise depends only on `seed` and
+/// the prompt's position, so two calls with one seed are paired prompt by prompt.
 fn evaluate(
     models: &WorldModels<B>,
     prompts: &[String],
     truth: &[Caption],
     steps: usize,
     shift: f64,
+    seed: u64,
 ) -> Result<(Vec<f64>, f64), Box<dyn std::error::Error>> {
     let dev = Default::default();
     let (mut rewards, mut secs) = (Vec::new(), 0.0);
     for (k, (p, t)) in prompts.chunks(8).zip(truth.chunks(8)).enumerate() {
         let text = models.embed_texts(p, &dev)?;
         let t0 = Instant::now();
-        let z = models.sample_from_text(text, steps, shift, 7 + k as u64)?;
+        let z = models.sample_from_text(text, steps, shift, seed + k as u64)?;
         secs += t0.elapsed().as_secs_f64();
         let r: Vec<f32> = OracleReward
             .score(models.decode(z), t)?
@@ -189,11 +190,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                      shift: f64,
                      note: String|
      -> Result<(), Box<dyn std::error::Error>> {
-        let (rewards, secs) = evaluate(models, prompts, &heldout, steps, shift)?;
+        let (rewards, secs) = evaluate(models, prompts, &heldout, steps, shift, 7)?;
         let full = if prompts == full_captions.as_slice() {
             rewards.clone()
         } else {
-            evaluate(models, &full_captions, &heldout, steps, shift)?.0
+            evaluate(models, &full_captions, &heldout, steps, shift, 7)?.0
         };
         let reward = mean(&rewards);
         let first_word = name.split(' ').next().unwrap_or(name);
@@ -257,10 +258,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let train = common::shuffled_captions(Split::Train, 1, 512);
     let train_set = PromptSet::new(train.clone(), world.valid().embed(&train, &dev)?)?;
     let config = common::grpo_config(args.grpo_lr);
-    let about = format!(
-        "{} prompts x {} rollouts of {} steps sharing a noise per prompt, one SDE step per update (iso-temporal, rectified), clip {}, KL {}, lr {:e}",
-        common::GRPO_PROMPTS, config.group, config.steps, config.clip, config.kl_beta, config.lr
-    );
+    let about = common::grpo_settings(&config, common::GRPO_PROMPTS);
     let mut grpo = GrpoTrainer::new(config, world.dit.clone())?;
     let mut rng = StdRng::seed_from_u64(5);
     let mut curve = Vec::new();
@@ -285,7 +283,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         20,
         3.0,
         format!(
-            "{} steps of {about} ({:.0} s; the rollouts' latent reward {:.3} in the first {ends} steps, {:.3} in the last {ends})",
+            "{} updates of {about} ({:.0} s; the rollouts' latent reward {:.3} in the first {ends} steps, {:.3} in the last {ends})",
             args.grpo_steps,
             t.elapsed().as_secs_f64(),
             mean(&curve[..ends]),
@@ -315,18 +313,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prompts stays within the tolerance of 20 steps
     let val_prompts = enhance(&val.iter().map(terse).collect::<Vec<_>>())?;
     let eval_val = |steps, shift| -> Result<f64, Box<dyn std::error::Error>> {
-        let (mut total, mut n) = (0.0, 0);
-        for (k, (p, t)) in val_prompts.chunks(8).zip(val.chunks(8)).enumerate() {
-            let z = model.sample_from_text(
-                model.embed_texts(p, &dev)?,
-                steps,
-                shift,
-                100 + k as u64,
-            )?;
-            total += OracleReward.score(model.decode(z), t)?.sum().into_scalar() as f64;
-            n += t.len();
-        }
-        Ok(total / n as f64)
+        Ok(mean(
+            &evaluate(&model, &val_prompts, &val, steps, shift, 100)?.0,
+        ))
     };
     let reference = eval_val(20, 3.0)?;
     let mut choice = (20, 3.0, reference);

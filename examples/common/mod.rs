@@ -149,6 +149,35 @@ pub fn grpo_config(lr: f64) -> GrpoConfig {
 /// Prompts per GRPO step in the examples.
 pub const GRPO_PROMPTS: usize = 4;
 
+/// A GRPO run's settings in words, for the examples' reports.
+pub fn grpo_settings(config: &GrpoConfig, prompts: usize) -> String {
+    let sde = match config.sde {
+        Sde::FlowGrpo(_) => "Flow-GRPO",
+        Sde::DanceGrpo(_) => "DanceGRPO",
+    };
+    let noise = if config.shared_noise {
+        " (a group shares its initial noise)"
+    } else {
+        ""
+    };
+    let steps = match &config.timesteps {
+        TimestepSelection::All => "every step an SDE step and trained".to_string(),
+        TimestepSelection::RandomFraction { fraction, .. } => format!(
+            "every step an SDE step, {:.0}% of them trained (one at a time)",
+            fraction * 100.0
+        ),
+        TimestepSelection::IsoTemporal { .. } => {
+            "one random step per update the SDE step and trained, the others ODE (iso-temporal)"
+                .to_string()
+        }
+    };
+    let rectified = if config.rectify { ", rectified" } else { "" };
+    format!(
+        "{prompts} prompts x {} {sde} rollouts of {} steps per update{noise}, {steps}{rectified}, {:?} advantage std, clip {}, KL weight {}, lr {:e}",
+        config.group, config.steps, config.advantage.std, config.clip, config.kl_beta, config.lr
+    )
+}
+
 /// PRFL as the quickstart runs it (and `refine_prm` between reward-model rounds).
 #[derive(Debug, Clone)]
 pub struct PrflRun {

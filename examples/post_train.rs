@@ -15,7 +15,9 @@
 //!
 //! Uses the VELR members in `--rewards` (default assets/shapes-world/rewards, where five are
 //! shipped; `train_rewards` writes them). Flags: `--sft-steps`, `--grpo-steps` (default 250),
-//! `--grpo-lr` (default 5e-5), `--heldout`, `--members`, `--tolerance`, `--out`, `--report`.
+//! `--grpo-lr` (default 5e-5), `--align-every` (VELR's online alignment of the members on GRPO's
+//! rollouts every this many updates, default 5; 0: none), `--align-steps` (default 4),
+//! `--align-lr` (default 1e-4), `--heldout`, `--members`, `--tolerance`, `--out`, `--report`.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -25,9 +27,10 @@ use diffusion_core::{
     PromptEnhancer,
 };
 use ensemble::{Aggregation, Ensemble};
-use grpo::{GrpoTrainer, LatentScore};
+use grpo::GrpoTrainer;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use refl_trainer::PromptSet;
+use common::AlignedEnsemble;
+use refl_trainer::{AlignmentConfig, PromptSet};
 use shapes_world::{
     pretrain::{train_dit, LatentCache, StageConfig},
     write_gif, Caption, CaptionEnhancer, Direction, OracleReward, Split, Video, WorldModels,
@@ -42,6 +45,9 @@ struct Args {
     sft_steps: usize,
     grpo_steps: usize,
     grpo_lr: f64,
+    align_every: usize,
+    align_steps: usize,
+    align_lr: f64,
     heldout: usize,
     members: usize,
     tolerance: f64,
@@ -56,6 +62,9 @@ fn parse() -> Result<Args, String> {
         sft_steps: 150,
         grpo_steps: 250,
         grpo_lr: 5e-5,
+        align_every: 5,
+        align_steps: 4,
+        align_lr: 1e-4,
         heldout: 32,
         members: 5,
         tolerance: 0.01,
@@ -75,6 +84,9 @@ fn parse() -> Result<Args, String> {
             "--members" => a.members = n(val()?)?,
             "--tolerance" => a.tolerance = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--grpo-lr" => a.grpo_lr = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
+            "--align-every" => a.align_every = n(val()?)?,
+            "--align-steps" => a.align_steps = n(val()?)?,
+            "--align-lr" => a.align_lr = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--models" => a.models = val()?.into(),
             "--rewards" => a.rewards = val()?.into(),
             "--out" => a.out = val()?.into(),
@@ -82,8 +94,13 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if a.heldout == 0 || a.members == 0 || a.grpo_steps == 0 || !(a.grpo_lr > 0.0) {
-        return Err("--heldout, --members and --grpo-steps must be >= 1, --grpo-lr > 0".into());
+    if a.heldout == 0 || a.members == 0 || a.grpo_steps == 0 || a.align_steps == 0 {
+        return Err(
+            "--heldout, --members, --grpo-steps and --align-steps must be >= 1".into(),
+        );
+    }
+    if !(a.grpo_lr > 0.0 && a.align_lr > 0.0) {
+        return Err("--grpo-lr and --align-lr must be > 0".into());
     }
     Ok(a)
 }
@@ -171,10 +188,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Default::default();
     let t_all = Instant::now();
     let mut world = WorldModels::<AD>::load(&args.models, &dev)?;
-    let members = common::load_velr_members::<B>(&args.rewards, "velr", args.members, &dev)?;
-    let reward = LatentScore(
+    let members = common::load_velr_members::<AD>(&args.rewards, "velr", args.members, &dev)?;
+    let mut reward = AlignedEnsemble::new(
         Ensemble::new(members)?.with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 }),
-    );
+        AlignmentConfig {
+            capacity: 256,
+            steps: args.align_steps,
+            batch: 16,
+            lr: args.align_lr,
+        },
+        args.align_every,
+        world.config.latent_shape(),
+    )?;
 
     let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
     let val = common::shuffled_captions(Split::Train, 3, args.heldout);
@@ -262,19 +287,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut grpo = GrpoTrainer::new(config, world.dit.clone())?;
     let mut rng = StdRng::seed_from_u64(5);
     let mut curve = Vec::new();
+    let mut rounds = Vec::new();
+    // decodes the rollouts for the oracle's labels (the VAE is not trained)
+    let labeller = world.valid();
     for _ in 0..args.grpo_steps {
         let idx: Vec<usize> = (0..common::GRPO_PROMPTS)
             .map(|_| rng.random_range(0..train.len()))
             .collect();
         let (prompts, text) = train_set.batch(&idx);
-        let m = grpo.train_step(&prompts, text, world.config.latent_shape(), &reward)?;
+        let m = grpo.train_step(&prompts, text, world.config.latent_shape(), &reward.reward())?;
         println!(
             "  grpo step {}: latent reward {:.3} (group std {:.3}), kl {:.2e}, clipped {:.2}",
             m.step, m.reward, m.reward_std, m.kl, m.clip_fraction
         );
         curve.push(m.reward);
+        if let Some(r) = reward.after_update(&grpo, &idx, &train_set, &labeller, &mut rng)? {
+            println!(
+                "    alignment: oracle {:.3}, latent reward {:.3}, members' PCC with the oracle {:.3} (within groups {:.3})",
+                r.oracle, r.latent, r.pearson, r.group_pearson
+            );
+            rounds.push(r);
+        }
     }
     let ends = curve.len().min(10);
+    let aligned = if rounds.is_empty() {
+        "no online alignment".to_string()
+    } else {
+        let k = rounds.len().min(5);
+        let avg = |r: &[common::AlignmentRound], f: fn(&common::AlignmentRound) -> f64| {
+            r.iter().map(f).sum::<f64>() / r.len() as f64
+        };
+        let (first, last) = (&rounds[..k], &rounds[rounds.len() - k..]);
+        format!(
+            "VELR online alignment every {} updates (the update's rollouts decoded and scored by the oracle, a buffer of 256 by ensemble variance, {} Huber steps of 16 per member at lr {:e}): on the labelled rollouts, oracle {:.3} -> {:.3}, latent reward {:.3} -> {:.3}, members' Pearson with the oracle {:.2} -> {:.2}, within groups {:.2} -> {:.2} (first / last {k} rounds)",
+            args.align_every, args.align_steps, args.align_lr,
+            avg(first, |r| r.oracle), avg(last, |r| r.oracle),
+            avg(first, |r| r.latent), avg(last, |r| r.latent),
+            avg(first, |r| r.pearson), avg(last, |r| r.pearson),
+            avg(first, |r| r.group_pearson), avg(last, |r| r.group_pearson),
+        )
+    };
     world.dit = grpo.policy.clone();
     stage(
         "grpo (latent ensemble)",
@@ -283,7 +335,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         20,
         3.0,
         format!(
-            "{} updates of {about} ({:.0} s; the rollouts' latent reward {:.3} in the first {ends} steps, {:.3} in the last {ends})",
+            "{} updates of {about} ({:.0} s; the rollouts' latent reward {:.3} in the first {ends} steps, {:.3} in the last {ends}); {aligned}",
             args.grpo_steps,
             t.elapsed().as_secs_f64(),
             mean(&curve[..ends]),

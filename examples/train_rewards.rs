@@ -20,7 +20,8 @@
 //! block-film), `--channels 32,64,64` and `--strides 1x1x1,1x2x2,1x1x1` (its residual blocks;
 //! these are the defaults), `--bootstrap none|resample` (the ensemble members' data: all of it,
 //! the default, or a resample each), `--single-only` (train and evaluate only the VELR model on
-//! all data, for sweeps; no report), `--process-members N` (default 3: the noise-aware VELR
+//! all data, for sweeps; no report), `--skip-published` (no row for the published
+//! cross-attention-only text path), `--process-members N` (default 3: the noise-aware VELR
 //! ensemble, PRFL's latent reward in the quickstart), `--process-only` (the process reward
 //! models' tables only, no regression models), `--resume` (load the regression models an interrupted run
 //! with the same settings already saved in `--save`, train the rest). With the defaults one VELR
@@ -85,6 +86,7 @@ struct Args {
     channels: Vec<usize>,
     strides: Vec<[usize; 3]>,
     single_only: bool,
+    skip_published: bool,
     process_members: usize,
     process_only: bool,
     resume: bool,
@@ -113,6 +115,7 @@ fn parse() -> Result<Args, String> {
         // first block costs about 0.1 test / OOD Pearson (docs/rewards.md, session 11)
         strides: vec![[1, 1, 1], [1, 2, 2], [1, 1, 1]],
         single_only: false,
+        skip_published: false,
         process_members: 3,
         process_only: false,
         resume: false,
@@ -124,6 +127,10 @@ fn parse() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "--single-only" {
             a.single_only = true;
+            continue;
+        }
+        if flag == "--skip-published" {
+            a.skip_published = true;
             continue;
         }
         if flag == "--process-only" {
@@ -718,6 +725,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
     }
+    // the ensemble members first: they are the models the run is for, and `--resume` keeps
+    // them if it is cut off before the comparison rows below are trained
+    let members_ad = (0..args.members)
+        .map(|i| {
+            let path = args.save.join(format!("velr_{i}.mpk"));
+            member_or_resume(&path, &args, &velr_cfg, i, &train, None, &member_fit)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let test_grads = test_data
         .expect("the test split is read")
         .gradient_set(&models_ad, &dev)?;
@@ -751,34 +766,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &regs,
         &test_grads,
     )?);
-    let published_cfg = velr_cfg.clone().with_fusion(TextFusion::CrossAttention);
-    let published_ad = fit_or_resume(
-        &args.save.join("velr_cross_attention.mpk"),
-        args.resume,
-        || published_cfg.init(&dev),
-        || {
-            fit_seeded(
-                || published_cfg.init(&dev),
-                &train,
-                loss,
-                &fit,
-                "velr (cross-attention only)",
-            )
-        },
-    )?;
-    rows.push(regression_row(
-        "VELR LRM, published text path (cross-attention only)",
-        &published_ad.valid(),
-        &published_ad,
-        &regs,
-        &test_grads,
-    )?);
-    let members_ad = (0..args.members)
-        .map(|i| {
-            let path = args.save.join(format!("velr_{i}.mpk"));
-            member_or_resume(&path, &args, &velr_cfg, i, &train, None, &member_fit)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    if !args.skip_published {
+        let published_cfg = velr_cfg.clone().with_fusion(TextFusion::CrossAttention);
+        let published_ad = fit_or_resume(
+            &args.save.join("velr_cross_attention.mpk"),
+            args.resume,
+            || published_cfg.init(&dev),
+            || {
+                fit_seeded(
+                    || published_cfg.init(&dev),
+                    &train,
+                    loss,
+                    &fit,
+                    "velr (cross-attention only)",
+                )
+            },
+        )?;
+        rows.push(regression_row(
+            "VELR LRM, published text path (cross-attention only)",
+            &published_ad.valid(),
+            &published_ad,
+            &regs,
+            &test_grads,
+        )?);
+    }
     let members_ad = Ensemble::new(members_ad)?;
     let sizes: Vec<usize> = [1, 3, 5, 10]
         .into_iter()

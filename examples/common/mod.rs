@@ -8,11 +8,12 @@ use burn::{
     tensor::backend::{AutodiffBackend, Backend},
 };
 use diffusion_core::{checkpoint::load_record, vae::CausalVae, FlowGrpoSde, WanTransformer};
-use grpo::{AdvantageConfig, GrpoConfig, Sde, TimestepSelection};
+use ensemble::{Aggregation, Ensemble};
+use grpo::{AdvantageConfig, GrpoConfig, GrpoTrainer, LatentScore, Sde, TimestepSelection};
 use latent_reward::{PairSet, ProcessReward, ProcessRewardConfig, VelrReward, VelrRewardConfig};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use refl_trainer::{
-    LatentRewards, LrSchedule, Method, OptimConfig, PrflConfig, PromptSet, RunConfig,
+    AlignmentConfig, LatentRewards, OnlineAlignment, LrSchedule, Method, OptimConfig, PrflConfig, PromptSet, RunConfig,
     SamplingConfig, SftData, Trainer, TrainerParts,
 };
 use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldError, WorldModels};
@@ -176,6 +177,100 @@ pub fn grpo_settings(config: &GrpoConfig, prompts: usize) -> String {
         "{prompts} prompts x {} {sde} rollouts of {} steps per update{noise}, {steps}{rectified}, {:?} advantage std, clip {}, KL weight {}, lr {:e}",
         config.group, config.steps, config.advantage.std, config.clip, config.kl_beta, config.lr
     )
+}
+
+/// GRPO's latent ensemble reward kept aligned with the policy by VELR's online alignment (seed
+/// 002, section 4.3): every `every` updates the rollouts of the update are decoded and scored by
+/// the pixel oracle, enter a replay buffer prioritised by the ensemble's variance, and every
+/// member is fine-tuned on a priority-weighted draw.
+pub struct AlignedEnsemble<Bk: AutodiffBackend> {
+    /// The members (trainable) and the aggregation GRPO's reward uses.
+    pub ensemble: Ensemble<VelrReward<Bk>>,
+    alignment: OnlineAlignment,
+    every: usize,
+}
+
+/// What one labelling round measured on the update's rollouts, before the members were tuned.
+#[derive(Debug, Clone, Copy)]
+pub struct AlignmentRound {
+    /// Mean oracle reward.
+    pub oracle: f64,
+    /// Mean of the ensemble's aggregated reward (what GRPO climbs).
+    pub latent: f64,
+    /// Pearson correlation of the members' mean with the oracle over the update's rollouts.
+    pub pearson: f64,
+    /// The same within each group, averaged over the groups: whether the latent reward ranks
+    /// a group's rollouts as the oracle does (what GRPO's advantages need).
+    pub group_pearson: f64,
+}
+
+impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
+    /// `ensemble` aligned every `every` updates (0: never) with `config`.
+    pub fn new(
+        ensemble: Ensemble<VelrReward<Bk>>,
+        config: AlignmentConfig,
+        every: usize,
+        latent_shape: [usize; 4],
+    ) -> refl_trainer::Result<Self> {
+        Ok(Self {
+            ensemble,
+            alignment: OnlineAlignment::new(config, latent_shape)?,
+            every,
+        })
+    }
+
+    /// GRPO's reward: the current members with the ensemble's aggregation, at noise level 0.
+    pub fn reward(&self) -> LatentScore<Ensemble<VelrReward<Bk::InnerBackend>>> {
+        LatentScore(self.ensemble.valid())
+    }
+
+    /// After GRPO update `step` on the training prompts `idx` (each repeated `group` times in
+    /// the rollouts): labels the update's rollouts and fine-tunes the members when due.
+    pub fn after_update(
+        &mut self,
+        grpo: &GrpoTrainer<Bk>,
+        idx: &[usize],
+        train: &PromptSet<Bk::InnerBackend, Caption>,
+        world: &WorldModels<Bk::InnerBackend>,
+        rng: &mut StdRng,
+    ) -> Result<Option<AlignmentRound>, Box<dyn std::error::Error>> {
+        if self.every == 0 || (grpo.step() - 1) % self.every != 0 {
+            return Ok(None);
+        }
+        let z = grpo.last_samples().ok_or("no GRPO update yet")?.clone();
+        let group = z.dims()[0] / idx.len();
+        let rows: Vec<usize> = idx
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(i, group))
+            .collect();
+        let (captions, text) = train.batch(&rows);
+        let host = latent_reward::error::host_f32;
+        let oracle = host(OracleReward.score(world.decode(z.clone()), &captions)?)?;
+        let valid = self.ensemble.valid();
+        let sigma = burn::tensor::Tensor::zeros([rows.len()], &z.device());
+        let scores = valid.score_members(z.clone(), sigma, text);
+        let latent = host(scores.aggregate(valid.aggregation))?;
+        let members_mean = host(scores.aggregate(Aggregation::Mean))?;
+        let variance = host(scores.variance())?;
+        self.alignment.push(z, &rows, &oracle, &variance)?;
+        self.alignment
+            .align(&mut self.ensemble.members, |i| train.batch(i).1, rng)?;
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+        let widen = |x: &[f32]| x.iter().map(|v| *v as f64).collect::<Vec<_>>();
+        let pearson = latent_reward::metrics::pearson;
+        let per_group: Vec<f64> = members_mean
+            .chunks(group)
+            .zip(oracle.chunks(group))
+            .map(|(m, o)| pearson(m, o))
+            .filter(|p| p.is_finite())
+            .collect();
+        Ok(Some(AlignmentRound {
+            oracle: mean(&widen(&oracle)),
+            latent: mean(&widen(&latent)),
+            pearson: pearson(&members_mean, &oracle),
+            group_pearson: mean(&per_group),
+        }))
+    }
 }
 
 /// PRFL as the quickstart runs it (and `refine_prm` between reward-model rounds).

@@ -181,6 +181,7 @@ pub struct GrpoTrainer<B: AutodiffBackend> {
     optim: OptimizerAdaptor<FusedAdamW, WanTransformer<B>, B>,
     schedule: Schedule,
     step: usize,
+    last_samples: Option<Tensor<B::InnerBackend, 5>>,
 }
 
 impl<B: AutodiffBackend> GrpoTrainer<B> {
@@ -200,6 +201,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
             policy,
             schedule,
             step: 0,
+            last_samples: None,
             config,
         })
     }
@@ -207,6 +209,15 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
     /// Steps done.
     pub fn step(&self) -> usize {
         self.step
+    }
+
+    /// The final latents of the last step's rollouts (what its reward scored), for online
+    /// alignment of a latent reward (VELR, seed 002, section 4.3); `None` before the first step.
+    ///
+    /// # Shapes
+    /// - `[N * G, C, F, H, W]`: prompt after prompt, the `G` rollouts of each together
+    pub fn last_samples(&self) -> Option<&Tensor<B::InnerBackend, 5>> {
+        self.last_samples.as_ref()
     }
 
     /// One GRPO step on `prompts` (each gets `group` rollouts).
@@ -380,6 +391,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
             seconds: t0.elapsed().as_secs_f64(),
         };
         self.step += 1;
+        self.last_samples = Some(traj.last().clone());
         Ok(metrics)
     }
 }

@@ -97,9 +97,16 @@ fn sharded_rows_match_one_graph() {
         });
         cfg.shards = shards;
         let mut trainer = GrpoTrainer::new(cfg, policy.clone()).unwrap();
+        assert!(trainer.last_samples().is_none());
         let m = trainer
             .train_step(&[0, 1], text.clone(), SHAPE, &reward)
             .unwrap();
+        // the samples the reward scored: 2 prompts x 4 rollouts, mean reward as reported
+        let last = trainer.last_samples().unwrap().clone();
+        let [c, f, h, w] = SHAPE;
+        assert_eq!(last.dims(), [8, c, f, h, w]);
+        let mean: f32 = last.mean().into_scalar();
+        assert!((mean as f64 - m.reward).abs() < 1e-5, "{mean} vs {}", m.reward);
         runs.push((m, param_snapshot(&trainer.policy).unwrap()));
     }
     let ((m1, v1), (m2, v2)) = (&runs[0], &runs[1]);

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod alignment;
 pub mod config;
 pub mod error;
 pub mod guard;
@@ -19,4 +20,5 @@ pub use guard::NanGuard;
 pub use metrics::{MetricsLog, StepMetrics};
 pub use plot::{write_curves_png, Series};
 pub use prompts::PromptSet;
-pub use trainer::{heldout_reward, BufferItem, LatentRewards, SftData, Trainer, TrainerParts};
+pub use alignment::{AlignmentConfig, BufferItem, OnlineAlignment};
+pub use trainer::{heldout_reward, LatentRewards, SftData, Trainer, TrainerParts};

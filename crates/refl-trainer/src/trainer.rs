@@ -27,16 +27,15 @@ use diffusion_core::{
 };
 use ensemble::Ensemble;
 use latent_reward::{
-    fit_regression, DenoisedReward, FitConfig, LatentReward, PixelReward, ProcessReward,
-    RegressionLoss, RegressionSet, VelrReward,
+    DenoisedReward, LatentReward, PixelReward, ProcessReward, VelrReward,
 };
 use rand::{Rng, SeedableRng};
-use replay_buffer::{PrioritisedBuffer, ReplayBuffer};
 use serde::{Deserialize, Serialize};
 
 use diffusion_core::vae::LatentNorm;
 
 use crate::{
+    alignment::{AlignmentConfig, OnlineAlignment},
     config::{FrameSelection, Method, RunConfig},
     error::{config_error, Result, TrainError},
     guard::NanGuard,
@@ -97,17 +96,6 @@ impl<B: Backend> SftData<B> {
             self.text.clone().select(0, i),
         )
     }
-}
-
-/// One replay-buffer entry of VELR's online alignment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BufferItem {
-    /// Generated latent `x0_hat`, `[C, F, H, W]` row-major.
-    pub latent: Vec<f32>,
-    /// Index of its prompt in the training prompts.
-    pub prompt: usize,
-    /// Pixel reward of its decoding.
-    pub reward: f32,
 }
 
 /// Progress saved in a checkpoint.
@@ -201,7 +189,7 @@ where
     train: PromptSet<B::InnerBackend, P>,
     heldout: PromptSet<B::InnerBackend, P>,
     sft: Option<SftData<B::InnerBackend>>,
-    buffer: PrioritisedBuffer<BufferItem>,
+    alignment: OnlineAlignment,
     latent_shape: [usize; 4],
     schedule: Schedule,
     guard: NanGuard,
@@ -307,9 +295,20 @@ where
         let schedule = FlowMatchScheduleConfig::new(config.sampling.steps)
             .with_shift(config.sampling.shift)
             .init()?;
-        let buffer_capacity = match &config.method {
-            Method::Velr(v) => v.buffer,
-            _ => 1,
+        let alignment = match &config.method {
+            Method::Velr(v) => AlignmentConfig {
+                capacity: v.buffer,
+                steps: v.align_steps,
+                batch: config.batch,
+                lr: v.align_lr,
+            },
+            // unused: only VELR aligns
+            _ => AlignmentConfig {
+                capacity: 1,
+                steps: 1,
+                batch: 1,
+                lr: 1.0,
+            },
         };
         let log = MetricsLog::open(&config.out.join("metrics.jsonl"))?;
         let mut trainer = Self {
@@ -323,7 +322,7 @@ where
             train,
             heldout,
             sft,
-            buffer: PrioritisedBuffer::new(buffer_capacity)?,
+            alignment: OnlineAlignment::new(alignment, latent_shape)?,
             latent_shape,
             schedule,
             guard: NanGuard::new(config.max_skipped),
@@ -369,7 +368,7 @@ where
             for (i, m) in e.members.iter().enumerate() {
                 save_record(m.clone(), &dir.join(format!("member{i}-{tag}.mpk")))?;
             }
-            replay_buffer::save(&self.buffer, &dir.join(format!("buffer-{tag}.json")))?;
+            replay_buffer::save(&self.alignment.buffer, &dir.join(format!("buffer-{tag}.json")))?;
         }
         let state = TrainState {
             step: self.step,
@@ -436,7 +435,7 @@ where
                     &device,
                 )?;
             }
-            self.buffer = replay_buffer::load(&dir.join(format!("buffer-{tag}.json")))?;
+            self.alignment.buffer = replay_buffer::load(&dir.join(format!("buffer-{tag}.json")))?;
         }
         self.step = state.step;
         self.guard = state.guard;
@@ -549,7 +548,7 @@ where
                     self.fill_buffer(graded, &idx, variance, &prompts)?;
                 }
                 if m.align_every > 0 && (step + 1) % m.align_every == 0 {
-                    self.align(&m, &mut rng)?;
+                    self.align(&mut rng)?;
                 }
             }
         }
@@ -848,64 +847,17 @@ where
         let rewards = latent_reward::error::host_f32(
             PixelReward::<B::InnerBackend>::score_pixels(&self.pixel, video, prompts)?,
         )?;
-        let flat = latent_reward::error::host_f32(graded)?;
-        let per: usize = self.latent_shape.iter().product();
-        for (k, (&prompt, reward)) in idx.iter().zip(rewards).enumerate() {
-            let item = BufferItem {
-                latent: flat[k * per..(k + 1) * per].to_vec(),
-                prompt,
-                reward,
-            };
-            self.buffer.push(item, variance[k] as f64)?;
-        }
-        Ok(())
+        self.alignment.push(graded, idx, &rewards, &variance)
     }
 
-    /// VELR's online alignment: every member is fine-tuned on a variance-weighted draw from the
-    /// buffer (Huber on the pixel reward).
-    fn align(&mut self, m: &crate::config::VelrConfig, rng: &mut rand::rngs::StdRng) -> Result<()> {
+    /// VELR's online alignment of the ensemble's members from the buffer.
+    fn align(&mut self, rng: &mut rand::rngs::StdRng) -> Result<()> {
         let LatentRewards::Ensemble(ens) = &mut self.reward else {
             return Ok(());
         };
-        let n = m.align_steps * self.config.batch;
-        let items: Vec<BufferItem> = self.buffer.sample(n, rng)?.into_iter().cloned().collect();
-        let [c, f, h, w] = self.latent_shape;
-        let device = self.policy.devices()[0].clone();
-        let flat: Vec<f32> = items
-            .iter()
-            .flat_map(|i| i.latent.iter().copied())
-            .collect();
-        let latents = Tensor::<B, 5>::from_data(
-            burn::tensor::TensorData::new(flat, [n, c, f, h, w]),
-            &device,
-        );
-        let (_, text) = self
-            .train
-            .batch(&items.iter().map(|i| i.prompt).collect::<Vec<_>>());
-        let set = RegressionSet::new(
-            latents,
-            Tensor::from_inner(text),
-            items.iter().map(|i| i.reward).collect(),
-        )?;
-        let cfg = FitConfig {
-            steps: m.align_steps,
-            batch: self.config.batch,
-            lr: m.align_lr,
-            weight_decay: 0.0,
-            grad_clip: Some(1.0),
-            seed: rng.random(),
-        };
-        for member in ens.members.iter_mut() {
-            let (trained, _) = fit_regression(
-                member.clone(),
-                &set,
-                RegressionLoss::Huber { delta: 0.1 },
-                &cfg,
-                "align",
-            )?;
-            *member = trained;
-        }
-        Ok(())
+        let train = &self.train;
+        self.alignment
+            .align(&mut ens.members, |idx| train.batch(idx).1, rng)
     }
 }
 

@@ -15,21 +15,23 @@
 //!
 //! Uses the VELR members in `--rewards` (default assets/shapes-world/rewards, where five are
 //! shipped; `train_rewards` writes them). Flags: `--sft-steps`, `--grpo-steps` (default 250),
-//! `--grpo-lr` (default 5e-5), `--align-every` (VELR's online alignment of the members on GRPO's
+//! `--grpo-lr` (default 5e-5), `--sde-noise` (the Flow-GRPO SDE's noise level, default 0.7),
+//! `--align-every` (VELR's online alignment of the members on GRPO's
 //! rollouts every this many updates, default 5; 0: none), `--align-steps` (default 4),
-//! `--align-lr` (default 1e-4), `--heldout`, `--members`, `--tolerance`, `--out`, `--report`.
+//! `--align-lr` (default 1e-4), `--rank-steps` (after each alignment round, Bradley-Terry steps
+//! of every member on the pairs within the update's groups; default 0: none), `--heldout`, `--members`, `--tolerance`, `--out`, `--report`.
 
 use std::{path::PathBuf, time::Instant};
 
 use burn::{backend::Autodiff, module::Module};
+use common::AlignedEnsemble;
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    PromptEnhancer,
+    FlowGrpoSde, PromptEnhancer,
 };
 use ensemble::{Aggregation, Ensemble};
-use grpo::GrpoTrainer;
+use grpo::{GrpoTrainer, Sde};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use common::AlignedEnsemble;
 use refl_trainer::{AlignmentConfig, PromptSet};
 use shapes_world::{
     pretrain::{train_dit, LatentCache, StageConfig},
@@ -45,6 +47,8 @@ struct Args {
     sft_steps: usize,
     grpo_steps: usize,
     grpo_lr: f64,
+    sde_noise: f64,
+    rank_steps: usize,
     align_every: usize,
     align_steps: usize,
     align_lr: f64,
@@ -62,6 +66,8 @@ fn parse() -> Result<Args, String> {
         sft_steps: 150,
         grpo_steps: 250,
         grpo_lr: 5e-5,
+        sde_noise: FlowGrpoSde::default().noise_level,
+        rank_steps: 0,
         align_every: 5,
         align_steps: 4,
         align_lr: 1e-4,
@@ -84,6 +90,8 @@ fn parse() -> Result<Args, String> {
             "--members" => a.members = n(val()?)?,
             "--tolerance" => a.tolerance = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--grpo-lr" => a.grpo_lr = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
+            "--rank-steps" => a.rank_steps = n(val()?)?,
+            "--sde-noise" => a.sde_noise = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--align-every" => a.align_every = n(val()?)?,
             "--align-steps" => a.align_steps = n(val()?)?,
             "--align-lr" => a.align_lr = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
@@ -95,12 +103,10 @@ fn parse() -> Result<Args, String> {
         }
     }
     if a.heldout == 0 || a.members == 0 || a.grpo_steps == 0 || a.align_steps == 0 {
-        return Err(
-            "--heldout, --members, --grpo-steps and --align-steps must be >= 1".into(),
-        );
+        return Err("--heldout, --members, --grpo-steps and --align-steps must be >= 1".into());
     }
-    if !(a.grpo_lr > 0.0 && a.align_lr > 0.0) {
-        return Err("--grpo-lr and --align-lr must be > 0".into());
+    if !(a.grpo_lr > 0.0 && a.align_lr > 0.0 && a.sde_noise > 0.0) {
+        return Err("--grpo-lr, --align-lr and --sde-noise must be > 0".into());
     }
     Ok(a)
 }
@@ -200,6 +206,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.align_every,
         world.config.latent_shape(),
     )?;
+    if args.rank_steps > 0 {
+        reward.ranking = Some(common::RankingAlignment {
+            steps: args.rank_steps,
+            margin: 0.005,
+            lr: args.align_lr,
+        });
+    }
 
     let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
     let val = common::shuffled_captions(Split::Train, 3, args.heldout);
@@ -282,7 +295,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let train = common::shuffled_captions(Split::Train, 1, 512);
     let train_set = PromptSet::new(train.clone(), world.valid().embed(&train, &dev)?)?;
-    let config = common::grpo_config(args.grpo_lr);
+    let mut config = common::grpo_config(args.grpo_lr);
+    config.sde = Sde::FlowGrpo(FlowGrpoSde {
+        noise_level: args.sde_noise,
+        ..FlowGrpoSde::default()
+    });
     let about = common::grpo_settings(&config, common::GRPO_PROMPTS);
     let mut grpo = GrpoTrainer::new(config, world.dit.clone())?;
     let mut rng = StdRng::seed_from_u64(5);
@@ -295,7 +312,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|_| rng.random_range(0..train.len()))
             .collect();
         let (prompts, text) = train_set.batch(&idx);
-        let m = grpo.train_step(&prompts, text, world.config.latent_shape(), &reward.reward())?;
+        let m = grpo.train_step(
+            &prompts,
+            text,
+            world.config.latent_shape(),
+            &reward.reward(),
+        )?;
         println!(
             "  grpo step {}: latent reward {:.3} (group std {:.3}), kl {:.2e}, clipped {:.2}",
             m.step, m.reward, m.reward_std, m.kl, m.clip_fraction
@@ -319,8 +341,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let (first, last) = (&rounds[..k], &rounds[rounds.len() - k..]);
         format!(
-            "VELR online alignment every {} updates (the update's rollouts decoded and scored by the oracle, a buffer of 256 by ensemble variance, {} Huber steps of 16 per member at lr {:e}): on the labelled rollouts, oracle {:.3} -> {:.3}, latent reward {:.3} -> {:.3}, members' Pearson with the oracle {:.2} -> {:.2}, within groups {:.2} -> {:.2} (first / last {k} rounds)",
+            "VELR online alignment every {} updates (the update's rollouts decoded and scored by the oracle, a buffer of 256 by ensemble variance, {} Huber steps of 16 per member at lr {:e}{}): on the labelled rollouts, oracle {:.3} -> {:.3}, latent reward {:.3} -> {:.3}, members' Pearson with the oracle {:.2} -> {:.2}, within groups {:.2} -> {:.2} (first / last {k} rounds)",
             args.align_every, args.align_steps, args.align_lr,
+            if args.rank_steps > 0 {
+                format!(", then {} Bradley-Terry steps of 16 pairs within a group (oracle gap >= 0.005)", args.rank_steps)
+            } else {
+                String::new()
+            },
             avg(first, |r| r.oracle), avg(last, |r| r.oracle),
             avg(first, |r| r.latent), avg(last, |r| r.latent),
             avg(first, |r| r.pearson), avg(last, |r| r.pearson),

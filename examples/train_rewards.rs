@@ -20,8 +20,8 @@
 //! block-film), `--channels 32,64,64` and `--strides 1x1x1,1x2x2,1x1x1` (its residual blocks;
 //! these are the defaults), `--bootstrap none|resample` (the ensemble members' data: all of it,
 //! the default, or a resample each), `--single-only` (train and evaluate only the VELR model on
-//! all data, for sweeps; no report), `--skip-published` (no row for the published
-//! cross-attention-only text path), `--process-members N` (default 3: the noise-aware VELR
+//! all data, for sweeps; no report), `--members-only` (train the ensemble members
+//! and the MLP baseline only: no single model of its own seed and no published text path), `--process-members N` (default 3: the noise-aware VELR
 //! ensemble, PRFL's latent reward in the quickstart), `--process-only` (the process reward
 //! models' tables only, no regression models), `--resume` (load the regression models an interrupted run
 //! with the same settings already saved in `--save`, train the rest). With the defaults one VELR
@@ -86,7 +86,7 @@ struct Args {
     channels: Vec<usize>,
     strides: Vec<[usize; 3]>,
     single_only: bool,
-    skip_published: bool,
+    members_only: bool,
     process_members: usize,
     process_only: bool,
     resume: bool,
@@ -115,7 +115,7 @@ fn parse() -> Result<Args, String> {
         // first block costs about 0.1 test / OOD Pearson (docs/rewards.md, session 11)
         strides: vec![[1, 1, 1], [1, 2, 2], [1, 1, 1]],
         single_only: false,
-        skip_published: false,
+        members_only: false,
         process_members: 3,
         process_only: false,
         resume: false,
@@ -129,8 +129,8 @@ fn parse() -> Result<Args, String> {
             a.single_only = true;
             continue;
         }
-        if flag == "--skip-published" {
-            a.skip_published = true;
+        if flag == "--members-only" {
+            a.members_only = true;
             continue;
         }
         if flag == "--process-only" {
@@ -753,20 +753,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &regs,
         &test_grads,
     )?);
-    let single_ad = fit_or_resume(
-        &args.save.join("velr_single.mpk"),
-        args.resume,
-        || velr_cfg.init(&dev),
-        || fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr"),
-    )?;
-    rows.push(regression_row(
-        "VELR LRM (all data)",
-        &single_ad.valid(),
-        &single_ad,
-        &regs,
-        &test_grads,
-    )?);
-    if !args.skip_published {
+    // a single model of its own seed and the published text path (`--members-only` skips
+    // both: the ensemble of 1 is a single model)
+    if !args.members_only {
+        let single_ad = fit_or_resume(
+            &args.save.join("velr_single.mpk"),
+            args.resume,
+            || velr_cfg.init(&dev),
+            || fit_seeded(|| velr_cfg.init(&dev), &train, loss, &fit, "velr"),
+        )?;
+        rows.push(regression_row(
+            "VELR LRM (all data)",
+            &single_ad.valid(),
+            &single_ad,
+            &regs,
+            &test_grads,
+        )?);
         let published_cfg = velr_cfg.clone().with_fusion(TextFusion::CrossAttention);
         let published_ad = fit_or_resume(
             &args.save.join("velr_cross_attention.mpk"),
@@ -846,6 +848,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sigma = || Tensor::<AD, 1>::zeros([n], &dev);
     let n_ens = 5.min(args.members);
     let ens5 = members_ad.truncated(n_ens)?;
+    // one member: the architecture of the single VELR LRM
+    let lrm = &members_ad.members[0];
     let reps = 5;
     let time = |label: &str, f: &dyn Fn() -> f64| {
         f(); // warm-up
@@ -883,7 +887,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
         time("VELR LRM", &|| {
             let z = z();
-            grad_norm(z.clone(), single_ad.score(z, sigma(), text()))
+            grad_norm(z.clone(), lrm.score(z, sigma(), text()))
         }),
         time(&format!("VELR ensemble of {n_ens}"), &|| {
             let z = z();

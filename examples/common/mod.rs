@@ -13,8 +13,8 @@ use grpo::{AdvantageConfig, GrpoConfig, GrpoTrainer, LatentScore, Sde, TimestepS
 use latent_reward::{PairSet, ProcessReward, ProcessRewardConfig, VelrReward, VelrRewardConfig};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use refl_trainer::{
-    AlignmentConfig, LatentRewards, OnlineAlignment, LrSchedule, Method, OptimConfig, PrflConfig, PromptSet, RunConfig,
-    SamplingConfig, SftData, Trainer, TrainerParts,
+    AlignmentConfig, LatentRewards, LrSchedule, Method, OnlineAlignment, OptimConfig, PrflConfig,
+    PromptSet, RunConfig, SamplingConfig, SftData, Trainer, TrainerParts,
 };
 use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldError, WorldModels};
 
@@ -153,8 +153,8 @@ pub const GRPO_PROMPTS: usize = 4;
 /// A GRPO run's settings in words, for the examples' reports.
 pub fn grpo_settings(config: &GrpoConfig, prompts: usize) -> String {
     let sde = match config.sde {
-        Sde::FlowGrpo(_) => "Flow-GRPO",
-        Sde::DanceGrpo(_) => "DanceGRPO",
+        Sde::FlowGrpo(s) => format!("Flow-GRPO (noise level {})", s.noise_level),
+        Sde::DanceGrpo(_) => "DanceGRPO".to_string(),
     };
     let noise = if config.shared_noise {
         " (a group shares its initial noise)"
@@ -188,6 +188,21 @@ pub struct AlignedEnsemble<Bk: AutodiffBackend> {
     pub ensemble: Ensemble<VelrReward<Bk>>,
     alignment: OnlineAlignment,
     every: usize,
+    /// Also rank within groups after each regression round.
+    pub ranking: Option<RankingAlignment>,
+}
+
+/// Bradley-Terry fine-tuning of the members on the pairs of rollouts within each group of an
+/// update (GRPO's advantages are within-group rankings; VELR's regression alignment does not
+/// target them).
+#[derive(Debug, Clone, Copy)]
+pub struct RankingAlignment {
+    /// Gradient steps of each member per round (batches of 16 pairs).
+    pub steps: usize,
+    /// Least oracle gap of a pair.
+    pub margin: f32,
+    /// Learning rate.
+    pub lr: f64,
 }
 
 /// What one labelling round measured on the update's rollouts, before the members were tuned.
@@ -205,6 +220,69 @@ pub struct AlignmentRound {
 }
 
 impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
+    /// Bradley-Terry fine-tuning of every member on the pairs within each group of `z` whose
+    /// oracle rewards differ by at least the margin (the better one the winner).
+    fn rank(
+        &mut self,
+        rank: RankingAlignment,
+        z: burn::tensor::Tensor<Bk::InnerBackend, 5>,
+        text: burn::tensor::Tensor<Bk::InnerBackend, 3>,
+        oracle: &[f32],
+        group: usize,
+        rng: &mut StdRng,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (mut win, mut lose) = (Vec::new(), Vec::new());
+        for g0 in (0..oracle.len()).step_by(group) {
+            for i in g0..g0 + group {
+                for j in i + 1..g0 + group {
+                    if (oracle[i] - oracle[j]).abs() >= rank.margin {
+                        let (w, l) = if oracle[i] > oracle[j] { (i, j) } else { (j, i) };
+                        win.push(w as i64);
+                        lose.push(l as i64);
+                    }
+                }
+            }
+        }
+        if win.is_empty() {
+            return Ok(());
+        }
+        let device = z.device();
+        let ids = |v: Vec<i64>| {
+            let n = v.len();
+            burn::tensor::Tensor::<Bk::InnerBackend, 1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(v, [n]),
+                &device,
+            )
+        };
+        let (win, lose) = (ids(win), ids(lose));
+        let pairs = PairSet::new(
+            burn::tensor::Tensor::from_inner(z.clone().select(0, win.clone())),
+            burn::tensor::Tensor::from_inner(z.select(0, lose)),
+            burn::tensor::Tensor::from_inner(text.select(0, win)),
+        )?;
+        let cfg = latent_reward::FitConfig {
+            steps: rank.steps,
+            batch: 16,
+            lr: rank.lr,
+            weight_decay: 0.0,
+            grad_clip: Some(1.0),
+            seed: rand::Rng::random(rng),
+        };
+        for member in self.ensemble.members.iter_mut() {
+            let (trained, _) = latent_reward::fit_preference(
+                member.clone(),
+                &pairs,
+                latent_reward::PreferenceLoss::BradleyTerry,
+                None,
+                latent_reward::InputPerturbation::None,
+                &cfg,
+                "rank",
+            )?;
+            *member = trained;
+        }
+        Ok(())
+    }
+
     /// `ensemble` aligned every `every` updates (0: never) with `config`.
     pub fn new(
         ensemble: Ensemble<VelrReward<Bk>>,
@@ -216,6 +294,7 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
             ensemble,
             alignment: OnlineAlignment::new(config, latent_shape)?,
             every,
+            ranking: None,
         })
     }
 
@@ -244,6 +323,7 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
             .flat_map(|&i| std::iter::repeat_n(i, group))
             .collect();
         let (captions, text) = train.batch(&rows);
+        let text_all = text.clone();
         let host = latent_reward::error::host_f32;
         let oracle = host(OracleReward.score(world.decode(z.clone()), &captions)?)?;
         let valid = self.ensemble.valid();
@@ -252,9 +332,12 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
         let latent = host(scores.aggregate(valid.aggregation))?;
         let members_mean = host(scores.aggregate(Aggregation::Mean))?;
         let variance = host(scores.variance())?;
-        self.alignment.push(z, &rows, &oracle, &variance)?;
+        self.alignment.push(z.clone(), &rows, &oracle, &variance)?;
         self.alignment
             .align(&mut self.ensemble.members, |i| train.batch(i).1, rng)?;
+        if let Some(rank) = self.ranking {
+            self.rank(rank, z, text_all, &oracle, group, rng)?;
+        }
         let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
         let widen = |x: &[f32]| x.iter().map(|v| *v as f64).collect::<Vec<_>>();
         let pearson = latent_reward::metrics::pearson;

@@ -106,7 +106,11 @@ fn sharded_rows_match_one_graph() {
         let [c, f, h, w] = SHAPE;
         assert_eq!(last.dims(), [8, c, f, h, w]);
         let mean: f32 = last.mean().into_scalar();
-        assert!((mean as f64 - m.reward).abs() < 1e-5, "{mean} vs {}", m.reward);
+        assert!(
+            (mean as f64 - m.reward).abs() < 1e-5,
+            "{mean} vs {}",
+            m.reward
+        );
         runs.push((m, param_snapshot(&trainer.policy).unwrap()));
     }
     let ((m1, v1), (m2, v2)) = (&runs[0], &runs[1]);

@@ -186,8 +186,8 @@ mod tests {
     use super::*;
     use burn::backend::Autodiff;
     use diffusion_core::backend::DefaultBackend as NdArray;
-    use rand::SeedableRng;
     use latent_reward::{MlpReward, MlpRewardConfig};
+    use rand::SeedableRng;
 
     type AD = Autodiff<NdArray>;
 
@@ -206,8 +206,13 @@ mod tests {
         let mut a = alignment();
         let dev = Default::default();
         let z = Tensor::<NdArray, 5>::ones([4, 2, 1, 2, 2], &dev);
-        a.push(z.clone(), &[0, 1, 2, 3], &[0.1, 0.2, 0.3, 0.4], &[1.0, 4.0, 2.0, 3.0])
-            .unwrap();
+        a.push(
+            z.clone(),
+            &[0, 1, 2, 3],
+            &[0.1, 0.2, 0.3, 0.4],
+            &[1.0, 4.0, 2.0, 3.0],
+        )
+        .unwrap();
         let mut kept: Vec<usize> = a.buffer.entries().iter().map(|(i, _)| i.prompt).collect();
         kept.sort();
         assert_eq!(kept, vec![1, 2, 3]);
@@ -222,7 +227,8 @@ mod tests {
         let mut a = alignment();
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let cfg = MlpRewardConfig::new(2, 3);
-        let mut members: Vec<MlpReward<AD>> = vec![cfg.init(&dev).unwrap(), cfg.init(&dev).unwrap()];
+        let mut members: Vec<MlpReward<AD>> =
+            vec![cfg.init(&dev).unwrap(), cfg.init(&dev).unwrap()];
         let before = members.clone();
         let text = |idx: &[usize]| Tensor::<NdArray, 3>::ones([idx.len(), 1, 3], &dev);
         // nothing to learn from yet
@@ -235,7 +241,9 @@ mod tests {
         a.push(z.clone(), &[0, 1, 2], &[0.9, 0.9, 0.9], &[1.0, 1.0, 1.0])
             .unwrap();
         let score = |m: &MlpReward<AD>| {
-            let s = m.valid().score(z.clone(), Tensor::zeros([3], &dev), text(&[0, 1, 2]));
+            let s = m
+                .valid()
+                .score(z.clone(), Tensor::zeros([3], &dev), text(&[0, 1, 2]));
             host_f32(s).unwrap()
         };
         for (m, b) in members.iter().zip(&before) {

@@ -10,6 +10,7 @@ pub mod plot;
 pub mod prompts;
 pub mod trainer;
 
+pub use alignment::{AlignmentConfig, BufferItem, OnlineAlignment};
 pub use config::{
     FrameSelection, LrSchedule, Method, OptimConfig, PrflConfig, RgbReflConfig, RunConfig,
     SamplingConfig, VelrConfig,
@@ -20,5 +21,4 @@ pub use guard::NanGuard;
 pub use metrics::{MetricsLog, StepMetrics};
 pub use plot::{write_curves_png, Series};
 pub use prompts::PromptSet;
-pub use alignment::{AlignmentConfig, BufferItem, OnlineAlignment};
 pub use trainer::{heldout_reward, LatentRewards, SftData, Trainer, TrainerParts};

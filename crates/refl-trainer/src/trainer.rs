@@ -26,9 +26,7 @@ use diffusion_core::{
     WanTransformer,
 };
 use ensemble::Ensemble;
-use latent_reward::{
-    DenoisedReward, LatentReward, PixelReward, ProcessReward, VelrReward,
-};
+use latent_reward::{DenoisedReward, LatentReward, PixelReward, ProcessReward, VelrReward};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -368,7 +366,10 @@ where
             for (i, m) in e.members.iter().enumerate() {
                 save_record(m.clone(), &dir.join(format!("member{i}-{tag}.mpk")))?;
             }
-            replay_buffer::save(&self.alignment.buffer, &dir.join(format!("buffer-{tag}.json")))?;
+            replay_buffer::save(
+                &self.alignment.buffer,
+                &dir.join(format!("buffer-{tag}.json")),
+            )?;
         }
         let state = TrainState {
             step: self.step,

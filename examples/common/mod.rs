@@ -236,7 +236,11 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
             for i in g0..g0 + group {
                 for j in i + 1..g0 + group {
                     if (oracle[i] - oracle[j]).abs() >= rank.margin {
-                        let (w, l) = if oracle[i] > oracle[j] { (i, j) } else { (j, i) };
+                        let (w, l) = if oracle[i] > oracle[j] {
+                            (i, j)
+                        } else {
+                            (j, i)
+                        };
                         win.push(w as i64);
                         lose.push(l as i64);
                     }

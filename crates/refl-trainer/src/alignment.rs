@@ -185,11 +185,11 @@ impl OnlineAlignment {
 mod tests {
     use super::*;
     use burn::backend::Autodiff;
-    use diffusion_core::backend::DefaultBackend as NdArray;
+    use diffusion_core::backend::DefaultBackend as B;
     use latent_reward::{MlpReward, MlpRewardConfig};
     use rand::SeedableRng;
 
-    type AD = Autodiff<NdArray>;
+    type AD = Autodiff<B>;
 
     fn alignment() -> OnlineAlignment {
         let cfg = AlignmentConfig {
@@ -205,7 +205,7 @@ mod tests {
     fn push_keeps_the_highest_variances_and_checks_shapes() {
         let mut a = alignment();
         let dev = Default::default();
-        let z = Tensor::<NdArray, 5>::ones([4, 2, 1, 2, 2], &dev);
+        let z = Tensor::<B, 5>::ones([4, 2, 1, 2, 2], &dev);
         a.push(
             z.clone(),
             &[0, 1, 2, 3],
@@ -216,7 +216,7 @@ mod tests {
         let mut kept: Vec<usize> = a.buffer.entries().iter().map(|(i, _)| i.prompt).collect();
         kept.sort();
         assert_eq!(kept, vec![1, 2, 3]);
-        let wrong = Tensor::<NdArray, 5>::ones([1, 3, 1, 2, 2], &dev);
+        let wrong = Tensor::<B, 5>::ones([1, 3, 1, 2, 2], &dev);
         assert!(a.push(wrong, &[0], &[0.0], &[1.0]).is_err());
         assert!(a.push(z, &[0], &[0.0], &[1.0]).is_err());
     }
@@ -230,10 +230,10 @@ mod tests {
         let mut members: Vec<MlpReward<AD>> =
             vec![cfg.init(&dev).unwrap(), cfg.init(&dev).unwrap()];
         let before = members.clone();
-        let text = |idx: &[usize]| Tensor::<NdArray, 3>::ones([idx.len(), 1, 3], &dev);
+        let text = |idx: &[usize]| Tensor::<B, 3>::ones([idx.len(), 1, 3], &dev);
         // nothing to learn from yet
         a.align(&mut members, text, &mut rng).unwrap();
-        let z = Tensor::<NdArray, 5>::random(
+        let z = Tensor::<B, 5>::random(
             [3, 2, 1, 2, 2],
             burn::tensor::Distribution::Normal(0.0, 1.0),
             &dev,

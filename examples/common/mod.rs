@@ -317,7 +317,7 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
         world: &WorldModels<Bk::InnerBackend>,
         rng: &mut StdRng,
     ) -> Result<Option<AlignmentRound>, Box<dyn std::error::Error>> {
-        if self.every == 0 || (grpo.step() - 1) % self.every != 0 {
+        if self.every == 0 || !(grpo.step() - 1).is_multiple_of(self.every) {
             return Ok(None);
         }
         let z = grpo.last_samples().ok_or("no GRPO update yet")?.clone();

@@ -187,7 +187,8 @@ where
     train: PromptSet<B::InnerBackend, P>,
     heldout: PromptSet<B::InnerBackend, P>,
     sft: Option<SftData<B::InnerBackend>>,
-    alignment: OnlineAlignment,
+    /// VELR's replay buffer and member fine-tuning (`None` for the other methods).
+    alignment: Option<OnlineAlignment>,
     latent_shape: [usize; 4],
     schedule: Schedule,
     guard: NanGuard,
@@ -294,19 +295,16 @@ where
             .with_shift(config.sampling.shift)
             .init()?;
         let alignment = match &config.method {
-            Method::Velr(v) => AlignmentConfig {
-                capacity: v.buffer,
-                steps: v.align_steps,
-                batch: config.batch,
-                lr: v.align_lr,
-            },
-            // unused: only VELR aligns
-            _ => AlignmentConfig {
-                capacity: 1,
-                steps: 1,
-                batch: 1,
-                lr: 1.0,
-            },
+            Method::Velr(v) => Some(OnlineAlignment::new(
+                AlignmentConfig {
+                    capacity: v.buffer,
+                    steps: v.align_steps,
+                    batch: config.batch,
+                    lr: v.align_lr,
+                },
+                latent_shape,
+            )?),
+            _ => None,
         };
         let log = MetricsLog::open(&config.out.join("metrics.jsonl"))?;
         let mut trainer = Self {
@@ -320,7 +318,7 @@ where
             train,
             heldout,
             sft,
-            alignment: OnlineAlignment::new(alignment, latent_shape)?,
+            alignment,
             latent_shape,
             schedule,
             guard: NanGuard::new(config.max_skipped),
@@ -366,10 +364,9 @@ where
             for (i, m) in e.members.iter().enumerate() {
                 save_record(m.clone(), &dir.join(format!("member{i}-{tag}.mpk")))?;
             }
-            replay_buffer::save(
-                &self.alignment.buffer,
-                &dir.join(format!("buffer-{tag}.json")),
-            )?;
+        }
+        if let Some(a) = &self.alignment {
+            replay_buffer::save(&a.buffer, &dir.join(format!("buffer-{tag}.json")))?;
         }
         let state = TrainState {
             step: self.step,
@@ -436,7 +433,9 @@ where
                     &device,
                 )?;
             }
-            self.alignment.buffer = replay_buffer::load(&dir.join(format!("buffer-{tag}.json")))?;
+        }
+        if let Some(a) = &mut self.alignment {
+            a.buffer = replay_buffer::load(&dir.join(format!("buffer-{tag}.json")))?;
         }
         self.step = state.step;
         self.guard = state.guard;
@@ -848,17 +847,19 @@ where
         let rewards = latent_reward::error::host_f32(
             PixelReward::<B::InnerBackend>::score_pixels(&self.pixel, video, prompts)?,
         )?;
-        self.alignment.push(graded, idx, &rewards, &variance)
+        match &mut self.alignment {
+            Some(a) => a.push(graded, idx, &rewards, &variance),
+            None => Ok(()),
+        }
     }
 
     /// VELR's online alignment of the ensemble's members from the buffer.
     fn align(&mut self, rng: &mut rand::rngs::StdRng) -> Result<()> {
-        let LatentRewards::Ensemble(ens) = &mut self.reward else {
+        let (LatentRewards::Ensemble(ens), Some(a)) = (&mut self.reward, &self.alignment) else {
             return Ok(());
         };
         let train = &self.train;
-        self.alignment
-            .align(&mut ens.members, |idx| train.batch(idx).1, rng)
+        a.align(&mut ens.members, |idx| train.batch(idx).1, rng)
     }
 }
 

@@ -389,6 +389,23 @@ fn rgb_refl_and_velr_steps_run() {
         param_snapshot(&aligned.members[0]).unwrap(),
         param_snapshot(&ens.members[0]).unwrap()
     );
+    // the checkpoint holds the replay buffer, and a new trainer resumes from it
+    t.save_checkpoint().unwrap();
+    let buffer: replay_buffer::PrioritisedBuffer<refl_trainer::BufferItem> = replay_buffer::load(
+        &cfg.out
+            .join("checkpoint")
+            .join(format!("buffer-{:08}.json", t.step())),
+    )
+    .unwrap();
+    assert!(!replay_buffer::ReplayBuffer::is_empty(&buffer));
+    let resumed = Trainer::new(parts(
+        &w,
+        cfg.clone(),
+        LatentRewards::Ensemble(ens.clone()),
+        Brightness { poison: false },
+    ))
+    .unwrap();
+    assert_eq!(resumed.step(), t.step());
     let _ = std::fs::remove_dir_all(&cfg.out);
 }
 

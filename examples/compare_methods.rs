@@ -20,8 +20,8 @@
 //! every step stochastic, no rectification: the recipe before session 14), `--grpo-kl B`
 //! (default 0.01), `--grpo-lcb K` (the latent reward is the members' mean - K std, default 1),
 //! `--independent-noise` (each rollout its own initial noise), `--global-std` (advantages scaled by the batch's std),
-//! `--methods` (a comma-separated subset of `rgb-refl,prfl,prfl-denoised,velr,grpo-latent,grpo-pixel`; the
-//! VELR members are needed only for `prfl-denoised`, `velr` and `grpo-latent`), `--out`,
+//! `--methods` (a comma-separated subset of `rgb-refl,prfl,prfl-denoised,velr,grpo-latent,grpo-latent-aligned,grpo-pixel`; the
+//! VELR members are needed only for `prfl-denoised`, `velr` and the latent GRPOs), `--out`,
 //! `--report`.
 
 use std::{path::PathBuf, time::Instant};
@@ -45,6 +45,8 @@ use shapes_world::{Caption, OracleReward, Split, WorldModels};
 
 mod common;
 
+use common::AlignedEnsemble;
+
 type B = DefaultBackend;
 type AD = Autodiff<B>;
 
@@ -57,53 +59,66 @@ enum Runner {
         Box<dyn GroupReward<B, Caption>>,
         usize,
     ),
+    /// GRPO with the latent ensemble kept aligned on its rollouts (as `post_train`), and the
+    /// prompts per step.
+    AlignedGrpo(Box<GrpoTrainer<AD>>, Box<AlignedEnsemble<AD>>, usize),
 }
 
 impl Runner {
     fn policy(&self) -> &diffusion_core::WanTransformer<AD> {
         match self {
             Runner::Refl(t) => &t.policy,
-            Runner::Grpo(t, ..) => &t.policy,
+            Runner::Grpo(t, ..) | Runner::AlignedGrpo(t, ..) => &t.policy,
         }
     }
 
-    /// One training step; GRPO draws its training prompts from a generator seeded by the step.
+    /// One training step; GRPO draws its training prompts from a generator seeded by the step
+    /// (the aligned GRPO decodes its labelled rollouts with `world`).
     fn step(
         &mut self,
         train: &PromptSet<B, Caption>,
         step: usize,
-        latent_shape: &[usize; 4],
+        world: &WorldModels<B>,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        match self {
+        let latent_shape = world.config.latent_shape();
+        let mut rng = step_rng(1, step);
+        let mut draw =
+            |n: usize| -> Vec<usize> { (0..n).map(|_| rng.random_range(0..train.len())).collect() };
+        let m = match self {
             Runner::Refl(t) => {
                 t.train_step()?;
+                return Ok(());
             }
             Runner::Grpo(t, reward, prompts) => {
-                let mut rng = step_rng(1, step);
-                let idx: Vec<usize> = (0..*prompts)
-                    .map(|_| rng.random_range(0..train.len()))
-                    .collect();
-                let (prompts, text) = train.batch(&idx);
-                let m = t.train_step(&prompts, text, *latent_shape, reward.as_ref())?;
-                if step % 10 == 0 {
-                    println!(
-                        "    step {step}: rollout reward {:.4} (group std {:.4}), kl {:.2e}",
-                        m.reward, m.reward_std, m.kl
-                    );
-                }
+                let (prompts, text) = train.batch(&draw(*prompts));
+                t.train_step(&prompts, text, latent_shape, reward.as_ref())?
             }
+            Runner::AlignedGrpo(t, aligned, prompts) => {
+                let idx = draw(*prompts);
+                let (prompts, text) = train.batch(&idx);
+                let m = t.train_step(&prompts, text, latent_shape, &aligned.reward())?;
+                aligned.after_update(t, &idx, train, world, &mut rng)?;
+                m
+            }
+        };
+        if step % 10 == 0 {
+            println!(
+                "    step {step}: rollout reward {:.4} (group std {:.4}), kl {:.2e}",
+                m.reward, m.reward_std, m.kl
+            );
         }
         Ok(())
     }
 }
 
 /// The methods compared, in the order they run (`--methods` picks some).
-const METHODS: [&str; 6] = [
+const METHODS: [&str; 7] = [
     "rgb refl",
     "prfl",
     "prfl denoised",
     "velr",
     "grpo latent",
+    "grpo latent aligned",
     "grpo pixel",
 ];
 
@@ -209,7 +224,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prm = common::load_prm(&models_ad.dit, &args.rewards, &dev)?;
     let want = |name: &str| args.methods.iter().any(|m| m == name);
     // the VELR members only where a method uses them (`train_rewards` writes them; not shipped)
-    let ensemble = if want("velr") || want("grpo latent") || want("prfl denoised") {
+    let ensemble = if [
+        "velr",
+        "grpo latent",
+        "grpo latent aligned",
+        "prfl denoised",
+    ]
+    .into_iter()
+    .any(want)
+    {
         let members = common::load_velr_members::<AD>(&args.rewards, "velr", args.members, &dev)?;
         Some(Ensemble::new(members)?.with_aggregation(Aggregation::Mean))
     } else {
@@ -321,6 +344,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .with_aggregation(Aggregation::LowerConfidenceBound { k: args.grpo_lcb });
             runs.push(("grpo latent", grpo(Box::new(LatentScore(lcb)))?));
         }
+        if want("grpo latent aligned") {
+            let aligned = AlignedEnsemble::new(
+                ensemble.with_aggregation(Aggregation::LowerConfidenceBound { k: args.grpo_lcb }),
+                common::GRPO_ALIGNMENT,
+                common::GRPO_ALIGN_EVERY,
+                models.config.latent_shape(),
+            )?;
+            let trainer = GrpoTrainer::new(args.grpo.clone(), models_ad.dit.clone())?;
+            runs.push((
+                "grpo latent aligned",
+                Runner::AlignedGrpo(Box::new(trainer), Box::new(aligned), args.grpo_prompts),
+            ));
+        }
     }
     if want("grpo pixel") {
         runs.push(("grpo pixel", grpo(Box::new(pixel_score))?));
@@ -355,10 +391,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          - PRFL: batch {b}, the shipped process reward model, window 1, `relu(2 - r)`, an SFT step per reward step.\n\
          - PRFL denoised (the quickstart's recipe): batch {b}, the VELR ensemble's mean - 1 std on the frozen DiT's clean-sample prediction, start step 6-9, window 1, `relu(2 - r)`, KL weight 0.1, no SFT steps.\n\
          - VELR: batch {b}, {} ensemble members from `train_rewards`, start step 6-9, window 2, `x0_hat` jump, KL weight 1, {velr_align}, {velr_score}.\n\
-         - GRPO: {}; the reward is the VELR ensemble's mean - {} std (latent) or the pixel oracle of every decoded sample (pixel).\n\n\
+         - GRPO: {}; the reward is the VELR ensemble's mean - {} std (latent; `grpo latent aligned`: with VELR's online alignment of the members on the rollouts every {} updates, as `post_train`) or the pixel oracle of every decoded sample (pixel).\n\n\
          | method | steps | held-out reward before | after | change |\n|---|---|---|---|---|\n",
         args.seconds, args.lr, args.heldout, args.eval_every, args.members,
-        common::grpo_settings(&args.grpo, args.grpo_prompts), args.grpo_lcb, b = args.batch
+        common::grpo_settings(&args.grpo, args.grpo_prompts), args.grpo_lcb, common::GRPO_ALIGN_EVERY, b = args.batch
     );
     for (name, mut runner) in runs {
         let before = evaluate(&runner)?;
@@ -367,7 +403,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{name}: held-out {before:.4}");
         while trained < args.seconds {
             let t = Instant::now();
-            runner.step(&train_set, steps, &models.config.latent_shape())?;
+            runner.step(&train_set, steps, &models)?;
             trained += t.elapsed().as_secs_f64();
             steps += 1;
             if trained >= next_eval || trained >= args.seconds {

@@ -68,9 +68,9 @@ fn parse() -> Result<Args, String> {
         grpo_lr: 5e-5,
         sde_noise: FlowGrpoSde::default().noise_level,
         rank_steps: 0,
-        align_every: 5,
-        align_steps: 4,
-        align_lr: 1e-4,
+        align_every: common::GRPO_ALIGN_EVERY,
+        align_steps: common::GRPO_ALIGNMENT.steps,
+        align_lr: common::GRPO_ALIGNMENT.lr,
         heldout: 32,
         members: 5,
         tolerance: 0.01,
@@ -198,10 +198,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut reward = AlignedEnsemble::new(
         Ensemble::new(members)?.with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 }),
         AlignmentConfig {
-            capacity: 256,
             steps: args.align_steps,
-            batch: 16,
             lr: args.align_lr,
+            ..common::GRPO_ALIGNMENT
         },
         args.align_every,
         world.config.latent_shape(),

@@ -150,6 +150,18 @@ pub fn grpo_config(lr: f64) -> GrpoConfig {
 /// Prompts per GRPO step in the examples.
 pub const GRPO_PROMPTS: usize = 4;
 
+/// Each online-alignment round of GRPO's latent ensemble in the examples: a buffer of 256, 4
+/// Huber steps of 16 per member at lr 1e-4.
+pub const GRPO_ALIGNMENT: AlignmentConfig = AlignmentConfig {
+    capacity: 256,
+    steps: 4,
+    batch: 16,
+    lr: 1e-4,
+};
+
+/// GRPO updates between online-alignment rounds in the examples.
+pub const GRPO_ALIGN_EVERY: usize = 5;
+
 /// A GRPO run's settings in words, for the examples' reports.
 pub fn grpo_settings(config: &GrpoConfig, prompts: usize) -> String {
     let sde = match config.sde {

@@ -16,10 +16,11 @@
 //! Uses the VELR members in `--rewards` (default assets/shapes-world/rewards, where five are
 //! shipped; `train_rewards` writes them). Flags: `--sft-steps`, `--grpo-steps` (default 250),
 //! `--grpo-lr` (default 5e-5), `--sde-noise` (the Flow-GRPO SDE's noise level, default 0.7),
-//! `--align-every` (VELR's online alignment of the members on GRPO's
-//! rollouts every this many updates, default 5; 0: none), `--align-steps` (default 4),
-//! `--align-lr` (default 1e-4), `--rank-steps` (after each alignment round, Bradley-Terry steps
-//! of every member on the pairs within the update's groups; default 0: none), `--heldout`, `--members`, `--tolerance`, `--out`, `--report`.
+//! `--align-every` (VELR's online alignment of the members on GRPO's rollouts every this many
+//! updates, default 5; 0: none), `--align-steps` (default 4), `--align-lr` (default 1e-4),
+//! `--rank-steps` (after each alignment round, Bradley-Terry steps of every member on the pairs
+//! within the update's groups; default 0: none), `--heldout`, `--members`, `--tolerance`,
+//! `--out`, `--report`.
 
 use std::{path::PathBuf, time::Instant};
 

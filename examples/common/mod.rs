@@ -5,7 +5,10 @@ use std::path::Path;
 
 use burn::{
     config::Config,
-    tensor::backend::{AutodiffBackend, Backend},
+    tensor::{
+        backend::{AutodiffBackend, Backend},
+        Int, Tensor, TensorData,
+    },
 };
 use diffusion_core::{checkpoint::load_record, vae::CausalVae, FlowGrpoSde, WanTransformer};
 use ensemble::{Aggregation, Ensemble};
@@ -73,9 +76,9 @@ pub fn to_autodiff_pairs<Bk: AutodiffBackend>(
     s: &PairSet<Bk::InnerBackend>,
 ) -> latent_reward::Result<PairSet<Bk>> {
     PairSet::new(
-        burn::tensor::Tensor::from_inner(s.winners.clone()),
-        burn::tensor::Tensor::from_inner(s.losers.clone()),
-        burn::tensor::Tensor::from_inner(s.text.clone()),
+        Tensor::from_inner(s.winners.clone()),
+        Tensor::from_inner(s.losers.clone()),
+        Tensor::from_inner(s.text.clone()),
     )
 }
 
@@ -237,8 +240,8 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
     fn rank(
         &mut self,
         rank: RankingAlignment,
-        z: burn::tensor::Tensor<Bk::InnerBackend, 5>,
-        text: burn::tensor::Tensor<Bk::InnerBackend, 3>,
+        z: Tensor<Bk::InnerBackend, 5>,
+        text: Tensor<Bk::InnerBackend, 3>,
         oracle: &[f32],
         group: usize,
         rng: &mut StdRng,
@@ -265,16 +268,13 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
         let device = z.device();
         let ids = |v: Vec<i64>| {
             let n = v.len();
-            burn::tensor::Tensor::<Bk::InnerBackend, 1, burn::tensor::Int>::from_data(
-                burn::tensor::TensorData::new(v, [n]),
-                &device,
-            )
+            Tensor::<Bk::InnerBackend, 1, Int>::from_data(TensorData::new(v, [n]), &device)
         };
         let (win, lose) = (ids(win), ids(lose));
         let pairs = PairSet::new(
-            burn::tensor::Tensor::from_inner(z.clone().select(0, win.clone())),
-            burn::tensor::Tensor::from_inner(z.select(0, lose)),
-            burn::tensor::Tensor::from_inner(text.select(0, win)),
+            Tensor::from_inner(z.clone().select(0, win.clone())),
+            Tensor::from_inner(z.select(0, lose)),
+            Tensor::from_inner(text.select(0, win)),
         )?;
         let cfg = latent_reward::FitConfig {
             steps: rank.steps,
@@ -319,8 +319,9 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
         LatentScore(self.ensemble.valid())
     }
 
-    /// After GRPO update `step` on the training prompts `idx` (each repeated `group` times in
-    /// the rollouts): labels the update's rollouts and fine-tunes the members when due.
+    /// After a GRPO update on the training prompts `idx` (each repeated over its group in the
+    /// rollouts): when due, labels the update's rollouts with the oracle and fine-tunes the
+    /// members; returns what the round measured before the fine-tuning.
     pub fn after_update(
         &mut self,
         grpo: &GrpoTrainer<Bk>,
@@ -339,12 +340,11 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
             .flat_map(|&i| std::iter::repeat_n(i, group))
             .collect();
         let (captions, text) = train.batch(&rows);
-        let text_all = text.clone();
         let host = latent_reward::error::host_f32;
         let oracle = host(OracleReward.score(world.decode(z.clone()), &captions)?)?;
         let valid = self.ensemble.valid();
-        let sigma = burn::tensor::Tensor::zeros([rows.len()], &z.device());
-        let scores = valid.score_members(z.clone(), sigma, text);
+        let sigma = Tensor::zeros([rows.len()], &z.device());
+        let scores = valid.score_members(z.clone(), sigma, text.clone());
         let latent = host(scores.aggregate(valid.aggregation))?;
         let members_mean = host(scores.aggregate(Aggregation::Mean))?;
         let variance = host(scores.variance())?;
@@ -352,7 +352,7 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
         self.alignment
             .align(&mut self.ensemble.members, |i| train.batch(i).1, rng)?;
         if let Some(rank) = self.ranking {
-            self.rank(rank, z, text_all, &oracle, group, rng)?;
+            self.rank(rank, z, text, &oracle, group, rng)?;
         }
         let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
         let widen = |x: &[f32]| x.iter().map(|v| *v as f64).collect::<Vec<_>>();
@@ -544,7 +544,7 @@ impl OracleTerms {
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let z = models.sample_latents(caps, 20, 3.0, 7, device)?;
         let s = OracleReward.scores(models.decode(z), caps)?;
-        let host = |t: burn::tensor::Tensor<Bk, 1>| -> Result<Vec<f64>, String> {
+        let host = |t: Tensor<Bk, 1>| -> Result<Vec<f64>, String> {
             let v: Vec<f32> = t.into_data().to_vec().map_err(|e| format!("{e:?}"))?;
             Ok(v.into_iter().map(f64::from).collect())
         };

@@ -96,7 +96,7 @@ impl Runner {
             Runner::AlignedGrpo(t, aligned, prompts) => {
                 let idx = draw(*prompts);
                 let (prompts, text) = train.batch(&idx);
-                let m = t.train_step(&prompts, text, latent_shape, &aligned.reward())?;
+                let m = t.train_step(&prompts, text, latent_shape, aligned.reward())?;
                 aligned.after_update(t, &idx, train, world, &mut rng)?;
                 m
             }

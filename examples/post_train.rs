@@ -312,12 +312,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|_| rng.random_range(0..train.len()))
             .collect();
         let (prompts, text) = train_set.batch(&idx);
-        let m = grpo.train_step(
-            &prompts,
-            text,
-            world.config.latent_shape(),
-            &reward.reward(),
-        )?;
+        let m = grpo.train_step(&prompts, text, world.config.latent_shape(), reward.reward())?;
         println!(
             "  grpo step {}: latent reward {:.3} (group std {:.3}), kl {:.2e}, clipped {:.2}",
             m.step, m.reward, m.reward_std, m.kl, m.clip_fraction
@@ -343,10 +338,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!(
             "VELR online alignment every {} updates (the update's rollouts decoded and scored by the oracle, a buffer of 256 by ensemble variance, {} Huber steps of 16 per member at lr {:e}{}): on the labelled rollouts, oracle {:.3} -> {:.3}, latent reward {:.3} -> {:.3}, members' Pearson with the oracle {:.2} -> {:.2}, within groups {:.2} -> {:.2} (first / last {k} rounds)",
             args.align_every, args.align_steps, args.align_lr,
-            if args.rank_steps > 0 {
-                format!(", then {} Bradley-Terry steps of 16 pairs within a group (oracle gap >= 0.005)", args.rank_steps)
-            } else {
-                String::new()
+            match reward.ranking {
+                Some(r) => format!(", then {} Bradley-Terry steps of 16 pairs within a group (oracle gap >= {})", r.steps, r.margin),
+                None => String::new(),
             },
             avg(first, |r| r.oracle), avg(last, |r| r.oracle),
             avg(first, |r| r.latent), avg(last, |r| r.latent),

@@ -200,7 +200,9 @@ pub fn grpo_settings(config: &GrpoConfig, prompts: usize) -> String {
 /// member is fine-tuned on a priority-weighted draw.
 pub struct AlignedEnsemble<Bk: AutodiffBackend> {
     /// The members (trainable) and the aggregation GRPO's reward uses.
-    pub ensemble: Ensemble<VelrReward<Bk>>,
+    ensemble: Ensemble<VelrReward<Bk>>,
+    /// `ensemble` on the inner backend, refreshed after each alignment round.
+    scorer: LatentScore<Ensemble<VelrReward<Bk::InnerBackend>>>,
     alignment: OnlineAlignment,
     every: usize,
     /// Also rank within groups after each regression round.
@@ -307,6 +309,7 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
         latent_shape: [usize; 4],
     ) -> refl_trainer::Result<Self> {
         Ok(Self {
+            scorer: LatentScore(ensemble.valid()),
             ensemble,
             alignment: OnlineAlignment::new(config, latent_shape)?,
             every,
@@ -315,8 +318,8 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
     }
 
     /// GRPO's reward: the current members with the ensemble's aggregation, at noise level 0.
-    pub fn reward(&self) -> LatentScore<Ensemble<VelrReward<Bk::InnerBackend>>> {
-        LatentScore(self.ensemble.valid())
+    pub fn reward(&self) -> &LatentScore<Ensemble<VelrReward<Bk::InnerBackend>>> {
+        &self.scorer
     }
 
     /// After a GRPO update on the training prompts `idx` (each repeated over its group in the
@@ -342,7 +345,7 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
         let (captions, text) = train.batch(&rows);
         let host = latent_reward::error::host_f32;
         let oracle = host(OracleReward.score(world.decode(z.clone()), &captions)?)?;
-        let valid = self.ensemble.valid();
+        let valid = &self.scorer.0;
         let sigma = Tensor::zeros([rows.len()], &z.device());
         let scores = valid.score_members(z.clone(), sigma, text.clone());
         let latent = host(scores.aggregate(valid.aggregation))?;
@@ -354,6 +357,7 @@ impl<Bk: AutodiffBackend> AlignedEnsemble<Bk> {
         if let Some(rank) = self.ranking {
             self.rank(rank, z, text, &oracle, group, rng)?;
         }
+        self.scorer = LatentScore(self.ensemble.valid());
         let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
         let widen = |x: &[f32]| x.iter().map(|v| *v as f64).collect::<Vec<_>>();
         let pearson = latent_reward::metrics::pearson;

@@ -8,7 +8,7 @@
 #   STEPS="flow" benches/reference/compare_train_step.sh small
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --quiet --example train_step_bench
+cargo build --release --quiet -p experiments --bin train_step_bench
 presets=("${@:-tiny shapes small wan}")
 steps=(${STEPS:-flow prfl})
 echo "| preset | step | ours, 1 shard (ms) | ours, sharded (ms) | PyTorch (ms) | ratio 1 shard | ratio sharded | peak above loop start, ours 1 shard / sharded / PyTorch (MiB) | training peak above the loaded model, ours 1 shard / sharded / PyTorch (MiB) |"
@@ -19,8 +19,8 @@ train() { sed -E 's/.*training ([0-9.]+) MiB.*/\1/' <<<"$1"; }
 for p in ${presets[@]}; do
   for s in "${steps[@]}"; do
     dir="out/twin/$p-$s"
-    one=$(./target/release/examples/train_step_bench --preset "$p" --step "$s" --shards 1 --export "$dir")
-    many=$(./target/release/examples/train_step_bench --preset "$p" --step "$s")
+    one=$(./target/release/train_step_bench --preset "$p" --step "$s" --shards 1 --export "$dir")
+    many=$(./target/release/train_step_bench --preset "$p" --step "$s")
     theirs=$(python3 benches/reference/wan_train_step.py "$dir")
     awk -v p="$p" -v s="$s" -v a="$(ms "$one")" -v b="$(ms "$many")" -v t="$(ms "$theirs")" \
       -v c1="$(mib "$one")" -v c="$(mib "$many")" -v d="$(mib "$theirs")" \

@@ -1,4 +1,4 @@
-"""PyTorch twin of `examples/train_step_bench.rs`: a training step of diffusers'
+"""PyTorch twin of `experiments/src/bin/train_step_bench.rs`: a training step of diffusers'
 WanTransformer3DModel on the weights and shapes that the Rust example exported with `--export DIR`
 (`bench.json` names the step):
 

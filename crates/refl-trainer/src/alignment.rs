@@ -1,8 +1,9 @@
-//! VELR's online alignment of the latent reward ensemble (seed 002, section 4.3): samples of the
+//! VELR's online alignment of the latent reward ensemble ("VELR: Efficient Video Reward Feedback via
+//! Ensemble Latent Reward Models", section 4.3): samples of the
 //! current policy, labelled with the pixel reward, enter a replay buffer prioritised by the
 //! ensemble's variance on them; every so often each member is fine-tuned on a
 //! priority-weighted draw, so the latent reward keeps up with the policy's distribution.
-//! [`crate::Trainer`] runs it for VELR; GRPO runs it on its rollouts (`examples/post_train`).
+//! [`crate::methods::Velr`] runs it; GRPO can run it on its rollouts.
 
 use burn::{
     module::AutodiffModule,
@@ -67,6 +68,48 @@ impl OnlineAlignment {
             config,
             latent_shape,
         })
+    }
+
+    /// Replaces the buffer with `buffer` (a resumed checkpoint's) after checking every item:
+    /// a latent of this shape, a prompt index below `prompts`, finite reward and priority.
+    ///
+    /// # Errors
+    /// `Config` naming the first bad item.
+    pub fn set_buffer(
+        &mut self,
+        buffer: PrioritisedBuffer<BufferItem>,
+        prompts: usize,
+    ) -> Result<()> {
+        let per: usize = self.latent_shape.iter().product();
+        buffer
+            .check()
+            .map_err(|why| config_error("alignment.buffer", why))?;
+        if buffer.capacity() != self.config.capacity {
+            return Err(config_error(
+                "alignment.buffer",
+                format!(
+                    "capacity {}, the run's is {}",
+                    buffer.capacity(),
+                    self.config.capacity
+                ),
+            ));
+        }
+        for (k, (item, priority)) in buffer.entries().iter().enumerate() {
+            let why = if item.latent.len() != per {
+                format!("a latent of {} values, expected {per}", item.latent.len())
+            } else if item.prompt >= prompts {
+                format!("prompt {} of {prompts} prompts", item.prompt)
+            } else if !item.reward.is_finite() || !priority.is_finite() {
+                format!("reward {} with priority {priority}", item.reward)
+            } else if item.latent.iter().any(|v| !v.is_finite()) {
+                "a non-finite latent value".to_string()
+            } else {
+                continue;
+            };
+            return Err(config_error(format!("alignment.buffer[{k}]"), why));
+        }
+        self.buffer = buffer;
+        Ok(())
     }
 
     /// Offers each latent with its prompt index and pixel reward to the buffer, with the

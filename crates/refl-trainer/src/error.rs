@@ -21,17 +21,20 @@ pub enum TrainError {
         /// The parser's message (with line and column).
         reason: String,
     },
-    /// Too many steps with a non-finite loss or gradient.
+    /// Too many rejected steps (non-finite loss, gradient or weights, or an update above the
+    /// bound).
     #[error(
-        "aborted at step {step}: {skipped} steps had a non-finite loss or gradient (limit {limit})"
+        "stopped at step {step}: {skipped} steps were rejected (limit {limit}); the last: {last}"
     )]
     Diverged {
         /// Step at which the run stopped.
         step: usize,
-        /// Steps skipped so far.
+        /// Steps rejected so far.
         skipped: usize,
         /// The configured limit.
         limit: usize,
+        /// Why the last step was rejected.
+        last: String,
     },
     /// A checkpoint that does not match the run (wrong config, missing file).
     #[error("checkpoint {path}: {reason}")]
@@ -47,6 +50,9 @@ pub enum TrainError {
     /// Errors of reward models.
     #[error(transparent)]
     Reward(#[from] latent_reward::RewardError),
+    /// Errors of GRPO's computations.
+    #[error(transparent)]
+    Grpo(#[from] grpo::GrpoError),
     /// Errors of the replay buffer.
     #[error(transparent)]
     Buffer(#[from] replay_buffer::BufferError),

@@ -2,23 +2,36 @@
 #![warn(missing_docs)]
 
 pub mod alignment;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod evaluation;
 pub mod guard;
+pub mod learner;
+pub mod method;
+pub mod methods;
 pub mod metrics;
+pub mod optim;
 pub mod plot;
+pub mod policy;
 pub mod prompts;
-pub mod trainer;
 
 pub use alignment::{AlignmentConfig, BufferItem, OnlineAlignment};
-pub use config::{
-    FrameSelection, LrSchedule, Method, OptimConfig, PrflConfig, RgbReflConfig, RunConfig,
-    SamplingConfig, VelrConfig,
-};
+pub use checkpoint::{CheckpointReader, CheckpointWriter};
+pub use config::load_config;
 pub use diffusion_core::vae::LatentNorm;
 pub use error::{Result, TrainError};
-pub use guard::NanGuard;
+pub use evaluation::{heldout_reward, Evaluate, HeldoutReward};
+pub use guard::{Guard, GuardConfig, Rejection};
+pub use learner::{has_checkpoint, Learner, LearnerConfig};
+pub use method::{Method, StepReport};
+pub use methods::{
+    AlignedEnsemble, FrameSelection, Grpo, GrpoReward, GrpoRollouts, Prfl, PrflConfig,
+    RankingAlignment, RgbRefl, RgbReflConfig, SamplingConfig, Sft, SftConfig, SftData, Velr,
+    VelrConfig,
+};
 pub use metrics::{MetricsLog, StepMetrics};
+pub use optim::{LrSchedule, OptimConfig};
 pub use plot::{write_curves_png, Series};
+pub use policy::{Policy, PolicyOptimizer, Update};
 pub use prompts::PromptSet;
-pub use trainer::{heldout_reward, LatentRewards, SftData, Trainer, TrainerParts};

@@ -34,8 +34,11 @@ pub struct StepMetrics {
     pub step_seconds: f64,
     /// Peak memory of the step in bytes (device pool or heap, whichever the backend reports).
     pub peak_bytes: Option<u64>,
-    /// Steps skipped so far for non-finite values.
+    /// Steps the guard rejected so far.
     pub skipped: usize,
+    /// Further values a method reports (GRPO's clip fraction, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 /// Appends one JSON object per line to `metrics.jsonl`, flushed per step so a crash loses at
@@ -61,16 +64,28 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .map_err(io)?;
+        // a record torn by a crash is dropped (its step is redone after a resume), so the next
+        // record starts a line of its own
+        let text = std::fs::read(path).map_err(io)?;
+        if text.last().is_some_and(|c| *c != b'\n') {
+            let keep = text.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1);
+            file.set_len(keep as u64).map_err(io)?;
+        }
         Ok(Self {
             path: path.to_path_buf(),
             file,
         })
     }
 
-    /// Appends a record.
+    /// Appends a record (one `write` call, so a crash tears at most this line).
     pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
-        let line = serde_json::to_string(m).expect("metrics serialise");
-        writeln!(self.file, "{line}")
+        let mut line = serde_json::to_string(m).map_err(|e| TrainError::ConfigFile {
+            path: self.path.clone(),
+            reason: format!("step {}: {e}", m.step),
+        })?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
             .map_err(|source| TrainError::Io {
                 path: self.path.clone(),
@@ -79,23 +94,37 @@ impl MetricsLog {
     }
 
     /// Reads every record of a log, keeping the last record of each step (a resumed run
-    /// rewrites the steps after its checkpoint).
+    /// rewrites the steps after its checkpoint). A torn last line (a crash mid-write) is
+    /// skipped with a warning on stderr.
     pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
         let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         let mut out: Vec<StepMetrics> = Vec::new();
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let m: StepMetrics =
-                serde_json::from_str(line).map_err(|e| TrainError::ConfigFile {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: {e}", i + 1),
-                })?;
+        let torn = !text.is_empty() && !text.ends_with('\n');
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let m: StepMetrics = match serde_json::from_str(line) {
+                Ok(m) => m,
+                Err(_) if torn && i + 1 == lines.len() => {
+                    eprintln!(
+                        "warning: {}: skipped a torn last line {} (a crash mid-write)",
+                        path.display(),
+                        i + 1
+                    );
+                    break;
+                }
+                Err(e) => {
+                    return Err(TrainError::ConfigFile {
+                        path: path.to_path_buf(),
+                        reason: format!("line {}: {e}", i + 1),
+                    })
+                }
+            };
             out.retain(|o| o.step < m.step);
             out.push(m);
         }

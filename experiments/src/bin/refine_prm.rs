@@ -10,8 +10,8 @@
 //! iterated RLHF: the oracle labels data between runs, and PRFL itself never sees it.
 //!
 //! ```text
-//! cargo run --release --example train_rewards   # base preference data (cached in out/reward-data)
-//! cargo run --release --example refine_prm
+//! cargo run --release -p experiments --bin train_rewards   # base preference data (cached in out/reward-data)
+//! cargo run --release -p experiments --bin refine_prm
 //! ```
 //!
 //! Writes the refined model to `--save` (default out/refine-prm; copy `prm.mpk` to
@@ -38,7 +38,10 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, module::AutodiffModule};
+use burn::{
+    backend::Autodiff,
+    module::{AutodiffModule, Module},
+};
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     checkpoint::{load_record, save_record},
@@ -49,13 +52,88 @@ use latent_reward::{
     GradientMatchConfig, InputFilter, InputPerturbation, PairSet, Pooling, PreferenceLoss,
     ProcessReward,
 };
-use refl_trainer::{FrameSelection, LatentRewards, Method, RgbReflConfig};
-use shapes_world::{Caption, PolicyNeighboursConfig, RewardData, Split, WorldModels};
-
-mod common;
+use latent_refl::{
+    rgb_refl,
+    world::{self, World},
+};
+use refl_trainer::{
+    Evaluate, HeldoutReward, Learner, Method, Prfl, PrflConfig, RgbRefl, SamplingConfig,
+};
+use shapes_world::{Caption, OracleReward, PolicyNeighboursConfig, RewardData, Split, WorldModels};
 
 type B = DefaultBackend;
 type AD = Autodiff<B>;
+type Dit = diffusion_core::WanTransformer<AD>;
+
+/// PRFL (or RGB ReFL) as the refinement rounds run it.
+#[derive(Debug, Clone)]
+struct PrflRun {
+    /// Reward steps.
+    steps: usize,
+    /// Videos per step.
+    batch: usize,
+    /// Peak learning rate (10 warm-up steps).
+    lr: f64,
+    /// Reward loss weight.
+    lambda: f64,
+    /// An SFT step every this many reward steps (0: none).
+    sft_every: usize,
+    /// Held-out test prompts scored by the oracle.
+    heldout: usize,
+    /// Evaluations of the held-out reward during the run.
+    evals: usize,
+}
+
+impl Default for PrflRun {
+    fn default() -> Self {
+        Self {
+            steps: 120,
+            batch: 4,
+            lr: 5e-5,
+            lambda: 0.1,
+            sft_every: 1,
+            heldout: 32,
+            evals: 6,
+        }
+    }
+}
+
+impl PrflRun {
+    /// PRFL's settings of this run: 20-step chains (shift 3), a window of one step anywhere but
+    /// the last, `lambda * relu(2 - r)`.
+    fn prfl(&self) -> PrflConfig {
+        PrflConfig {
+            batch: self.batch,
+            sampling: SamplingConfig {
+                steps: 20,
+                shift: 3.0,
+            },
+            lambda: self.lambda,
+            sft_every: self.sft_every,
+            shards: 2,
+            ..PrflConfig::default()
+        }
+    }
+
+    /// Runs `method` on a fresh copy of the world's DiT into `out` (resuming a checkpoint there)
+    /// and returns the tuned models and the held-out reward before and after.
+    fn run(
+        &self,
+        w: &World<AD>,
+        method: Box<dyn Method<AD, Dit>>,
+        out: &std::path::Path,
+    ) -> Result<(WorldModels<B>, f64, f64), Box<dyn std::error::Error>> {
+        let mut config = world::learner_config(self.steps, self.lr, out);
+        config.eval_every = (self.steps / self.evals.max(1)).max(1);
+        let evaluator: HeldoutReward<B, _, OracleReward, Caption> = w.heldout_reward(self.heldout)?;
+        let before = evaluator.evaluate(&w.models.dit)?;
+        let mut learner =
+            Learner::new(config, w.models_ad.dit.clone(), method)?.with_evaluator(evaluator);
+        learner.run()?;
+        let after = learner.evaluate()?.unwrap_or(f64::NAN);
+        Ok((world::with_dit(&w.models, learner.policy()), before, after))
+    }
+}
 
 /// Least oracle-reward gap of a preference pair (as `train_rewards`).
 const MARGIN: f32 = 0.05;
@@ -80,7 +158,7 @@ struct Args {
     prm_steps: usize,
     prompts: usize,
     per_prompt: usize,
-    run: common::PrflRun,
+    run: PrflRun,
     data: PathBuf,
     prm: PathBuf,
     models: PathBuf,
@@ -109,7 +187,7 @@ fn parse() -> Result<Args, String> {
         prm_steps: 300,
         prompts: 96,
         per_prompt: 4,
-        run: common::PrflRun::default(),
+        run: PrflRun::default(),
         data: "out/reward-data".into(),
         prm: "assets/shapes-world/rewards".into(),
         models: "assets/shapes-world".into(),
@@ -235,33 +313,33 @@ fn pairs_with_added(mut data: RewardData, from: usize) -> RewardData {
 /// Returns the test pairs (base test samples of `test_caps` against the tuned generator's).
 fn stronger_generator(
     args: &Args,
-    models: &WorldModels<B>,
-    models_ad: &WorldModels<AD>,
+    w: &World<AD>,
     pool: &mut RewardData,
     test: &RewardData,
     test_caps: &[Caption],
 ) -> Result<PairSet<B>, Box<dyn std::error::Error>> {
     let t = Instant::now();
     let dev = Default::default();
-    let run = common::PrflRun {
+    let run = PrflRun {
         steps: args.refl_generator,
         lr: args.refl_lr,
         evals: 1,
         ..args.run.clone()
     };
-    let method = Method::RgbRefl(RgbReflConfig {
-        window: 1,
-        frames: FrameSelection::All,
-        lambda: 1.0,
-    });
-    let out = args.save.join("refl_generator");
-    let (mut trainer, _) =
-        common::world_trainer(models, models_ad, method, LatentRewards::Pixel, &run, &out)?;
-    let before = trainer.heldout_reward()?;
-    let metrics = trainer.run()?;
-    let after = metrics.last().and_then(|m| m.heldout_reward);
-    let mut tuned = models.clone();
-    tuned.dit = trainer.policy.valid();
+    let config = refl_trainer::RgbReflConfig {
+        batch: run.batch,
+        ..rgb_refl::shapes_world()
+    };
+    let method = RgbRefl::new(
+        config,
+        w.models_ad.vae.clone().no_grad(),
+        w.models.latent_norm(),
+        OracleReward,
+        w.train_prompts(512)?,
+        w.latent_shape(),
+    )?;
+    let (tuned, before, after) = run.run(w, Box::new(method), &args.save.join("refl_generator"))?;
+    let after = Some(after);
     // the noise of `train_rewards`' samples of each split (its seed: the split's index x 1000)
     let sample = |caps: &[Caption], split: Split| {
         RewardData::generate(
@@ -283,7 +361,7 @@ fn stronger_generator(
     let from = with_test.samples.len();
     with_test.extend(sample(test_caps, Split::Test)?)?;
     with_test.pair_by_caption(MARGIN);
-    let set = pairs_with_added(with_test, from).pair_set(models, &dev)?;
+    let set = pairs_with_added(with_test, from).pair_set(&w.models, &dev)?;
     println!(
         "RGB ReFL generator ({} steps, lr {:e}): held-out {before:.4} -> {:.4}; {n} training samples, mean reward {gen_mean:.3}; {} pairs in all; {} test pairs ({:.0} s)",
         args.refl_generator,
@@ -327,7 +405,7 @@ fn refit(
         grad_clip: Some(1.0),
         seed: round as u64 + 1,
     };
-    let pairs = common::to_autodiff_pairs(&pool.pair_set(models, &Default::default())?)?;
+    let pairs = experiments::to_autodiff_pairs(&pool.pair_set(models, &Default::default())?)?;
     let (prm, report) = fit_preference(
         prm,
         &pairs,
@@ -345,9 +423,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse()?;
     let t_all = Instant::now();
     let dev = Default::default();
-    let models = WorldModels::<B>::load(&args.models, &dev)
-        .map_err(|e| format!("cannot load {}: {e}", args.models.display()))?;
-    let models_ad = WorldModels::<AD>::load(&args.models, &dev)?;
+    let w = World::<AD>::load(&args.models, &dev)?;
+    let (models, models_ad) = (&w.models, &w.models_ad);
     std::fs::create_dir_all(&args.save)?;
     let mut prm = {
         use burn::config::Config;
@@ -460,14 +537,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let refl_test = match args.refl_generator {
         0 => None,
         _ => Some(stronger_generator(
-            &args, &models, &models_ad, &mut pool, &test, &test_caps,
+            &args, &w, &mut pool, &test, &test_caps,
         )?),
     };
     let train_caps = captions_of(&pool);
 
     let mut md = format!(
         "# Refining the process reward model on the policy's samples\n\n\
-         Produced by `cargo run --release --example refine_prm` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
+         Produced by `cargo run --release -p experiments --bin refine_prm` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
          Round 0 is the shipped model, trained by `train_rewards` on base-model samples. Each round: PRFL fine-tunes a fresh copy of the DiT against the current reward model \
          ({} steps of {} videos, lr {:e}, lambda {}, {}); the tuned policy samples {} videos for each of {} training prompts, \
          the oracle labels them, they join the preference data (pairs by caption, gap >= {MARGIN}, with the base samples and rendered videos of the same captions), \
@@ -572,21 +649,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..=args.rounds {
         let t_round = Instant::now();
         let out = args.save.join(format!("prfl_{round}"));
-        let (mut trainer, _) = common::prfl_trainer(
-            &models,
-            &models_ad,
-            LatentRewards::Process(prm.clone()),
-            &args.run,
-            &out,
+        let method = Prfl::<AD, Dit, _, _>::new(
+            args.run.prfl(),
+            prm.clone().no_grad(),
+            w.train_prompts(512)?,
+            w.latent_shape(),
+            Some(w.sft_data(&world::shuffled_captions(Split::Train, 1, 128))?),
         )?;
-        let before = trainer.heldout_reward()?;
-        let metrics = trainer.run()?;
-        let after = metrics
-            .last()
-            .and_then(|m| m.heldout_reward)
-            .unwrap_or(f64::NAN);
-        let mut tuned = models.clone();
-        tuned.dit = trainer.policy.valid();
+        let (tuned, before, after) = args.run.run(&w, Box::new(method), &out)?;
 
         // how the reward model ranks the tuned policy's samples on held-out prompts
         let onp_test = RewardData::generate(

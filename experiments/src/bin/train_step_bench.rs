@@ -6,7 +6,7 @@
 //! timestep, `0.1 * relu(2 - r)`, backward, AdamW.
 //!
 //! ```text
-//! cargo run --release --example train_step_bench -- --preset small --export out/twin/small
+//! cargo run --release -p experiments --bin train_step_bench -- --preset small --export out/twin/small
 //! python benches/reference/wan_train_step.py out/twin/small
 //! benches/reference/compare_train_step.sh        # both, back to back, every preset and step
 //! ```

@@ -5,9 +5,9 @@
 //! ReFL measured in the same run (`../shared/ALGORITHMS.md` sections 2-4).
 //!
 //! ```text
-//! cargo run --release --example refl_step                       # both configs
-//! cargo run --release --example refl_step -- --config shapes    # or wan
-//! cargo run --release --features wgpu --example refl_step -- --config shapes
+//! cargo run --release -p experiments --bin refl_step                       # both configs
+//! cargo run --release -p experiments --bin refl_step -- --config shapes    # or wan
+//! cargo run --release -p experiments --features wgpu --bin refl_step -- --config shapes
 //! ```
 //!
 //! Configs:
@@ -26,7 +26,12 @@
 
 use std::{io::Write, path::PathBuf};
 
-use burn::{backend::Autodiff, tensor::backend::Backend};
+use burn::{
+    backend::Autodiff,
+    module::{AutodiffModule, Module},
+    tensor::backend::Backend,
+};
+use clap::Parser;
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     probe::PeakAlloc,
@@ -34,60 +39,45 @@ use diffusion_core::{
     WanConfig, WanTransformer,
 };
 use ensemble::{Aggregation, Ensemble};
+use latent_refl::{prfl, world};
 use latent_reward::{ProcessReward, ProcessRewardConfig, VelrRewardConfig};
 use refl_trainer::{
-    FrameSelection, LatentNorm, LatentRewards, LrSchedule, Method, OptimConfig, PrflConfig,
-    PromptSet, RgbReflConfig, RunConfig, SamplingConfig, Trainer, TrainerParts, VelrConfig,
+    FrameSelection, LatentNorm, Learner, LearnerConfig, Method, OptimConfig, Prfl, PrflConfig,
+    PromptSet, RgbRefl, RgbReflConfig, SamplingConfig, Velr, VelrConfig,
 };
 use shapes_world::{captions, Caption, OracleReward, Split, WorldModels};
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
 
-mod common;
-
 type B = DefaultBackend;
 type AD = Autodiff<B>;
+type Dit = WanTransformer<AD>;
 
+/// One training step of each method: peak memory and step time, with ratios to RGB ReFL.
+#[derive(Parser)]
 struct Args {
+    /// Configs to run (`shapes`, `wan`).
+    #[arg(long = "config", default_values_t = ["shapes".to_string(), "wan".to_string()])]
     configs: Vec<String>,
-    reps: usize,
-    batch: usize,
+    /// Timed steps after one warm-up step.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    reps: u64,
+    /// Videos per step.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batch: u64,
+    /// Video frames of the `wan` config (1 + 4k).
+    #[arg(long, default_value_t = 17)]
     frames: usize,
+    /// Video height and width of the `wan` config (a multiple of 16).
+    #[arg(long, default_value_t = 64)]
     size: usize,
-    members: usize,
+    /// VELR ensemble members.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=64))]
+    members: u64,
+    /// Append the markdown tables to this file.
+    #[arg(long)]
     report: Option<PathBuf>,
-}
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        configs: vec!["shapes".into(), "wan".into()],
-        reps: 2,
-        batch: 1,
-        frames: 17,
-        size: 64,
-        members: 5,
-        report: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
-        match flag.as_str() {
-            "--config" => a.configs = vec![val()?],
-            "--reps" => a.reps = num(val()?)?,
-            "--batch" => a.batch = num(val()?)?,
-            "--frames" => a.frames = num(val()?)?,
-            "--size" => a.size = num(val()?)?,
-            "--members" => a.members = num(val()?)?,
-            "--report" => a.report = Some(val()?.into()),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    if a.reps == 0 || a.batch == 0 || a.members == 0 {
-        return Err("--reps, --batch and --members must be >= 1".into());
-    }
-    Ok(a)
 }
 
 /// The models of one benchmark config.
@@ -103,6 +93,7 @@ struct Setup {
 }
 
 fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
+    let members = args.members as usize;
     let dev = Default::default();
     let dir = std::path::Path::new("assets/shapes-world");
     let world = WorldModels::<AD>::load(dir, &dev)?;
@@ -113,7 +104,7 @@ fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
     AD::seed(&dev, 0);
     let (title, dit, vae, norm, latent_shape, prm) = match name {
         "shapes" => {
-            let prm = common::load_prm(&world.dit, &dir.join("rewards"), &dev)?;
+            let prm = world::load_prm(&world.dit, &dir.join("rewards"), &dev)?;
             let v = world.config.video;
             (
                 format!(
@@ -148,7 +139,7 @@ fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
                 .with_pool_heads(8)
                 .with_head(vec![512, 256])
                 .init(&dit, &dev)?
-                .freeze_embeddings();
+                .no_grad();
             let shape = [16, 1 + (args.frames - 1) / 4, args.size / 8, args.size / 8];
             (
                 format!(
@@ -172,7 +163,7 @@ fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
     };
     let velr = VelrRewardConfig::new(latent_shape, text_dim);
     let ensemble = Ensemble::new(
-        (0..args.members)
+        (0..members)
             .map(|_| velr.init::<AD>(&dev))
             .collect::<latent_reward::Result<Vec<_>>>()?,
     )?
@@ -190,12 +181,10 @@ fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
 }
 
 /// VELR with the replay buffer labelled every `label_every` steps (0: never).
-fn velr(
-    label: &'static str,
-    label_every: usize,
-    s: &Setup,
-) -> (&'static str, Method, LatentRewards<AD>) {
-    let method = Method::Velr(VelrConfig {
+fn velr(label_every: usize, s: &Setup, batch: usize) -> refl_trainer::Result<Box<dyn Method<AD, Dit>>> {
+    let config = VelrConfig {
+        batch,
+        sampling: sampling(),
         start: [6, 10],
         window: 1,
         kl_beta: 10.0,
@@ -205,58 +194,50 @@ fn velr(
         align_every: 0,
         align_steps: 1,
         align_lr: 1e-5,
-    });
-    (label, method, LatentRewards::Ensemble(s.ensemble.clone()))
+        shards: 1,
+    };
+    Ok(Box::new(Velr::<AD, Dit, _, _, _, _>::new(
+        config,
+        s.ensemble.clone(),
+        s.vae.valid(),
+        s.norm.clone(),
+        OracleReward,
+        s.prompts.clone(),
+        s.latent_shape,
+    )?))
+}
+
+/// 20 sampling steps at shift 3.
+fn sampling() -> SamplingConfig {
+    SamplingConfig {
+        steps: 20,
+        shift: 3.0,
+    }
 }
 
 /// Median step time (s) and largest peak memory (bytes) over `reps` steps after a warm-up.
 fn bench(
     s: &Setup,
-    method: Method,
-    reward: LatentRewards<AD>,
-    args: &Args,
+    method: Box<dyn Method<AD, Dit>>,
+    reps: usize,
 ) -> Result<(f64, u64), Box<dyn std::error::Error>> {
     let out = std::env::temp_dir().join(format!("refl_step_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let config = RunConfig {
-        method,
-        steps: args.reps + 2,
-        batch: args.batch,
-        sampling: SamplingConfig {
-            steps: 20,
-            shift: 3.0,
-        },
+    let config = LearnerConfig {
         optim: OptimConfig {
             lr: 1e-5,
-            weight_decay: 0.01,
-            grad_clip: Some(1.0),
-            schedule: LrSchedule::Constant,
+            ..OptimConfig::default()
         },
-        max_skipped: 0,
-        seed: 0,
         eval_every: 0,
         checkpoint_every: 0,
-        out: out.clone(),
-        // one graph: the table compares the methods' own peak memory
-        shards: 1,
+        ..LearnerConfig::new(reps + 2, out.clone())
     };
-    let mut trainer = Trainer::new(TrainerParts {
-        config,
-        policy: s.dit.clone(),
-        vae: s.vae.clone(),
-        norm: s.norm.clone(),
-        pixel: OracleReward,
-        reward,
-        train: s.prompts.clone(),
-        heldout: s.prompts.clone(),
-        sft: None,
-        latent_shape: s.latent_shape,
-    })?;
-    trainer.train_step()?; // warm-up
+    let mut learner = Learner::new(config, s.dit.clone(), method)?;
+    learner.train_step()?; // warm-up
     let mut times = Vec::new();
     let mut peak = 0u64;
-    for _ in 0..args.reps {
-        let m = trainer.train_step()?;
+    for _ in 0..reps {
+        let m = learner.train_step()?;
         times.push(m.step_seconds);
         peak = peak.max(m.peak_bytes.unwrap_or(0));
     }
@@ -266,52 +247,54 @@ fn bench(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse()?;
+    let args = Args::parse();
+    let (batch, reps) = (args.batch as usize, args.reps as usize);
     let mut md = String::new();
     for name in &args.configs {
         let s = setup(name, &args)?;
-        println!("\n{}: batch {}, {} reps", s.title, args.batch, args.reps);
-        let rgb = |frames| {
-            Method::RgbRefl(RgbReflConfig {
+        println!("\n{}: batch {batch}, {reps} reps", s.title);
+        let rgb = |frames| -> refl_trainer::Result<Box<dyn Method<AD, Dit>>> {
+            let config = RgbReflConfig {
+                batch,
+                sampling: sampling(),
                 window: 1,
                 frames,
                 lambda: 1.0,
-            })
+                shards: 1,
+            };
+            let vae = s.vae.clone().no_grad();
+            Ok(Box::new(RgbRefl::new(config, vae, s.norm.clone(), OracleReward, s.prompts.clone(), s.latent_shape)?))
         };
-        let runs: Vec<(&str, Method, LatentRewards<AD>)> = vec![
-            (
-                "RGB ReFL, all frames",
-                rgb(FrameSelection::All),
-                LatentRewards::Pixel,
-            ),
-            (
-                "RGB ReFL, first frame",
-                rgb(FrameSelection::First),
-                LatentRewards::Pixel,
-            ),
+        let prm_config = PrflConfig {
+            batch,
+            sampling: sampling(),
+            sft_every: 0,
+            ..PrflConfig::default()
+        };
+        // the quickstart's recipe, in one graph: the table compares the methods' own peak memory
+        let denoised_config = PrflConfig {
+            batch,
+            shards: 1,
+            ..prfl::shapes_world()
+        };
+        let denoised = world::denoised_velr(&s.dit, s.ensemble.members.clone(), 1.0)?;
+        let runs: Vec<(&str, Box<dyn Method<AD, Dit>>)> = vec![
+            ("RGB ReFL, all frames", rgb(FrameSelection::All)?),
+            ("RGB ReFL, first frame", rgb(FrameSelection::First)?),
             (
                 "PRFL (process reward, no decode)",
-                Method::Prfl(PrflConfig {
-                    start: None,
-                    window: 1,
-                    lambda: 0.1,
-                    margin: 2.0,
-                    sft_every: 0,
-                    kl_beta: 0.0,
-                }),
-                LatentRewards::Process(s.prm.clone()),
+                Box::new(Prfl::<AD, Dit, _, _>::new(prm_config, s.prm.clone(), s.prompts.clone(), s.latent_shape, None)?),
             ),
             (
                 "PRFL, ensemble on the DiT's x0 (KL 0.1)",
-                common::PrflRun::denoised_recipe().method(),
-                common::denoised_velr(&s.dit, s.ensemble.members.clone(), 1.0)?,
+                Box::new(Prfl::<AD, Dit, _, _>::new(denoised_config, denoised, s.prompts.clone(), s.latent_shape, None)?),
             ),
-            velr("VELR, policy step (ensemble reward, KL)", 0, &s),
-            velr("VELR, + pixel labels for the buffer", 1, &s),
+            ("VELR, policy step (ensemble reward, KL)", velr(0, &s, batch)?),
+            ("VELR, + pixel labels for the buffer", velr(1, &s, batch)?),
         ];
         let mut rows = Vec::new();
-        for (label, method, reward) in runs {
-            let (secs, peak) = bench(&s, method, reward, &args)?;
+        for (label, method) in runs {
+            let (secs, peak) = bench(&s, method, reps)?;
             println!(
                 "  {label:<40} {:>9.1} ms {:>9.1} MB",
                 secs * 1e3,
@@ -322,8 +305,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let (t0, m0) = (rows[0].1, rows[0].2.max(1) as f64);
         md += &format!(
-            "\n### {}\n\n`{}` backend, batch {}, median of {} steps after a warm-up.\n\n| method | step time (ms) | time ratio | peak memory (MB) | memory ratio |\n|---|---|---|---|---|\n",
-            s.title, DEFAULT_BACKEND_NAME, args.batch, args.reps
+            "\n### {}\n\n`{}` backend, batch {batch}, median of {reps} steps after a warm-up.\n\n| method | step time (ms) | time ratio | peak memory (MB) | memory ratio |\n|---|---|---|---|---|\n",
+            s.title, DEFAULT_BACKEND_NAME
         );
         for (label, secs, peak) in &rows {
             let line = format!(

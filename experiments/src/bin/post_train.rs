@@ -1,115 +1,96 @@
-//! The four-stage post-train pipeline (seed 003) on shapes-world: SFT -> GRPO with the latent
-//! ensemble reward -> prompt enhancement -> inference optimisation. After each stage it reports
-//! the held-out oracle reward and the sampling time per video, and writes a GIF.
+//! The four-stage post-train pipeline (arXiv 2604.25427) on shapes-world: SFT -> GRPO with the
+//! latent ensemble reward -> prompt enhancement -> inference optimisation. After each stage it
+//! reports the held-out oracle reward and the sampling time per video, and writes a GIF.
 //!
 //! ```text
-//! cargo run --release --example post_train
+//! cargo run --release -p experiments --bin post_train
+//! cargo run --release -p experiments --bin post_train -- --report docs/results/post_train.md
 //! ```
 //!
 //! Users write terse prompts (`small red circle left slowly black`: the attributes without the
 //! caption template); the oracle scores each sample against the full test caption the terse
-//! prompt was made from. Stages 0-2 embed the terse prompt as it is,
-//! stage 3 rewrites it with the world's rule-based `CaptionEnhancer` first, stage 4 searches the
-//! fewest Euler steps (and a schedule shift) that keep the stage-3 reward on training prompts
-//! within `--tolerance`, then reports on the held-out ones.
-//!
-//! Uses the VELR members in `--rewards` (default assets/shapes-world/rewards, where five are
-//! shipped; `train_rewards` writes them). Flags: `--sft-steps`, `--grpo-steps` (default 250),
-//! `--grpo-lr` (default 5e-5), `--sde-noise` (the Flow-GRPO SDE's noise level, default 0.7),
-//! `--align-every` (VELR's online alignment of the members on GRPO's rollouts every this many
-//! updates, default 5; 0: none), `--align-steps` (default 4), `--align-lr` (default 1e-4),
-//! `--rank-steps` (after each alignment round, Bradley-Terry steps of every member on the pairs
-//! within the update's groups; default 0: none), `--heldout`, `--members`, `--tolerance`,
-//! `--out`, `--report`.
+//! prompt was made from. Stages 0-2 embed the terse prompt as it is, stage 3 rewrites it with
+//! the world's rule-based `CaptionEnhancer` first, stage 4 searches the fewest Euler steps (and
+//! a schedule shift) that keep the stage-3 reward on training prompts within `--tolerance`, then
+//! reports on the held-out ones. The SFT and GRPO stages run in the Learner and resume from
+//! their checkpoints in `--out` when the command is run again (`--fresh` starts over).
 
 use std::{path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, module::Module};
-use common::AlignedEnsemble;
+use burn::backend::Autodiff;
+use clap::Parser;
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    FlowGrpoSde, PromptEnhancer,
+    loss::TimestepSampling,
+    FlowGrpoSde, PromptEnhancer, WanTransformer,
 };
 use ensemble::{Aggregation, Ensemble};
-use grpo::{GrpoTrainer, Sde};
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use refl_trainer::{AlignmentConfig, PromptSet};
-use shapes_world::{
-    pretrain::{train_dit, LatentCache, StageConfig},
-    write_gif, Caption, CaptionEnhancer, Direction, OracleReward, Split, Video, WorldModels,
+use latent_refl::{
+    grpo::{self, AlignedEnsemble, Grpo, PixelScore, RankingAlignment, Sde},
+    world::{self, paired_change, World},
 };
-
-mod common;
+use refl_trainer::{AlignmentConfig, Learner, LrSchedule, Sft, SftConfig, SftData, StepMetrics};
+use shapes_world::{
+    pretrain::LatentCache, write_gif, Caption, CaptionEnhancer, Direction, OracleReward, Split,
+    Video, WorldModels,
+};
 
 type B = DefaultBackend;
 type AD = Autodiff<B>;
+type Dit = WanTransformer<AD>;
 
+/// The post-train pipeline on shapes-world.
+#[derive(Parser)]
 struct Args {
+    /// SFT steps (8 rendered training videos each).
+    #[arg(long, default_value_t = 150)]
     sft_steps: usize,
+    /// GRPO updates.
+    #[arg(long, default_value_t = 250)]
     grpo_steps: usize,
+    /// GRPO's learning rate.
+    #[arg(long, default_value_t = 5e-5)]
     grpo_lr: f64,
+    /// The Flow-GRPO SDE's noise level.
+    #[arg(long, default_value_t = FlowGrpoSde::default().noise_level)]
     sde_noise: f64,
-    rank_steps: usize,
+    /// VELR's online alignment of the members on GRPO's rollouts every this many updates (0: none).
+    #[arg(long, default_value_t = 5)]
     align_every: usize,
+    /// Huber steps of 16 per member in each alignment round.
+    #[arg(long, default_value_t = 4)]
     align_steps: usize,
+    /// Learning rate of the alignment.
+    #[arg(long, default_value_t = 1e-4)]
     align_lr: f64,
+    /// After each alignment round, Bradley-Terry steps of every member on the pairs within the
+    /// update's groups (0: none).
+    #[arg(long, default_value_t = 0)]
+    rank_steps: usize,
+    /// Held-out test prompts.
+    #[arg(long, default_value_t = 32)]
     heldout: usize,
+    /// VELR ensemble members (of those in --rewards).
+    #[arg(long, default_value_t = 5)]
     members: usize,
+    /// Reward tolerance of the step search.
+    #[arg(long, default_value_t = 0.01)]
     tolerance: f64,
+    /// The pretrained world models.
+    #[arg(long, default_value = world::MODELS)]
     models: PathBuf,
+    /// The VELR members (velr.json, velr_0.mpk, ...).
+    #[arg(long, default_value = world::REWARDS)]
     rewards: PathBuf,
+    /// Output folder (GIFs, the stages' checkpoints and logs, the report).
+    #[arg(long, default_value = "out/post_train")]
     out: PathBuf,
-    report: PathBuf,
-}
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        sft_steps: 150,
-        grpo_steps: 250,
-        grpo_lr: 5e-5,
-        sde_noise: FlowGrpoSde::default().noise_level,
-        rank_steps: 0,
-        align_every: common::GRPO_ALIGN_EVERY,
-        align_steps: common::GRPO_ALIGNMENT.steps,
-        align_lr: common::GRPO_ALIGNMENT.lr,
-        heldout: 32,
-        members: 5,
-        tolerance: 0.01,
-        models: "assets/shapes-world".into(),
-        rewards: "assets/shapes-world/rewards".into(),
-        out: "docs/post_train".into(),
-        report: "docs/post_train.md".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        let n = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
-        match flag.as_str() {
-            "--sft-steps" => a.sft_steps = n(val()?)?,
-            "--grpo-steps" => a.grpo_steps = n(val()?)?,
-            "--heldout" => a.heldout = n(val()?)?,
-            "--members" => a.members = n(val()?)?,
-            "--tolerance" => a.tolerance = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
-            "--grpo-lr" => a.grpo_lr = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
-            "--rank-steps" => a.rank_steps = n(val()?)?,
-            "--sde-noise" => a.sde_noise = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
-            "--align-every" => a.align_every = n(val()?)?,
-            "--align-steps" => a.align_steps = n(val()?)?,
-            "--align-lr" => a.align_lr = val()?.parse().map_err(|e| format!("{flag}: {e}"))?,
-            "--models" => a.models = val()?.into(),
-            "--rewards" => a.rewards = val()?.into(),
-            "--out" => a.out = val()?.into(),
-            "--report" => a.report = val()?.into(),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    if a.heldout == 0 || a.members == 0 || a.grpo_steps == 0 || a.align_steps == 0 {
-        return Err("--heldout, --members, --grpo-steps and --align-steps must be >= 1".into());
-    }
-    if !(a.grpo_lr > 0.0 && a.align_lr > 0.0 && a.sde_noise > 0.0) {
-        return Err("--grpo-lr, --align-lr and --sde-noise must be > 0".into());
-    }
-    Ok(a)
+    /// Also write the report here (e.g. docs/results/post_train.md).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Start over: delete --out first.
+    #[arg(long)]
+    fresh: bool,
 }
 
 /// What a user types: every attribute the oracle checks, as bare words without the caption
@@ -156,6 +137,12 @@ fn evaluate(
     Ok((rewards, secs / truth.len() as f64))
 }
 
+/// The loss of every step in the metrics log of the run in `out`.
+fn losses(out: &std::path::Path) -> refl_trainer::Result<Vec<f64>> {
+    let log = refl_trainer::MetricsLog::read(&out.join("metrics.jsonl"))?;
+    Ok(log.iter().filter_map(|m| m.loss).collect())
+}
+
 fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len() as f64
 }
@@ -191,34 +178,19 @@ struct Row {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse()?;
+    let args = Args::parse();
     let dev = Default::default();
     let t_all = Instant::now();
-    let mut world = WorldModels::<AD>::load(&args.models, &dev)?;
-    let members = common::load_velr_members::<AD>(&args.rewards, "velr", args.members, &dev)?;
-    let mut reward = AlignedEnsemble::new(
-        Ensemble::new(members)?.with_aggregation(Aggregation::LowerConfidenceBound { k: 1.0 }),
-        AlignmentConfig {
-            steps: args.align_steps,
-            lr: args.align_lr,
-            ..common::GRPO_ALIGNMENT
-        },
-        args.align_every,
-        world.config.latent_shape(),
-    )?;
-    if args.rank_steps > 0 {
-        reward.ranking = Some(common::RankingAlignment {
-            steps: args.rank_steps,
-            margin: 0.005,
-            lr: args.align_lr,
-        });
+    if args.fresh {
+        let _ = std::fs::remove_dir_all(&args.out);
     }
-
-    let heldout = common::shuffled_captions(Split::Test, 2, args.heldout);
-    let val = common::shuffled_captions(Split::Train, 3, args.heldout);
+    std::fs::create_dir_all(&args.out)?;
+    let world = World::<AD>::load(&args.models, &dev)?;
+    let latent_shape = world.latent_shape();
+    let heldout = world::shuffled_captions(Split::Test, 2, args.heldout);
+    let val = world::shuffled_captions(Split::Train, 3, args.heldout);
     let terse_heldout: Vec<String> = heldout.iter().map(terse).collect();
     let full_captions: Vec<String> = heldout.iter().map(Caption::text).collect();
-    std::fs::create_dir_all(&args.out)?;
     let show = &terse_heldout[0];
     let mut rows = Vec::new();
     let mut stage = |name: &'static str,
@@ -255,109 +227,113 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         Ok(())
     };
-    stage(
-        "base",
-        &world.valid(),
-        &terse_heldout,
-        20,
-        3.0,
-        "shipped model".into(),
-    )?;
+    stage("base", &world.models, &terse_heldout, 20, 3.0, "shipped model".into())?;
 
-    // 1. SFT: flow matching on rendered (curated) training videos; the text encoder stays frozen
-    // so the reward models' embeddings keep their meaning
-    world.text = world.text.clone().no_grad();
+    // 1. SFT: flow matching on rendered (curated) training videos; the text encoder stays as it
+    // is, so the reward models' embeddings keep their meaning
     let t = Instant::now();
-    let cache = LatentCache::build(&world.valid(), 512, 11, &dev)?;
-    let sft = StageConfig {
-        steps: args.sft_steps,
+    let cache = LatentCache::build(&world.models, 512, 11, &dev)?;
+    let sft_data = SftData::new(cache.latents.clone(), world.models.embed(&cache.captions, &dev)?)?;
+    let sft_config = SftConfig {
         batch: 8,
-        lr: 5e-5,
-        seed: 11,
+        timesteps: TimestepSampling::LogitNormal {
+            mean: 0.0,
+            std: 1.0,
+            shift: 3.0,
+        },
+        shards: 2,
     };
-    let curve = train_dit(&mut world, &cache, sft, &dev)?;
+    let sft = Sft::new(sft_config, sft_data)?;
+    let config = world::learner_config(args.sft_steps, 5e-5, args.out.join("sft"));
+    let mut learner = Learner::new(config, world.models_ad.dit.clone(), sft)?;
+    learner.run()?;
+    let losses = losses(&learner.config().out)?;
+    let sft_dit: Dit = learner.into_policy();
     stage(
         "sft",
-        &world.valid(),
+        &world::with_dit(&world.models, &sft_dit),
         &terse_heldout,
         20,
         3.0,
         format!(
-            "{} flow-matching steps of 8 rendered training videos, lr 5e-5 ({:.0} s, loss {:.3} -> {:.3})",
+            "{} flow-matching steps of 8 rendered training videos, lr 5e-5 ({:.0} s this run, loss {:.3} -> {:.3})",
             args.sft_steps,
             t.elapsed().as_secs_f64(),
-            curve.first().unwrap_or(&f64::NAN),
-            curve.last().unwrap_or(&f64::NAN)
+            losses.first().unwrap_or(&f64::NAN),
+            losses.last().unwrap_or(&f64::NAN)
         ),
     )?;
 
-    // 2. GRPO with the latent ensemble reward (mean - 1 std of the VELR members)
+    // 2. GRPO with the latent ensemble reward (mean - 1 std of the VELR members), kept aligned
+    // on the rollouts by the oracle's labels of their decodings
     let t = Instant::now();
-    let train = common::shuffled_captions(Split::Train, 1, 512);
-    let train_set = PromptSet::new(train.clone(), world.valid().embed(&train, &dev)?)?;
-    let mut config = common::grpo_config(args.grpo_lr);
+    let members = world::load_velr_members::<AD>(&args.rewards, "velr", args.members, &dev)?;
+    let labeller = PixelScore {
+        vae: world.models.vae.clone(),
+        norm: world.models.latent_norm(),
+        pixel: OracleReward,
+    };
+    let alignment = AlignmentConfig {
+        capacity: 256,
+        steps: args.align_steps,
+        batch: 16,
+        lr: args.align_lr,
+    };
+    let lcb = Aggregation::LowerConfidenceBound { k: 1.0 };
+    let ensemble = Ensemble::new(members)?.with_aggregation(lcb);
+    let mut reward = AlignedEnsemble::new(ensemble, labeller, alignment, args.align_every, latent_shape)?;
+    if args.rank_steps > 0 {
+        reward.ranking = Some(RankingAlignment {
+            steps: args.rank_steps,
+            margin: 0.005,
+            lr: args.align_lr,
+        });
+    }
+    let mut config = grpo::iso_temporal();
     config.sde = Sde::FlowGrpo(FlowGrpoSde {
         noise_level: args.sde_noise,
         ..FlowGrpoSde::default()
     });
-    let about = common::grpo_settings(&config, common::GRPO_PROMPTS);
-    let mut grpo = GrpoTrainer::new(config, world.dit.clone())?;
-    let mut rng = StdRng::seed_from_u64(5);
-    let mut curve = Vec::new();
-    let mut rounds = Vec::new();
-    // decodes the rollouts for the oracle's labels (the VAE is not trained)
-    let labeller = world.valid();
-    for _ in 0..args.grpo_steps {
-        let idx: Vec<usize> = (0..common::GRPO_PROMPTS)
-            .map(|_| rng.random_range(0..train.len()))
-            .collect();
-        let (prompts, text) = train_set.batch(&idx);
-        let m = grpo.train_step(&prompts, text, world.config.latent_shape(), reward.reward())?;
-        println!(
-            "  grpo step {}: latent reward {:.3} (group std {:.3}), kl {:.2e}, clipped {:.2}",
-            m.step, m.reward, m.reward_std, m.kl, m.clip_fraction
-        );
-        curve.push(m.reward);
-        if let Some(r) = reward.after_update(&grpo, &idx, &train_set, &labeller, &mut rng)? {
-            println!(
-                "    alignment: oracle {:.3}, latent reward {:.3}, members' PCC with the oracle {:.3} (within groups {:.3})",
-                r.oracle, r.latent, r.pearson, r.group_pearson
-            );
-            rounds.push(r);
-        }
-    }
+    let about = experiments::grpo_settings(&config);
+    let method = Grpo::<AD, Dit, _, _>::new(config, reward, world.train_prompts(512)?, latent_shape)?;
+    let mut learner_config = world::learner_config(args.grpo_steps, args.grpo_lr, args.out.join("grpo"));
+    learner_config.optim.schedule = LrSchedule::Constant;
+    let mut learner = Learner::new(learner_config, sft_dit, method)?;
+    learner.run()?;
+    let log = refl_trainer::MetricsLog::read(&learner.config().out.join("metrics.jsonl"))?;
+    let curve: Vec<f64> = log.iter().filter_map(|m| m.latent_reward).collect();
+    let rounds: Vec<&StepMetrics> = log.iter().filter(|m| m.extra.contains_key("align_pearson")).collect();
     let ends = curve.len().min(10);
     let aligned = if rounds.is_empty() {
         "no online alignment".to_string()
     } else {
         let k = rounds.len().min(5);
-        let avg = |r: &[common::AlignmentRound], f: fn(&common::AlignmentRound) -> f64| {
-            r.iter().map(f).sum::<f64>() / r.len() as f64
-        };
+        let avg = |r: &[&StepMetrics], key: &str| r.iter().map(|m| m.extra[key]).sum::<f64>() / r.len() as f64;
         let (first, last) = (&rounds[..k], &rounds[rounds.len() - k..]);
+        let ranking = match args.rank_steps {
+            0 => String::new(),
+            n => format!(", then {n} Bradley-Terry steps of 16 pairs within a group (oracle gap >= 0.005)"),
+        };
         format!(
-            "VELR online alignment every {} updates (the update's rollouts decoded and scored by the oracle, a buffer of 256 by ensemble variance, {} Huber steps of 16 per member at lr {:e}{}): on the labelled rollouts, oracle {:.3} -> {:.3}, latent reward {:.3} -> {:.3}, members' Pearson with the oracle {:.2} -> {:.2}, within groups {:.2} -> {:.2} (first / last {k} rounds)",
+            "VELR online alignment every {} updates (the update's rollouts decoded and scored by the oracle, a buffer of 256 by ensemble variance, {} Huber steps of 16 per member at lr {:e}{ranking}): on the labelled rollouts, oracle {:.3} -> {:.3}, latent reward {:.3} -> {:.3}, members' Pearson with the oracle {:.2} -> {:.2}, within groups {:.2} -> {:.2} (first / last {k} rounds)",
             args.align_every, args.align_steps, args.align_lr,
-            match reward.ranking {
-                Some(r) => format!(", then {} Bradley-Terry steps of 16 pairs within a group (oracle gap >= {})", r.steps, r.margin),
-                None => String::new(),
-            },
-            avg(first, |r| r.oracle), avg(last, |r| r.oracle),
-            avg(first, |r| r.latent), avg(last, |r| r.latent),
-            avg(first, |r| r.pearson), avg(last, |r| r.pearson),
-            avg(first, |r| r.group_pearson), avg(last, |r| r.group_pearson),
+            avg(first, "align_label"), avg(last, "align_label"),
+            avg(first, "align_latent"), avg(last, "align_latent"),
+            avg(first, "align_pearson"), avg(last, "align_pearson"),
+            avg(first, "align_group_pearson"), avg(last, "align_group_pearson"),
         )
     };
-    world.dit = grpo.policy.clone();
+    let model = world::with_dit(&world.models, learner.policy());
     stage(
         "grpo (latent ensemble)",
-        &world.valid(),
+        &model,
         &terse_heldout,
         20,
         3.0,
         format!(
-            "{} updates of {about} ({:.0} s; the rollouts' latent reward {:.3} in the first {ends} steps, {:.3} in the last {ends}); {aligned}",
+            "{} updates at lr {:e} of {about} ({:.0} s this run; the rollouts' latent reward {:.3} in the first {ends} steps, {:.3} in the last {ends}); {aligned}",
             args.grpo_steps,
+            args.grpo_lr,
             t.elapsed().as_secs_f64(),
             mean(&curve[..ends]),
             mean(&curve[curve.len() - ends..])
@@ -372,7 +348,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ps.iter().map(|p| enhancer.enhance(p)).collect()
     };
     let enhanced = enhance(&terse_heldout)?;
-    let model = world.valid();
     stage(
         "prompt enhancement",
         &model,
@@ -419,13 +394,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let mut md = format!(
-        "# The post-train pipeline on shapes-world\n\nProduced by `cargo run --release --example post_train{}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores) in {:.1} min. \
+        "# The post-train pipeline on shapes-world\n\nProduced by `{}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores) in {:.1} min. \
          Held-out: {} test captions; the user prompt is terse (the caption's attribute words without its template, e.g. `{show}`), the oracle scores against the full caption. \
          Sampling time is the denoising chain per video (Euler, batches of 8), without decoding. GIFs of the first held-out prompt per stage are in `{}` (`0_base.gif` ... `4_inference.gif`).\n\n\
          The change is from the row above, prompt by prompt on the same noise, with the standard error of that paired mean; \
          the full-caption column prompts each stage's model with the full test captions instead (what prompt enhancement feeds it).\n\n\
          | stage | held-out oracle reward | change | full captions | change | sampling ms / video | steps | shift | what |\n|---|---|---|---|---|---|---|---|---|\n",
-        common::command_flags(),
+        experiments::command("post_train"),
         t_all.elapsed().as_secs_f64() / 60.0,
         args.heldout,
         args.out.display()
@@ -434,7 +409,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for r in &rows {
         let change = |of: fn(&Row) -> &[f64]| match previous {
             Some(p) => {
-                let (d, se) = common::paired_change(of(p), of(r));
+                let (d, se) = paired_change(of(p), of(r));
                 format!("{d:+.4} +- {se:.4}")
             }
             None => "-".into(),
@@ -453,10 +428,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         previous = Some(r);
     }
-    if let Some(dir) = args.report.parent() {
-        std::fs::create_dir_all(dir)?;
+    std::fs::write(args.out.join("post_train.md"), &md)?;
+    if let Some(report) = &args.report {
+        if let Some(dir) = report.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(report, &md)?;
     }
-    std::fs::write(&args.report, &md)?;
     println!("\n{md}");
     Ok(())
 }

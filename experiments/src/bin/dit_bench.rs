@@ -2,8 +2,8 @@
 //! memory (device pool on GPU backends, heap on CPU backends).
 //!
 //! ```text
-//! cargo run --release --example dit_bench -- --preset small
-//! cargo run --release --features cuda --example dit_bench -- --preset wan1.3b --latent 16,5,30,52
+//! cargo run --release -p experiments --bin dit_bench -- --preset small
+//! cargo run --release -p experiments --features cuda --bin dit_bench -- --preset wan1.3b --latent 16,5,30,52
 //! ```
 
 use std::time::Duration;

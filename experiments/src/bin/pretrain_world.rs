@@ -2,12 +2,13 @@
 //! weights plus a report.
 //!
 //! ```text
-//! cargo run --release --example pretrain_world -- --out assets/shapes-world
+//! cargo run --release -p experiments --bin pretrain_world              # into out/shapes-world
+//! cargo run --release -p experiments --bin pretrain_world -- --out assets/shapes-world --report docs/results/shapes_world.md
 //! ```
 //!
 //! Flags: `--vae-steps N`, `--dit-steps N`, `--batch N`, `--eval N` (captions per split),
 //! `--cache N` (videos encoded once for DiT training), `--report PATH` (markdown, default
-//! docs/shapes_world_pretrain.md).
+//! out/shapes-world/pretrain.md).
 
 use std::{path::PathBuf, time::Instant};
 
@@ -34,8 +35,8 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        out: "assets/shapes-world".into(),
-        report: "docs/shapes_world_pretrain.md".into(),
+        out: "out/shapes-world".into(),
+        report: "out/shapes-world/pretrain.md".into(),
         vae_steps: 1200,
         dit_steps: 4000,
         batch: 8,

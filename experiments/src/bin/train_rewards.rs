@@ -5,12 +5,12 @@
 //! space against decoding with the VAE and scoring pixels.
 //!
 //! ```text
-//! cargo run --release --example train_rewards
-//! cargo run --release --example train_rewards --features wgpu -- --report docs/rewards_wgpu.md
+//! cargo run --release -p experiments --bin train_rewards
+//! cargo run --release -p experiments --features wgpu --bin train_rewards -- --report out/rewards_wgpu.md
 //! ```
 //!
-//! Writes the tables to `--report` (default docs/rewards.md) and the trained models to
-//! `--save` (default assets/shapes-world/rewards). Generated data is cached in `--data`
+//! Writes the tables to `--report` (default out/rewards/rewards.md) and the trained models to
+//! `--save` (default out/rewards; the shipped ones are in assets/shapes-world/rewards). Generated data is cached in `--data`
 //! (default out/reward-data). Sizes: `--train-prompts`, `--eval-prompts`, `--per-prompt`,
 //! `--prm-steps` (0: evaluate the saved process reward model), `--lrm-steps` (default 2400),
 //! `--members`, `--margin` (least reward gap of a preference pair), `--hard-negatives` (extra
@@ -59,7 +59,6 @@ use rand::{
 };
 use shapes_world::{captions, split_of, Caption, OracleReward, RewardData, Split, WorldModels};
 
-mod common;
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
@@ -98,8 +97,8 @@ fn parse() -> Result<Args, String> {
         perturb: InputPerturbation::None,
         models: "assets/shapes-world".into(),
         data: "out/reward-data".into(),
-        save: "assets/shapes-world/rewards".into(),
-        report: "docs/rewards.md".into(),
+        save: "out/rewards".into(),
+        report: "out/rewards/rewards.md".into(),
         train_prompts: 192,
         eval_prompts: 48,
         per_prompt: 4,
@@ -536,9 +535,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         pairs.push(data.pair_set(&models, &dev)?);
     }
-    let flags = common::command_flags();
+    let command = experiments::command("train_rewards");
     let mut md = format!(
-        "# Latent reward models on shapes-world\n\nProduced by `cargo run --release --example train_rewards{flags}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
+        "# Latent reward models on shapes-world\n\nProduced by `{command}` on the {DEFAULT_BACKEND_NAME} backend (2 CPU cores). \
          Data: for each prompt, {} base-model samples (20 Euler steps) scored by the pixel oracle, the rendered ground-truth video, and a rendered video of another caption; \
          preference pairs are any two samples of the same prompt whose rewards differ by at least {}. Prompts: {} train, {} test, {} out-of-distribution (colour-shape pairs never seen in training). \
          The regression models train on the training split plus hard negatives: each generated sample rescored against a near-miss caption (colour, shape or direction changed, kept inside the training split), \
@@ -570,7 +569,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let prm = load_record(prm, &args.save.join("prm.mpk"), &dev)?.freeze_embeddings();
         (
             prm,
-            "the saved model (`--prm-steps 0`; trained by this example with 600 steps)".to_string(),
+            "the saved model (`--prm-steps 0`; trained by this driver with 600 steps)".to_string(),
         )
     } else {
         B::seed(&dev, 0);
@@ -585,7 +584,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let noise = TimestepSampling::Uniform { shift: 3.0 };
         let (prm, report) = fit_preference(
             prm,
-            &common::to_autodiff_pairs(&pairs[0])?,
+            &experiments::to_autodiff_pairs(&pairs[0])?,
             PreferenceLoss::BradleyTerry,
             Some(noise),
             args.perturb,

@@ -13,7 +13,7 @@ use burn::{
 };
 use diffusion_core::{
     backend::{Flex, NdArray},
-    probe::{HeapProbe, PeakAlloc},
+    io::probe::{HeapProbe, PeakAlloc},
     WanConfig,
 };
 

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use burn::tensor::ElementConversion;
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    progress::Progress,
+    io::progress::Progress,
 };
 use shapes_world::{
     captions, write_contact_sheet, write_gif, Caption, OracleReward, Split, Video, WorldModels,

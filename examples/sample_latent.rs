@@ -13,8 +13,8 @@ use std::{path::PathBuf, time::Instant};
 use burn::tensor::{Distribution, Tensor};
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    checkpoint::load_safetensors,
-    rollout::randn,
+    io::checkpoint::load_safetensors,
+    sampling::rollout::randn,
     Conditioning, DanceGrpoSde, EulerOde, FlowGrpoSde, FlowMatchScheduleConfig, Rollout, Stepper,
     Trajectory, WanConfig, WanTransformer,
 };

@@ -3,7 +3,8 @@
 
 pub use crate::{grpo, prfl, rgb_refl, sft, velr, world, world::World};
 pub use diffusion_core::{
-    backend::DefaultBackend, vae::VideoAutoencoder, VelocityModel, WanConfig, WanTransformer,
+    backend::DefaultBackend, models::vae::VideoAutoencoder, VelocityModel, WanConfig,
+    WanTransformer,
 };
 pub use ensemble::{Aggregation, Ensemble};
 pub use latent_reward::{LatentReward, PixelReward};

@@ -10,7 +10,8 @@ use burn::{
     tensor::{backend::AutodiffBackend, backend::Backend, Tensor},
 };
 use diffusion_core::{
-    checkpoint::load_record, vae::CausalVae, CoreError, FlowMatchScheduleConfig, WanTransformer,
+    io::checkpoint::load_record, models::vae::CausalVae, CoreError, FlowMatchScheduleConfig,
+    WanTransformer,
 };
 use ensemble::{Aggregation, Ensemble};
 use latent_reward::{

@@ -5,7 +5,7 @@
 mod common;
 
 #[global_allocator]
-static ALLOC: diffusion_core::probe::PeakAlloc = diffusion_core::probe::PeakAlloc;
+static ALLOC: diffusion_core::io::probe::PeakAlloc = diffusion_core::io::probe::PeakAlloc;
 
 use burn::{
     module::Param,
@@ -14,9 +14,9 @@ use burn::{
 };
 use common::*;
 use diffusion_core::{
-    checkpoint::{NamedWeights, ParamLayout, WeightVisitor},
-    probe::memory_in_use,
-    rollout::randn,
+    io::checkpoint::{NamedWeights, ParamLayout, WeightVisitor},
+    io::probe::memory_in_use,
+    sampling::rollout::randn,
     Conditioning, FlowGrpoSde, FlowMatchScheduleConfig, GradWindow, Rollout, WanConfig,
     WanTransformer,
 };
@@ -193,8 +193,8 @@ fn full_window_with_checkpointing_gives_the_same_gradients() {
     // the same weights on the checkpointing backend
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("ckpt.safetensors");
-    diffusion_core::checkpoint::save_safetensors(&plain, &path).unwrap();
-    let ckpt: WanTransformer<Ckpt> = diffusion_core::checkpoint::load_safetensors(
+    diffusion_core::io::checkpoint::save_safetensors(&plain, &path).unwrap();
+    let ckpt: WanTransformer<Ckpt> = diffusion_core::io::checkpoint::load_safetensors(
         WanConfig::tiny().init::<Ckpt>(&dev).unwrap(),
         &path,
         &dev,

@@ -1,7 +1,7 @@
 //! What scores the final latents of GRPO's rollouts.
 
 use burn::tensor::{backend::Backend, Tensor};
-use diffusion_core::vae::{LatentNorm, VideoAutoencoder};
+use diffusion_core::models::vae::{LatentNorm, VideoAutoencoder};
 use latent_reward::{LatentReward, PixelReward};
 
 use crate::error::{GrpoError, Result};

@@ -9,9 +9,9 @@ use burn::{
     tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor, TensorData},
 };
 use diffusion_core::{
-    parallel::{shard_rows, sharded_grads},
-    rollout::randn,
-    stepper::{gaussian_log_prob, Transition},
+    sampling::rollout::randn,
+    sampling::stepper::{gaussian_log_prob, Transition},
+    train::parallel::{shard_rows, sharded_grads},
     Conditioning, DanceGrpoSde, FlowGrpoSde, FlowMatchScheduleConfig, LogProbReduction, Rollout,
     Stepper, VelocityModel,
 };
@@ -102,7 +102,7 @@ pub struct GrpoConfig {
     /// Flow-GRPO SDE).
     pub rectify: bool,
     /// Shards of the group's rows whose re-evaluation of a trained step runs side by side on
-    /// their own threads (`diffusion_core::parallel::sharded_grads`); 1: one graph.
+    /// their own threads (`diffusion_core::train::parallel::sharded_grads`); 1: one graph.
     #[serde(default = "one")]
     pub shards: usize,
 }

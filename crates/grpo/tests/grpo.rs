@@ -6,7 +6,7 @@ use burn::{
     backend::Autodiff,
     tensor::{backend::Backend, Distribution, Tensor, TensorData},
 };
-use diffusion_core::rollout::randn;
+use diffusion_core::sampling::rollout::randn;
 use diffusion_core::{
     backend::DefaultBackend, FlowGrpoSde, LogProbReduction, Stepper, VelocityModel, WanConfig,
 };
@@ -189,7 +189,7 @@ fn grpo_steps_raise_the_expected_reward() {
         for _ in 0..4 {
             let v = theta.clone().reshape([1, d]).repeat_dim(0, group * groups);
             let tr = sde.transition(x.clone(), v, sigma, next);
-            let lp = diffusion_core::stepper::gaussian_log_prob(
+            let lp = diffusion_core::sampling::stepper::gaussian_log_prob(
                 next_sample.clone(),
                 tr.mean,
                 tr.std,

@@ -12,7 +12,7 @@
 //! difference of two ordinary forward passes, `(r(x + h u) - r(x - h u)) / 2h`.
 
 use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
-use diffusion_core::{loss::TimestepSampling, rollout::randn};
+use diffusion_core::{sampling::rollout::randn, train::loss::TimestepSampling};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 

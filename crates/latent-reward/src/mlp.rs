@@ -39,7 +39,7 @@ impl MlpRewardConfig {
         let mut widths = vec![2 * self.latent_channels + self.text_dim];
         widths.extend(&self.hidden);
         widths.push(1);
-        Ok(diffusion_core::checkpoint::materialize(MlpReward {
+        Ok(diffusion_core::io::checkpoint::materialize(MlpReward {
             layers: widths
                 .windows(2)
                 .map(|w| LinearConfig::new(w[0], w[1]).init(device))

@@ -90,7 +90,7 @@ impl ProcessRewardConfig {
                 .map(|w| LinearConfig::new(w[0], w[1]).init(device))
                 .collect(),
         };
-        Ok(diffusion_core::checkpoint::materialize(
+        Ok(diffusion_core::io::checkpoint::materialize(
             model.freeze_embeddings(),
         ))
     }

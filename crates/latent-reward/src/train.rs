@@ -6,8 +6,8 @@ use burn::{
     tensor::{backend::AutodiffBackend, backend::Backend, ElementConversion, Tensor, TensorData},
 };
 use diffusion_core::{
-    fused_adamw::FusedAdamW, loss::TimestepSampling, optim::clip_grad_norm, progress::Progress,
-    rollout::randn,
+    io::progress::Progress, ops::fused_adamw::FusedAdamW, sampling::rollout::randn,
+    train::loss::TimestepSampling, train::optim::clip_grad_norm,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};

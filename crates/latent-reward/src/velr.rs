@@ -215,7 +215,7 @@ impl VelrRewardConfig {
             text_dim: self.text_dim,
             last_token_only: self.text_keys == TextKeys::Last,
         };
-        Ok(diffusion_core::checkpoint::materialize(model))
+        Ok(diffusion_core::io::checkpoint::materialize(model))
     }
 }
 
@@ -286,7 +286,8 @@ impl<B: Backend> LatentReward<B> for VelrReward<B> {
         let b = latents.dims()[0];
         // sinusoidal features of 1000 sigma, [B, 32] (NoiseInput::BlockFilm only)
         let noise = self.noise_film.as_ref().map(|films| {
-            let features = diffusion_core::wan::timestep_sinusoid(sigma * 1000.0, NOISE_FEATURES);
+            let features =
+                diffusion_core::models::wan::timestep_sinusoid(sigma * 1000.0, NOISE_FEATURES);
             (films, features)
         });
         // the mean text token, [B, D_text] (TextFusion::BlockFilm only)

@@ -9,8 +9,8 @@ use burn::{
 };
 use diffusion_core::{
     backend::DefaultBackend,
-    loss::TimestepSampling,
-    snapshot::{param_snapshot, ParamValues},
+    train::loss::TimestepSampling,
+    train::snapshot::{param_snapshot, ParamValues},
     WanConfig,
 };
 use latent_reward::*;
@@ -420,9 +420,9 @@ fn noise_aware_velr_regresses_the_clean_target_from_noisy_latents() {
     assert!(m.pearson > 0.8, "noise-aware VELR at sigma 0.5: {m:?}");
     // the noise FiLM survives a checkpoint round trip
     let path = std::env::temp_dir().join(format!("noisy_velr_{}.mpk", std::process::id()));
-    diffusion_core::checkpoint::save_record(velr.clone(), &path).unwrap();
+    diffusion_core::io::checkpoint::save_record(velr.clone(), &path).unwrap();
     let blank = cfg(NoiseInput::BlockFilm).init::<AD>(&dev).unwrap();
-    let loaded = diffusion_core::checkpoint::load_record(blank, &path, &dev).unwrap();
+    let loaded = diffusion_core::io::checkpoint::load_record(blank, &path, &dev).unwrap();
     let _ = std::fs::remove_file(&path);
     assert_eq!(scores(&loaded, 0.3), scores(&velr, 0.3));
     // `predict_at` with sigma 0 is `predict`: the clean latents, no noise drawn

@@ -12,7 +12,7 @@ use burn::{
     record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder},
     tensor::{backend::Backend, Tensor},
 };
-use diffusion_core::checkpoint::write_atomic;
+use diffusion_core::io::checkpoint::write_atomic;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Result, TrainError};

@@ -3,9 +3,9 @@
 
 use burn::tensor::{backend::Backend, ElementConversion};
 use diffusion_core::{
-    parallel::{cores, parallel_map},
-    rollout::randn,
-    vae::{LatentNorm, VideoAutoencoder},
+    models::vae::{LatentNorm, VideoAutoencoder},
+    sampling::rollout::randn,
+    train::parallel::{cores, parallel_map},
     Conditioning, EulerOde, Rollout, Schedule, VelocityModel,
 };
 use latent_reward::PixelReward;

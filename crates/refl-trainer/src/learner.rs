@@ -12,10 +12,10 @@ use burn::{
     tensor::backend::AutodiffBackend,
 };
 use diffusion_core::{
-    checkpoint::write_atomic,
-    probe::{device_reserved_bytes, HeapProbe},
-    progress::Progress,
-    rollout::step_rng,
+    io::checkpoint::write_atomic,
+    io::probe::{device_reserved_bytes, HeapProbe},
+    io::progress::Progress,
+    sampling::rollout::step_rng,
 };
 use serde::{Deserialize, Serialize};
 

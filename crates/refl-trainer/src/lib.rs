@@ -19,7 +19,7 @@ pub mod prompts;
 pub use alignment::{AlignmentConfig, BufferItem, OnlineAlignment};
 pub use checkpoint::{CheckpointReader, CheckpointWriter};
 pub use config::load_config;
-pub use diffusion_core::vae::LatentNorm;
+pub use diffusion_core::models::vae::LatentNorm;
 pub use error::{Result, TrainError};
 pub use evaluation::{heldout_reward, Evaluate, HeldoutReward};
 pub use guard::{Guard, GuardConfig, Rejection};

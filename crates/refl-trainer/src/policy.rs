@@ -6,7 +6,7 @@ use burn::{
     optim::{adaptor::OptimizerAdaptor, GradientsParams, Optimizer},
     tensor::backend::AutodiffBackend,
 };
-use diffusion_core::{fused_adamw::FusedAdamW, optim::clip_grad_norm, VelocityModel};
+use diffusion_core::{ops::fused_adamw::FusedAdamW, train::optim::clip_grad_norm, VelocityModel};
 
 use crate::{
     error::Result,

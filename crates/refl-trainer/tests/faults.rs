@@ -9,7 +9,7 @@ use burn::{
     module::{Module, ModuleVisitor, Param},
     tensor::{backend::Backend, Tensor},
 };
-use diffusion_core::{backend::DefaultBackend, rollout::randn, WanConfig};
+use diffusion_core::{backend::DefaultBackend, sampling::rollout::randn, WanConfig};
 use rand::{rngs::StdRng, SeedableRng};
 use refl_trainer::*;
 
@@ -39,7 +39,7 @@ fn sft(poison: bool) -> Sft<AD> {
     Sft::new(
         SftConfig {
             batch: 2,
-            timesteps: diffusion_core::loss::TimestepSampling::Uniform { shift: 3.0 },
+            timesteps: diffusion_core::train::loss::TimestepSampling::Uniform { shift: 3.0 },
             shards: 1,
         },
         data,
@@ -76,7 +76,7 @@ fn checkpoint_policy(dir: &Path, step: usize) -> Dit {
         serde_json::from_slice(&std::fs::read(dir.join("checkpoint/state.json")).unwrap()).unwrap();
     assert_eq!(state["step"], step);
     let file = dir.join(format!("checkpoint/policy-{step:08}.mpk"));
-    diffusion_core::checkpoint::load_record(policy(), &file, &Default::default()).unwrap()
+    diffusion_core::io::checkpoint::load_record(policy(), &file, &Default::default()).unwrap()
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn resume_refuses_bad_checkpoints_and_deletes_nothing() {
     let other_sft = Sft::<AD>::new(
         SftConfig {
             batch: 3,
-            timesteps: diffusion_core::loss::TimestepSampling::Uniform { shift: 3.0 },
+            timesteps: diffusion_core::train::loss::TimestepSampling::Uniform { shift: 3.0 },
             shards: 1,
         },
         SftData::new(

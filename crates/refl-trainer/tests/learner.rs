@@ -11,9 +11,9 @@ use burn::{
 };
 use diffusion_core::{
     backend::DefaultBackend,
-    rollout::randn,
-    snapshot::{differing_entries, param_snapshot, ParamValues},
-    vae::{CausalVae, CausalVaeConfig},
+    models::vae::{CausalVae, CausalVaeConfig},
+    sampling::rollout::randn,
+    train::snapshot::{differing_entries, param_snapshot, ParamValues},
     FlowGrpoSde, FlowMatchScheduleConfig, WanConfig, WanTransformer,
 };
 use ensemble::{Aggregation, Ensemble};
@@ -475,7 +475,7 @@ fn sft_trains_and_resumes_exactly() {
     let w = world();
     let cfg = SftConfig {
         batch: 2,
-        timesteps: diffusion_core::loss::TimestepSampling::Uniform { shift: 3.0 },
+        timesteps: diffusion_core::train::loss::TimestepSampling::Uniform { shift: 3.0 },
         shards: 1,
     };
     trains_and_resumes(

@@ -7,7 +7,7 @@ use burn::tensor::{
     backend::{AutodiffBackend, Backend},
     Tensor, TensorData,
 };
-use diffusion_core::checkpoint::write_atomic;
+use diffusion_core::io::checkpoint::write_atomic;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +103,7 @@ impl RewardData {
         let shape = models.config.latent_shape();
         let mut samples = Vec::with_capacity(captions.len() * per_prompt);
         let mut pairs = Vec::new();
-        let mut pb = diffusion_core::progress::Progress::new(captions.len(), "generate");
+        let mut pb = diffusion_core::io::progress::Progress::new(captions.len(), "generate");
         for (ci, caption) in captions.iter().enumerate() {
             let batch = vec![*caption; per_prompt];
             let (z, rewards) =
@@ -132,7 +132,7 @@ impl RewardData {
     /// Samples of nearby policies from the same noise, paired with each other: for each caption,
     /// one video (Euler, `cfg.steps`, noise drawn from `cfg.seed`) by the base DiT and one by each
     /// of `cfg.perturbations` copies whose weights carry Gaussian noise of `cfg.rel_sigma` times
-    /// each tensor's RMS ([`diffusion_core::param_noise::perturb_params`]); every two samples of
+    /// each tensor's RMS ([`diffusion_core::train::param_noise::perturb_params`]); every two samples of
     /// one caption whose oracle rewards differ by at least `cfg.margin` form a pair. Samples are
     /// stored policy by policy: `samples[k * captions.len() + i]` is policy `k`'s (0: the base)
     /// sample of caption `i`.
@@ -156,12 +156,12 @@ impl RewardData {
         } = *cfg;
         let n = captions.len();
         let mut samples = Vec::with_capacity(n * (perturbations + 1));
-        let mut pb = diffusion_core::progress::Progress::new(perturbations + 1, "policies");
+        let mut pb = diffusion_core::io::progress::Progress::new(perturbations + 1, "policies");
         for k in 0..=perturbations {
             let mut policy = models.clone();
             if k > 0 {
                 let mut rng = StdRng::seed_from_u64(seed ^ (k as u64).wrapping_mul(0x9E37_79B9));
-                policy.dit = diffusion_core::param_noise::perturb_params(
+                policy.dit = diffusion_core::train::param_noise::perturb_params(
                     models.dit.clone(),
                     rel_sigma,
                     &mut rng,

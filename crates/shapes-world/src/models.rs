@@ -8,10 +8,10 @@ use burn::{
     tensor::{backend::Backend, Tensor},
 };
 use diffusion_core::{
-    checkpoint::{load_record, load_safetensors, save_record, save_safetensors, write_atomic},
-    rollout::randn,
-    text::{TextEncoder, TokenEncoder, TokenEncoderConfig},
-    vae::{CausalVae, CausalVaeConfig, LatentNorm, VideoAutoencoder},
+    io::checkpoint::{load_record, load_safetensors, save_record, save_safetensors, write_atomic},
+    models::text::{TextEncoder, TokenEncoder, TokenEncoderConfig},
+    models::vae::{CausalVae, CausalVaeConfig, LatentNorm, VideoAutoencoder},
+    sampling::rollout::randn,
     Conditioning, CoreError, EulerOde, FlowMatchScheduleConfig, Rollout, WanConfig, WanTransformer,
 };
 use rand::SeedableRng;

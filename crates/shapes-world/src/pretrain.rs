@@ -7,10 +7,10 @@ use burn::{
     tensor::{backend::AutodiffBackend, Tensor},
 };
 use diffusion_core::{
-    loss::{flow_matching_loss, TimestepSampling},
-    progress::Progress,
-    rollout::randn,
-    vae::VideoAutoencoder,
+    io::progress::Progress,
+    models::vae::VideoAutoencoder,
+    sampling::rollout::randn,
+    train::loss::{flow_matching_loss, TimestepSampling},
 };
 use rand::{rngs::StdRng, seq::IndexedRandom, Rng, SeedableRng};
 

@@ -15,12 +15,18 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use burn::{backend::Autodiff, module::{AutodiffModule, Module}};
+use burn::{
+    backend::Autodiff,
+    module::{AutodiffModule, Module},
+};
 use clap::Parser;
 use diffusion_core::{backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME, WanTransformer};
 use ensemble::{Aggregation, Ensemble};
 use latent_refl::{
-    grpo::{self, AlignedEnsemble, Grpo, GrpoConfig, LatentScore, PixelScore, StdScope, TimestepSelection},
+    grpo::{
+        self, AlignedEnsemble, Grpo, GrpoConfig, LatentScore, PixelScore, StdScope,
+        TimestepSelection,
+    },
     prfl, rgb_refl, velr,
     world::{self, World},
 };
@@ -162,50 +168,108 @@ fn method(
     let batch = args.batch;
     Ok(match name {
         "rgb-refl" => {
-            let config = refl_trainer::RgbReflConfig { batch, ..rgb_refl::shapes_world() };
+            let config = refl_trainer::RgbReflConfig {
+                batch,
+                ..rgb_refl::shapes_world()
+            };
             let vae = w.models_ad.vae.clone().no_grad();
-            Box::new(RgbRefl::new(config, vae, w.models.latent_norm(), OracleReward, train, shape)?)
+            Box::new(RgbRefl::new(
+                config,
+                vae,
+                w.models.latent_norm(),
+                OracleReward,
+                train,
+                shape,
+            )?)
         }
         "prfl" => {
             let config = PrflConfig {
                 batch,
-                sampling: SamplingConfig { steps: 20, shift: 3.0 },
+                sampling: SamplingConfig {
+                    steps: 20,
+                    shift: 3.0,
+                },
                 lambda: 1.0,
                 shards: 2,
                 ..PrflConfig::default()
             };
             let prm = world::load_prm(&w.models_ad.dit, &args.rewards, &dev)?;
             let sft = w.sft_data(&train.prompts[..128])?;
-            Box::new(Prfl::<AD, Dit, _, _>::new(config, prm, train, shape, Some(sft))?)
+            Box::new(Prfl::<AD, Dit, _, _>::new(
+                config,
+                prm,
+                train,
+                shape,
+                Some(sft),
+            )?)
         }
         "prfl-denoised" => {
-            let config = PrflConfig { batch, ..prfl::shapes_world() };
+            let config = PrflConfig {
+                batch,
+                ..prfl::shapes_world()
+            };
             let reward = world::denoised_velr(&w.models_ad.dit, members()?, 1.0)?;
-            Box::new(Prfl::<AD, Dit, _, _>::new(config, reward, train, shape, None)?)
+            Box::new(Prfl::<AD, Dit, _, _>::new(
+                config, reward, train, shape, None,
+            )?)
         }
         "velr" => {
             let config = VelrConfig {
                 batch,
-                aggregation: if args.velr_lcb > 0.0 { lcb(args.velr_lcb) } else { Aggregation::Mean },
+                aggregation: if args.velr_lcb > 0.0 {
+                    lcb(args.velr_lcb)
+                } else {
+                    Aggregation::Mean
+                },
                 label_every: usize::from(args.align_every > 0),
                 align_every: args.align_every,
                 ..velr::shapes_world()
             };
             let vae = w.models.vae.clone();
             let ens = Ensemble::new(members()?)?;
-            Box::new(Velr::<AD, Dit, _, _, _, _>::new(config, ens, vae, w.models.latent_norm(), OracleReward, train, shape)?)
+            Box::new(Velr::<AD, Dit, _, _, _, _>::new(
+                config,
+                ens,
+                vae,
+                w.models.latent_norm(),
+                OracleReward,
+                train,
+                shape,
+            )?)
         }
         "grpo-latent" => {
-            let ens = Ensemble::new(members()?)?.valid().with_aggregation(lcb(args.grpo_lcb));
-            Box::new(Grpo::<AD, Dit, _, Caption>::new(args.grpo(), LatentScore(ens), train, shape)?)
+            let ens = Ensemble::new(members()?)?
+                .valid()
+                .with_aggregation(lcb(args.grpo_lcb));
+            Box::new(Grpo::<AD, Dit, _, Caption>::new(
+                args.grpo(),
+                LatentScore(ens),
+                train,
+                shape,
+            )?)
         }
         "grpo-latent-aligned" => {
             let ens = Ensemble::new(members()?)?.with_aggregation(lcb(args.grpo_lcb));
-            let alignment = AlignmentConfig { capacity: 256, steps: 4, batch: 16, lr: 1e-4 };
+            let alignment = AlignmentConfig {
+                capacity: 256,
+                steps: 4,
+                batch: 16,
+                lr: 1e-4,
+            };
             let reward = AlignedEnsemble::new(ens, pixel(), alignment, GRPO_ALIGN_EVERY, shape)?;
-            Box::new(Grpo::<AD, Dit, _, Caption>::new(args.grpo(), reward, train, shape)?)
+            Box::new(Grpo::<AD, Dit, _, Caption>::new(
+                args.grpo(),
+                reward,
+                train,
+                shape,
+            )?)
         }
-        "grpo-pixel" => Box::new(Grpo::<AD, Dit, _, Caption>::new(args.grpo(), pixel(), train, shape)?),
+        "grpo-pixel" => Box::new(Grpo::<AD, Dit, _, Caption>::new(
+            args.grpo(),
+            pixel(),
+            train,
+            shape,
+        )?),
         other => return Err(format!("unknown method {other:?} (of {METHODS:?})").into()),
     })
 }
@@ -237,7 +301,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // an unfinished run starts over: equal time cannot be resumed
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = world::learner_config(1_000_000, args.lr, &dir);
-        (config.optim.schedule, config.eval_every, config.checkpoint_every) = (LrSchedule::Constant, 0, 0);
+        (
+            config.optim.schedule,
+            config.eval_every,
+            config.checkpoint_every,
+        ) = (LrSchedule::Constant, 0, 0);
         let mut learner = Learner::new(config, w.models_ad.dit.clone(), method(name, &args, &w)?)?;
         let before = evaluator.evaluate(&learner.policy().valid())?;
         let mut points = vec![(0.0, before)];
@@ -248,11 +316,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let m = learner.train_step()?;
             trained += t.elapsed().as_secs_f64();
             if m.step % 10 == 0 {
-                println!("    step {}: reward {:.4}, kl {:.2e}", m.step, m.latent_reward.unwrap_or(f64::NAN), m.kl.unwrap_or(0.0));
+                println!(
+                    "    step {}: reward {:.4}, kl {:.2e}",
+                    m.step,
+                    m.latent_reward.unwrap_or(f64::NAN),
+                    m.kl.unwrap_or(0.0)
+                );
             }
             if trained >= next_eval || trained >= args.seconds {
                 let r = evaluator.evaluate(&learner.policy().valid())?;
-                println!("  {trained:6.1} s, {} steps: held-out {r:.4}", learner.step());
+                println!(
+                    "  {trained:6.1} s, {} steps: held-out {r:.4}",
+                    learner.step()
+                );
                 points.push((trained, r));
                 next_eval += args.eval_every;
             }
@@ -284,8 +360,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut curves = Vec::new();
     for (name, points, steps) in runs {
         let (before, after) = (points[0].1, points.last().map_or(f64::NAN, |p| p.1));
-        md += &format!("| {name} | {steps} | {before:.4} | {after:.4} | {:+.4} |\n", after - before);
-        curves.push(Series { label: name, points });
+        md += &format!(
+            "| {name} | {steps} | {before:.4} | {after:.4} | {:+.4} |\n",
+            after - before
+        );
+        curves.push(Series {
+            label: name,
+            points,
+        });
     }
     std::fs::create_dir_all(&args.out)?;
     let png = args.out.join("comparison.png");
@@ -293,7 +375,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     md += "\nCurves: `comparison.png` next to this file.\n";
     std::fs::write(args.out.join("comparison.md"), &md)?;
     if let Some(report) = &args.report {
-        let dir = report.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let dir = report
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
         std::fs::create_dir_all(dir)?;
         // a report next to the curves: copying a file onto itself would empty it
         if std::fs::canonicalize(dir)? != std::fs::canonicalize(&args.out)? {

@@ -14,7 +14,7 @@ use burn::{
 };
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    probe::{measure, PeakAlloc},
+    io::probe::{measure, PeakAlloc},
     WanConfig,
 };
 

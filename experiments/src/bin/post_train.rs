@@ -21,7 +21,7 @@ use burn::backend::Autodiff;
 use clap::Parser;
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    loss::TimestepSampling,
+    train::loss::TimestepSampling,
     FlowGrpoSde, PromptEnhancer, WanTransformer,
 };
 use ensemble::{Aggregation, Ensemble};
@@ -227,13 +227,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         Ok(())
     };
-    stage("base", &world.models, &terse_heldout, 20, 3.0, "shipped model".into())?;
+    stage(
+        "base",
+        &world.models,
+        &terse_heldout,
+        20,
+        3.0,
+        "shipped model".into(),
+    )?;
 
     // 1. SFT: flow matching on rendered (curated) training videos; the text encoder stays as it
     // is, so the reward models' embeddings keep their meaning
     let t = Instant::now();
     let cache = LatentCache::build(&world.models, 512, 11, &dev)?;
-    let sft_data = SftData::new(cache.latents.clone(), world.models.embed(&cache.captions, &dev)?)?;
+    let sft_data = SftData::new(
+        cache.latents.clone(),
+        world.models.embed(&cache.captions, &dev)?,
+    )?;
     let sft_config = SftConfig {
         batch: 8,
         timesteps: TimestepSampling::LogitNormal {
@@ -281,7 +291,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let lcb = Aggregation::LowerConfidenceBound { k: 1.0 };
     let ensemble = Ensemble::new(members)?.with_aggregation(lcb);
-    let mut reward = AlignedEnsemble::new(ensemble, labeller, alignment, args.align_every, latent_shape)?;
+    let mut reward = AlignedEnsemble::new(
+        ensemble,
+        labeller,
+        alignment,
+        args.align_every,
+        latent_shape,
+    )?;
     if args.rank_steps > 0 {
         reward.ranking = Some(RankingAlignment {
             steps: args.rank_steps,
@@ -295,24 +311,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..FlowGrpoSde::default()
     });
     let about = experiments::grpo_settings(&config);
-    let method = Grpo::<AD, Dit, _, _>::new(config, reward, world.train_prompts(512)?, latent_shape)?;
-    let mut learner_config = world::learner_config(args.grpo_steps, args.grpo_lr, args.out.join("grpo"));
+    let method =
+        Grpo::<AD, Dit, _, _>::new(config, reward, world.train_prompts(512)?, latent_shape)?;
+    let mut learner_config =
+        world::learner_config(args.grpo_steps, args.grpo_lr, args.out.join("grpo"));
     learner_config.optim.schedule = LrSchedule::Constant;
     let mut learner = Learner::new(learner_config, sft_dit, method)?;
     learner.run()?;
     let log = refl_trainer::MetricsLog::read(&learner.config().out.join("metrics.jsonl"))?;
     let curve: Vec<f64> = log.iter().filter_map(|m| m.latent_reward).collect();
-    let rounds: Vec<&StepMetrics> = log.iter().filter(|m| m.extra.contains_key("align_pearson")).collect();
+    let rounds: Vec<&StepMetrics> = log
+        .iter()
+        .filter(|m| m.extra.contains_key("align_pearson"))
+        .collect();
     let ends = curve.len().min(10);
     let aligned = if rounds.is_empty() {
         "no online alignment".to_string()
     } else {
         let k = rounds.len().min(5);
-        let avg = |r: &[&StepMetrics], key: &str| r.iter().map(|m| m.extra[key]).sum::<f64>() / r.len() as f64;
+        let avg = |r: &[&StepMetrics], key: &str| {
+            r.iter().map(|m| m.extra[key]).sum::<f64>() / r.len() as f64
+        };
         let (first, last) = (&rounds[..k], &rounds[rounds.len() - k..]);
         let ranking = match args.rank_steps {
             0 => String::new(),
-            n => format!(", then {n} Bradley-Terry steps of 16 pairs within a group (oracle gap >= 0.005)"),
+            n => format!(
+                ", then {n} Bradley-Terry steps of 16 pairs within a group (oracle gap >= 0.005)"
+            ),
         };
         format!(
             "VELR online alignment every {} updates (the update's rollouts decoded and scored by the oracle, a buffer of 256 by ensemble variance, {} Huber steps of 16 per member at lr {:e}{ranking}): on the labelled rollouts, oracle {:.3} -> {:.3}, latent reward {:.3} -> {:.3}, members' Pearson with the oracle {:.2} -> {:.2}, within groups {:.2} -> {:.2} (first / last {k} rounds)",

@@ -44,17 +44,17 @@ use burn::{
 };
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    checkpoint::{load_record, save_record},
-    loss::TimestepSampling,
+    io::checkpoint::{load_record, save_record},
+    train::loss::TimestepSampling,
+};
+use latent_refl::{
+    rgb_refl,
+    world::{self, World},
 };
 use latent_reward::{
     evaluate_pairs, fit_gradient_match, fit_preference, gradient_cosine, FitConfig,
     GradientMatchConfig, InputFilter, InputPerturbation, PairSet, Pooling, PreferenceLoss,
     ProcessReward,
-};
-use latent_refl::{
-    rgb_refl,
-    world::{self, World},
 };
 use refl_trainer::{
     Evaluate, HeldoutReward, Learner, Method, Prfl, PrflConfig, RgbRefl, SamplingConfig,
@@ -125,7 +125,8 @@ impl PrflRun {
     ) -> Result<(WorldModels<B>, f64, f64), Box<dyn std::error::Error>> {
         let mut config = world::learner_config(self.steps, self.lr, out);
         config.eval_every = (self.steps / self.evals.max(1)).max(1);
-        let evaluator: HeldoutReward<B, _, OracleReward, Caption> = w.heldout_reward(self.heldout)?;
+        let evaluator: HeldoutReward<B, _, OracleReward, Caption> =
+            w.heldout_reward(self.heldout)?;
         let before = evaluator.evaluate(&w.models.dit)?;
         let mut learner =
             Learner::new(config, w.models_ad.dit.clone(), method)?.with_evaluator(evaluator);
@@ -536,9 +537,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     test_caps.truncate(24);
     let refl_test = match args.refl_generator {
         0 => None,
-        _ => Some(stronger_generator(
-            &args, &w, &mut pool, &test, &test_caps,
-        )?),
+        _ => Some(stronger_generator(&args, &w, &mut pool, &test, &test_caps)?),
     };
     let train_caps = captions_of(&pool);
 

@@ -34,8 +34,8 @@ use burn::{
 use clap::Parser;
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    probe::PeakAlloc,
-    vae::{CausalVae, CausalVaeConfig},
+    io::probe::PeakAlloc,
+    models::vae::{CausalVae, CausalVaeConfig},
     WanConfig, WanTransformer,
 };
 use ensemble::{Aggregation, Ensemble};
@@ -181,7 +181,11 @@ fn setup(name: &str, args: &Args) -> Result<Setup, Box<dyn std::error::Error>> {
 }
 
 /// VELR with the replay buffer labelled every `label_every` steps (0: never).
-fn velr(label_every: usize, s: &Setup, batch: usize) -> refl_trainer::Result<Box<dyn Method<AD, Dit>>> {
+fn velr(
+    label_every: usize,
+    s: &Setup,
+    batch: usize,
+) -> refl_trainer::Result<Box<dyn Method<AD, Dit>>> {
     let config = VelrConfig {
         batch,
         sampling: sampling(),
@@ -263,7 +267,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 shards: 1,
             };
             let vae = s.vae.clone().no_grad();
-            Ok(Box::new(RgbRefl::new(config, vae, s.norm.clone(), OracleReward, s.prompts.clone(), s.latent_shape)?))
+            Ok(Box::new(RgbRefl::new(
+                config,
+                vae,
+                s.norm.clone(),
+                OracleReward,
+                s.prompts.clone(),
+                s.latent_shape,
+            )?))
         };
         let prm_config = PrflConfig {
             batch,
@@ -283,13 +294,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("RGB ReFL, first frame", rgb(FrameSelection::First)?),
             (
                 "PRFL (process reward, no decode)",
-                Box::new(Prfl::<AD, Dit, _, _>::new(prm_config, s.prm.clone(), s.prompts.clone(), s.latent_shape, None)?),
+                Box::new(Prfl::<AD, Dit, _, _>::new(
+                    prm_config,
+                    s.prm.clone(),
+                    s.prompts.clone(),
+                    s.latent_shape,
+                    None,
+                )?),
             ),
             (
                 "PRFL, ensemble on the DiT's x0 (KL 0.1)",
-                Box::new(Prfl::<AD, Dit, _, _>::new(denoised_config, denoised, s.prompts.clone(), s.latent_shape, None)?),
+                Box::new(Prfl::<AD, Dit, _, _>::new(
+                    denoised_config,
+                    denoised,
+                    s.prompts.clone(),
+                    s.latent_shape,
+                    None,
+                )?),
             ),
-            ("VELR, policy step (ensemble reward, KL)", velr(0, &s, batch)?),
+            (
+                "VELR, policy step (ensemble reward, KL)",
+                velr(0, &s, batch)?,
+            ),
             ("VELR, + pixel labels for the buffer", velr(1, &s, batch)?),
         ];
         let mut rows = Vec::new();

@@ -41,9 +41,9 @@ use burn::{
 };
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    checkpoint::{load_record, save_record, write_atomic},
-    loss::TimestepSampling,
-    probe::{measure, PeakAlloc},
+    io::checkpoint::{load_record, save_record, write_atomic},
+    io::probe::{measure, PeakAlloc},
+    train::loss::TimestepSampling,
 };
 use ensemble::{fit_member, Bootstrap, Ensemble};
 use latent_reward::{
@@ -58,7 +58,6 @@ use rand::{
     SeedableRng,
 };
 use shapes_world::{captions, split_of, Caption, OracleReward, RewardData, Split, WorldModels};
-
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;

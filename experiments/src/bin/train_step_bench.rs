@@ -12,7 +12,7 @@
 //! ```
 //!
 //! `--shards N` splits the batch into N shards that run forward and backward on their own threads
-//! (`diffusion_core::parallel::sharded_grads`; default: one per core, at most the batch);
+//! (`diffusion_core::train::parallel::sharded_grads`; default: one per core, at most the batch);
 //! `--shards 1` is the plain single-graph step. The AdamW update's own median time is printed too.
 //! `--export DIR` writes the DiT's diffusers `config.json` and `weights.safetensors` and the
 //! step's shapes (`bench.json`) so that the PyTorch twin runs the same model on the same
@@ -31,10 +31,10 @@ use burn::{
 };
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
-    checkpoint::{load_safetensors, save_safetensors},
-    fused_adamw::FusedAdamW,
-    loss::flow_matching_loss,
-    parallel::{cores, sharded_grads},
+    io::checkpoint::{load_safetensors, save_safetensors},
+    ops::fused_adamw::FusedAdamW,
+    train::loss::flow_matching_loss,
+    train::parallel::{cores, sharded_grads},
     Conditioning, CoreError, EulerOde, FlowMatchScheduleConfig, GradWindow, Rollout, WanConfig,
     WanTransformer,
 };

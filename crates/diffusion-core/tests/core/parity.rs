@@ -3,7 +3,7 @@
 use crate::common::*;
 use burn::tensor::Tensor;
 use diffusion_core::{
-    checkpoint::{load_safetensors, save_safetensors},
+    io::checkpoint::{load_safetensors, save_safetensors},
     CoreError, FlowMatchScheduleConfig, WanConfig, WanTransformer,
 };
 

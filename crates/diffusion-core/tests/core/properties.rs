@@ -3,8 +3,8 @@
 use crate::common::*;
 use burn::tensor::{Tensor, TensorData};
 use diffusion_core::{
-    schedule::{shift_sigma, unshift_sigma},
-    stepper::gaussian_log_prob,
+    sampling::schedule::{shift_sigma, unshift_sigma},
+    sampling::stepper::gaussian_log_prob,
     DanceGrpoSde, EulerOde, FlowGrpoSde, FlowMatchScheduleConfig, Guidance, LogProbReduction,
     Stepper, VpScheduleConfig,
 };

@@ -84,7 +84,7 @@ impl<B: Backend, P, M: LatentReward<B>> GrpoReward<B, P> for LatentScore<M> {}
 impl<B, P, V, R> GrpoReward<B, P> for PixelScore<V, R>
 where
     B: Backend,
-    V: diffusion_core::vae::VideoAutoencoder<B>,
+    V: diffusion_core::models::vae::VideoAutoencoder<B>,
     R: PixelReward<B, Prompt = P>,
 {
 }

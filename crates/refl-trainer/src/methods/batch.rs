@@ -8,8 +8,8 @@ use burn::{
     },
 };
 use diffusion_core::{
-    parallel::{shard_rows, sharded_grads},
-    rollout::randn,
+    sampling::rollout::randn,
+    train::parallel::{shard_rows, sharded_grads},
     FlowMatchScheduleConfig, Schedule,
 };
 use rand::{rngs::StdRng, Rng};

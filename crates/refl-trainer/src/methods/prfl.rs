@@ -3,7 +3,7 @@
 
 use burn::tensor::{activation, backend::AutodiffBackend, ElementConversion, Tensor};
 use diffusion_core::{
-    loss::TimestepSampling, Conditioning, EulerOde, GradWindow, Rollout, Schedule,
+    train::loss::TimestepSampling, Conditioning, EulerOde, GradWindow, Rollout, Schedule,
 };
 use latent_reward::LatentReward;
 use rand::{rngs::StdRng, Rng};
@@ -50,7 +50,7 @@ pub struct PrflConfig {
     #[serde(default)]
     pub kl_beta: f64,
     /// Batch shards whose forward and backward run side by side on their own threads
-    /// (`diffusion_core::parallel::sharded_grads`); 1: one graph on the calling thread.
+    /// (`diffusion_core::train::parallel::sharded_grads`); 1: one graph on the calling thread.
     #[serde(default = "one")]
     pub shards: usize,
 }

@@ -3,7 +3,7 @@
 
 use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor};
 use diffusion_core::{
-    vae::{LatentNorm, VideoAutoencoder},
+    models::vae::{LatentNorm, VideoAutoencoder},
     Conditioning, EulerOde, GradWindow, Rollout, Schedule,
 };
 use latent_reward::PixelReward;

@@ -8,9 +8,9 @@ use burn::{
     },
 };
 use diffusion_core::{
-    loss::{flow_matching_loss, TimestepSampling},
-    parallel::{shard_rows, sharded_grads},
-    rollout::randn,
+    sampling::rollout::randn,
+    train::loss::{flow_matching_loss, TimestepSampling},
+    train::parallel::{shard_rows, sharded_grads},
 };
 use rand::{rngs::StdRng, Rng};
 use serde::{Deserialize, Serialize};

@@ -7,8 +7,8 @@ use burn::{
     tensor::{backend::AutodiffBackend, ElementConversion, Tensor},
 };
 use diffusion_core::{
-    rollout::predict_x0,
-    vae::{LatentNorm, VideoAutoencoder},
+    models::vae::{LatentNorm, VideoAutoencoder},
+    sampling::rollout::predict_x0,
     Conditioning, EulerOde, GradWindow, Rollout, Schedule,
 };
 use ensemble::{Aggregation, Ensemble};

@@ -21,7 +21,7 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 ///
 /// ```text
 /// #[global_allocator]
-/// static ALLOC: diffusion_core::probe::PeakAlloc = diffusion_core::probe::PeakAlloc;
+/// static ALLOC: diffusion_core::io::probe::PeakAlloc = diffusion_core::io::probe::PeakAlloc;
 /// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PeakAlloc;

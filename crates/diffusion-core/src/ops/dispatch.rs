@@ -3,8 +3,8 @@
 //! burn 0.21 lets a crate add an operation with its own backward only for a concrete backend
 //! (`Autodiff<I>` for a named `I`, through `burn_autodiff::ops::Backward`), and generic model
 //! code can only reach it through a backend-extension trait bound carried by every model type.
-//! The fused operations of this crate ([`crate::attention`], [`crate::activation`],
-//! [`crate::rotary`], [`crate::modulation`], [`crate::fused_adamw`]) instead compare the generic
+//! The fused operations of this crate ([`crate::ops::attention`], [`crate::ops::activation`],
+//! [`crate::ops::rotary`], [`crate::ops::modulation`], [`crate::ops::fused_adamw`]) instead compare the generic
 //! backend's `TypeId` with the built-in backends and move their tensors into the concrete type
 //! when it matches; every other backend takes burn's own operation.
 

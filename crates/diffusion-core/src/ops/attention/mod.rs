@@ -20,7 +20,7 @@
 //!   the same node built from the inner backend's tensor operations ([`autodiff_attention`]).
 //!
 //! [`attention`] picks the implementation at run time from its backend's type
-//! ([`crate::dispatch`]). Any other backend, and wgpu or cuda without autodiff, takes burn's
+//! ([`crate::ops::dispatch`]). Any other backend, and wgpu or cuda without autodiff, takes burn's
 //! `attention`.
 
 mod autodiff;
@@ -37,7 +37,7 @@ use cpu::Dims;
 
 use crate::{
     backend::Flex,
-    dispatch::{cast, is},
+    ops::dispatch::{cast, is},
 };
 
 /// Scaled dot-product attention `softmax(Q Kᵀ / sqrt(Dh)) V` without mask or bias, in the

@@ -15,9 +15,9 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::{
     error::{invalid, Result},
-    model::VelocityModel,
-    schedule::Schedule,
-    stepper::{Guidance, StepOutput, Stepper},
+    models::model::VelocityModel,
+    sampling::schedule::Schedule,
+    sampling::stepper::{Guidance, StepOutput, Stepper},
 };
 
 /// Which denoising steps record an autodiff graph. Steps outside the window run on the inner

@@ -12,7 +12,7 @@ use burn_flex::FlexTensor;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::cpu_math::exp;
+use crate::ops::cpu_math::exp;
 
 /// Sizes of one attention call: `q` `[b, l, h, dh]`, `k` and `v` `[b, s, h, dh]`.
 #[derive(Clone, Copy, Debug)]

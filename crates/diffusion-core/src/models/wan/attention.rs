@@ -4,7 +4,7 @@ use burn::{
     tensor::{backend::Backend, Tensor},
 };
 
-use crate::{attention::attention, linear::linear};
+use crate::{ops::attention::attention, ops::linear::linear};
 
 use super::RopeTable;
 

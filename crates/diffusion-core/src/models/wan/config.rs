@@ -130,7 +130,7 @@ impl WanConfig {
     /// Builds a randomly initialised model.
     pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<WanTransformer<B>> {
         self.validate()?;
-        Ok(crate::checkpoint::materialize(WanTransformer::new(
+        Ok(crate::io::checkpoint::materialize(WanTransformer::new(
             self, device,
         )))
     }

@@ -6,7 +6,7 @@
 //! several autodiff operations, each keeping a tensor for the backward. On the CPU backend (f32)
 //! [`gelu_tanh`] uses the vectorised `exp` of `cpu_math` on both cores, as one autodiff node that
 //! keeps only its input; its derivative is `σ + x σ (1 - σ) 2√(2/π) (1 + 3 · 0.044715 x²)` with
-//! `σ = σ(2u)`. Other backends take burn's `gelu_approximate` ([`crate::dispatch`]).
+//! `σ = σ(2u)`. Other backends take burn's `gelu_approximate` ([`crate::ops::dispatch`]).
 
 use burn::{
     backend::Autodiff,
@@ -24,9 +24,9 @@ use rayon::prelude::*;
 
 use crate::{
     backend::Flex,
-    cpu_math::{exp, values},
-    dispatch::{cast, is},
-    flex_node::{contiguous, output_grad, record, register, split, tensor},
+    ops::cpu_math::{exp, values},
+    ops::dispatch::{cast, is},
+    ops::flex_node::{contiguous, output_grad, record, register, split, tensor},
 };
 
 /// GELU with the tanh approximation, equal to burn's `gelu_approximate` in value and gradient

@@ -25,10 +25,10 @@ use rayon::prelude::*;
 
 use crate::{
     backend::Flex,
-    cpu_math::values,
-    dispatch::{cast, is},
-    flex_node::{contiguous, tensor},
-    optim::{adamw, ADAMW_BETAS, ADAMW_EPSILON},
+    ops::cpu_math::values,
+    ops::dispatch::{cast, is},
+    ops::flex_node::{contiguous, tensor},
+    train::optim::{adamw, ADAMW_BETAS, ADAMW_EPSILON},
 };
 
 /// Elements per rayon task.

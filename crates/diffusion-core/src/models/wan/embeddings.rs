@@ -4,7 +4,7 @@ use burn::{
     tensor::{activation::silu, backend::Backend, Tensor},
 };
 
-use crate::{activation::gelu_tanh, linear::linear};
+use crate::{ops::activation::gelu_tanh, ops::linear::linear};
 
 /// Sinusoidal timestep features, `[cos(t w_i), sin(t w_i)]` with `w_i = 10000^(-i / half)`
 /// (diffusers `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`).

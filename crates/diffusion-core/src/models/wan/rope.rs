@@ -65,7 +65,7 @@ impl<B: Backend> RopeTable<B> {
     /// # Shapes
     /// - `x`: `[B, L, H, head_dim]` -> same
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        crate::rotary::rotate(x, &self.cos, &self.sin)
+        crate::ops::rotary::rotate(x, &self.cos, &self.sin)
     }
 }
 

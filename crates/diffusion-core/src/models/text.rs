@@ -56,7 +56,7 @@ impl TokenEncoderConfig {
         if self.layers > 0 && (self.heads == 0 || self.dim % self.heads != 0) {
             return Err(invalid("heads", format!("must divide dim {}", self.dim)));
         }
-        Ok(crate::checkpoint::materialize(TokenEncoder {
+        Ok(crate::io::checkpoint::materialize(TokenEncoder {
             embedding: EmbeddingConfig::new(self.vocab_size, self.dim).init(device),
             positions: Param::from_tensor(Tensor::random(
                 [self.max_len, self.dim],

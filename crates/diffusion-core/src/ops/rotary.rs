@@ -8,7 +8,7 @@
 //! `[1, L, 1, Dh]`, which the CPU backend walks element by element. On the CPU backend (f32)
 //! [`rotate`] is one pass over the input (one autodiff node without saved activations: its
 //! backward is the inverse rotation of the output gradient, `dx = g ∘ cos + swap(g ∘ sin)`).
-//! Other backends take the tensor-operation form ([`crate::dispatch`]).
+//! Other backends take the tensor-operation form ([`crate::ops::dispatch`]).
 
 use burn::{
     backend::Autodiff,
@@ -24,9 +24,9 @@ use rayon::prelude::*;
 
 use crate::{
     backend::Flex,
-    cpu_math::values,
-    dispatch::{cast, is},
-    flex_node::{contiguous, output_grad, record, register, split, tensor},
+    ops::cpu_math::values,
+    ops::dispatch::{cast, is},
+    ops::flex_node::{contiguous, output_grad, record, register, split, tensor},
 };
 
 /// Rotates the interleaved pairs of `x` by the tables' angles (module docs). The tables are
@@ -128,7 +128,7 @@ impl Backward<Flex, 1> for RotateBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{backend::DefaultBackend, wan::RopeTable};
+    use crate::{backend::DefaultBackend, models::wan::RopeTable};
     use burn::tensor::Tolerance;
 
     type AD = Autodiff<DefaultBackend>;

@@ -14,8 +14,8 @@ use burn_flex::FlexTensor;
 use super::cpu::{self, Dims};
 use crate::{
     backend::Flex,
-    cpu_math::values,
-    flex_node::{contiguous, output_grad, record, register, split, tensor},
+    ops::cpu_math::values,
+    ops::flex_node::{contiguous, output_grad, record, register, split, tensor},
 };
 
 /// Attention on `Flex` (no autodiff).

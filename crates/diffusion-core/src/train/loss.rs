@@ -5,7 +5,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng};
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::{model::VelocityModel, schedule::shift_sigma};
+use crate::{models::model::VelocityModel, sampling::schedule::shift_sigma};
 
 /// How training noise levels are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

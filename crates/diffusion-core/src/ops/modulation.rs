@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The gated residual keeps `h` and `gate`: `dx = g`, `dh = g gate`, `d gate = Σ_L g ∘ h`. Other
-//! backends take the tensor-operation forms ([`crate::dispatch`]).
+//! backends take the tensor-operation forms ([`crate::ops::dispatch`]).
 
 use burn::{
     backend::Autodiff,
@@ -30,9 +30,9 @@ use rayon::prelude::*;
 
 use crate::{
     backend::Flex,
-    cpu_math::values,
-    dispatch::{cast, is},
-    flex_node::{contiguous, output_grad, record, register, split, tensor},
+    ops::cpu_math::values,
+    ops::dispatch::{cast, is},
+    ops::flex_node::{contiguous, output_grad, record, register, split, tensor},
 };
 
 /// `LN(x) (1 + scale) + shift`, the layer norm over the last axis without affine parameters.

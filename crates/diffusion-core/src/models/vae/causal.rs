@@ -108,7 +108,7 @@ impl CausalVaeConfig {
             })
             .collect();
         let norm = |c: usize| FrameGroupNorm::new(g, c, device);
-        Ok(crate::checkpoint::materialize(CausalVae {
+        Ok(crate::io::checkpoint::materialize(CausalVae {
             enc_in: CausalConv3d::new(video_in, ch[0], 3, 3, 1, device),
             enc_stages,
             enc_mid: ResBlock3d::new(last, last, g, device),

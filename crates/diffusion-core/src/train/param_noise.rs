@@ -15,7 +15,7 @@ use burn::{
 };
 use rand::rngs::StdRng;
 
-use crate::rollout::randn;
+use crate::sampling::rollout::randn;
 
 /// Adds `rel_sigma * rms(p) * N(0, 1)` to every float parameter `p` of `module`, drawn from
 /// `rng` (each tensor scaled by its own root mean square, so layers of any scale move by the

@@ -6,9 +6,9 @@ use burn::{
 
 use super::{RopeTable, WanAttention};
 use crate::{
-    activation::gelu_tanh,
-    linear::linear,
-    modulation::{gated_residual, modulate},
+    ops::activation::gelu_tanh,
+    ops::linear::linear,
+    ops::modulation::{gated_residual, modulate},
 };
 
 /// One Wan transformer block: adaLN-modulated self-attention with 3D RoPE, cross-attention to

@@ -2,8 +2,8 @@ use burn::tensor::backend::Backend;
 
 use super::WanTransformer;
 use crate::{
-    checkpoint::{NamedWeights, ParamLayout, WeightVisitor},
     error::Result,
+    io::checkpoint::{NamedWeights, ParamLayout, WeightVisitor},
 };
 
 /// Keys of diffusers' `WanTransformer3DModel` state dict.

@@ -7,9 +7,9 @@ use burn::{
 use super::{RopeTable, WanBlock, WanConditionEmbedder, WanConfig};
 use crate::{
     error::{CoreError, Result},
-    linear::linear,
-    model::VelocityModel,
-    modulation::modulate,
+    models::model::VelocityModel,
+    ops::linear::linear,
+    ops::modulation::modulate,
 };
 
 /// The Wan2.1 text-to-video diffusion transformer.

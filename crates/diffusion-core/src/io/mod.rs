@@ -1,0 +1,5 @@
+//! Input and output: checkpoints (safetensors, records, atomic writes), memory and time probes, progress bars.
+
+pub mod checkpoint;
+pub mod probe;
+pub mod progress;

@@ -1,0 +1,7 @@
+//! Training pieces: the flow-matching loss, gradient clipping, data-parallel gradients over batch shards, parameter noise and parameter snapshots.
+
+pub mod loss;
+pub mod optim;
+pub mod parallel;
+pub mod param_noise;
+pub mod snapshot;

@@ -1,9 +1,4 @@
-//! GRPO for flow models (Flow-GRPO, arXiv 2505.05470; DanceGRPO, arXiv 2505.07818): group SDE
-//! rollouts with log-probs, group-relative advantages, the clipped surrogate and a KL to the
-//! initial model; Flash-GRPO's iso-temporal step selection with temporal rectification.
-//!
-//! Everything of the `grpo` crate, the [`Grpo`] method and the rewards it takes, and presets:
-//! [`flow_grpo`] (= [`GrpoConfig::default`]), [`dance_grpo`], [`iso_temporal`].
+#![doc = include_str!("../docs/guide/grpo.md")]
 
 pub use ::grpo::*;
 pub use refl_trainer::{AlignedEnsemble, Grpo, GrpoReward, GrpoRollouts, RankingAlignment};

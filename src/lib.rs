@@ -42,6 +42,7 @@ pub use replay_buffer;
 pub use shapes_world;
 
 pub mod grpo;
+pub mod guide;
 pub mod prelude;
 pub mod prfl;
 pub mod rgb_refl;

@@ -1,11 +1,4 @@
-//! PRFL, process reward feedback learning ("Video Generation Models Are Good Latent Reward
-//! Models"): a no-grad rollout to a random step, a few steps with gradients, a process reward on
-//! the noisy latent there; no VAE decoding in the loop.
-//!
-//! [`PrflConfig::default`] is the release's settings; [`shapes_world`] is the quickstart's
-//! recipe. The process reward is any [`latent_reward::LatentReward`]: PRFL's own model on the
-//! DiT's first blocks ([`ProcessReward`]), a clean-latent reward on the frozen generator's
-//! prediction of the clean sample ([`DenoisedReward`]), an ensemble of either.
+#![doc = include_str!("../docs/guide/prfl.md")]
 
 pub use latent_reward::{DenoisedReward, ProcessReward, ProcessRewardConfig};
 pub use refl_trainer::{Prfl, PrflConfig, SamplingConfig, SftData};

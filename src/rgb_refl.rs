@@ -1,5 +1,4 @@
-//! The RGB ReFL baseline (ImageReward ReFL; VADER): the final latent decoded by the VAE and
-//! scored by a pixel reward, the cost that latent methods avoid.
+#![doc = include_str!("../docs/guide/rgb_refl.md")]
 
 pub use refl_trainer::{FrameSelection, RgbRefl, RgbReflConfig, SamplingConfig};
 

@@ -1,4 +1,3 @@
-//! Supervised fine-tuning with the flow-matching loss on real latents (the post-train
-//! framework's first stage, arXiv 2604.25427).
+#![doc = include_str!("../docs/guide/sft.md")]
 
 pub use refl_trainer::{Sft, SftConfig, SftData};

@@ -1,9 +1,4 @@
-//! VELR ("VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models"): small
-//! latent reward models regress a pixel-space reward; their ensemble's variance is the
-//! uncertainty; truncated mid-step ReFL with a KL term; a variance-prioritised replay buffer
-//! keeps the ensemble aligned with the policy online.
-//!
-//! [`VelrConfig::default`] is the paper's settings; [`shapes_world`] the comparison's recipe.
+#![doc = include_str!("../docs/guide/velr.md")]
 
 pub use ensemble::{Aggregation, Ensemble};
 pub use latent_reward::{VelrReward, VelrRewardConfig};

@@ -3,7 +3,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// Aggregation of member scores `[N, B]` into `[B]` (VELR, seed 002, section 4.2).
+/// Aggregation of member scores `[N, B]` into `[B]` (VELR "VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models", section 4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Aggregation {
     /// Mean over members.

@@ -42,7 +42,7 @@ impl<B: Backend> MemberScores<B> {
     }
 }
 
-/// `N` reward models combined by an [`Aggregation`] (VELR, seed 002, section 4.2). Implements
+/// `N` reward models combined by an [`Aggregation`] (VELR "VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models", section 4.2). Implements
 /// [`LatentReward`] with the aggregate as its score.
 #[derive(Debug, Clone)]
 pub struct Ensemble<M> {

@@ -13,9 +13,9 @@ use crate::base::{LatentReward, RewardRange};
 /// `r(x_sigma, sigma) = R(x_sigma - sigma v(x_sigma, scale * sigma), 0)`
 ///
 /// with `v` the pretrained flow model's velocity (kept frozen: its parameters get no gradient,
-/// the latent does). Like PRFL's process reward model (seed 001, section 3.2) it reads noisy
+/// the latent does). Like PRFL's process reward model ("Video Generation Models Are Good Latent Reward Models", section 3.2) it reads noisy
 /// latents at any timestep through the pretrained generator, here all of it rather than its
-/// first blocks; the clean-latent reward can be a VELR ensemble (seed 002), whose regression
+/// first blocks; the clean-latent reward can be a VELR ensemble ("VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models"), whose regression
 /// of the pixel reward is far better on clean latents than a model trained on noisy ones
 /// (docs/rewards.md). At `sigma = 0` it is `R` itself. Costs one forward (and, for a gradient,
 /// one backward) of the generator per score.

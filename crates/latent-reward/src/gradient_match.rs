@@ -1,6 +1,6 @@
 //! Training a latent reward on the oracle's values *and* its gradients in the latent.
 //!
-//! PRFL (seed 001) climbs the reward model's gradient in the latent, so what matters is that the
+//! PRFL ("Video Generation Models Are Good Latent Reward Models") climbs the reward model's gradient in the latent, so what matters is that the
 //! gradient points where the true reward rises. Preference pairs only constrain differences of
 //! scores between far-apart samples: a model can rank them well with a gradient orthogonal to
 //! the oracle's (docs/refine_prm.md measured a cosine of 0.01). Where the oracle is

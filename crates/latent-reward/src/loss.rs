@@ -5,7 +5,7 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 /// Loss for preference pairs `(winner, loser)` of one prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PreferenceLoss {
-    /// Bradley-Terry: `BCE(sigmoid(f(x_w) - f(x_l)), 1)` on the models' logits (PRFL, seed 001,
+    /// Bradley-Terry: `BCE(sigmoid(f(x_w) - f(x_l)), 1)` on the models' logits (PRFL "Video Generation Models Are Good Latent Reward Models",
     /// section 3.2). The sigmoid outputs of [`crate::ProcessReward`] are mapped back to logits.
     BradleyTerry,
     /// Independent binary labels: `BCE(f(x_w), 1) + BCE(f(x_l), 0)`.
@@ -45,7 +45,7 @@ fn logit<B: Backend>(p: Tensor<B, 1>) -> Tensor<B, 1> {
 pub enum RegressionLoss {
     /// Squared error.
     Mse,
-    /// Huber loss with threshold `delta` (VELR, seed 002, section 4.1): quadratic within
+    /// Huber loss with threshold `delta` (VELR "VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models", section 4.1): quadratic within
     /// `delta`, linear beyond.
     Huber {
         /// Threshold between the quadratic and linear parts.

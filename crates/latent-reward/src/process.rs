@@ -96,7 +96,7 @@ impl ProcessRewardConfig {
     }
 }
 
-/// PAVRM (PRFL, seed 001, section 3.2): the first blocks of the video DiT read a noisy latent at
+/// PAVRM (PRFL "Video Generation Models Are Good Latent Reward Models", section 3.2): the first blocks of the video DiT read a noisy latent at
 /// its timestep, a learnable query pools their tokens, an MLP maps the pooled vector to a logit,
 /// and a sigmoid turns it into a reward in `(0, 1)`.
 ///
@@ -139,7 +139,7 @@ impl<B: Backend> ProcessReward<B> {
 
     /// Marks the trunk's blocks as not trainable as well: only the query pool and the head
     /// train, on the pretrained DiT's features. The limit of the release's learning rates
-    /// (blocks 1e-6 against the head's 1e-5; seed 001, section 4.1), which keep the trunk near the
+    /// (blocks 1e-6 against the head's 1e-5; "Video Generation Models Are Good Latent Reward Models", section 4.1), which keep the trunk near the
     /// generator. Call again after loading a record.
     pub fn freeze_trunk(mut self) -> Self {
         self = self.freeze_embeddings();

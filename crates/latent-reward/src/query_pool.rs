@@ -37,7 +37,7 @@ impl QueryPoolConfig {
 }
 
 /// One learnable query attends over all tokens with multi-head attention; the query is added
-/// back as a residual (PRFL, seed 001, section 3.2: "query attention" aggregation of the DiT
+/// back as a residual (PRFL "Video Generation Models Are Good Latent Reward Models", section 3.2: "query attention" aggregation of the DiT
 /// trunk's tokens).
 ///
 /// # Shapes

@@ -45,7 +45,7 @@ impl ResBlockConfig {
 
 /// `SiLU(GN(conv(SiLU(GN(conv_s(x))))) + skip_s(x))`: two 3x3x3 convolutions with GroupNorm
 /// and SiLU, the first strided, and a strided 1x1x1 convolution as the residual map
-/// (VELR, seed 002, section 4.1).
+/// (VELR "VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models", section 4.1).
 ///
 /// # Shapes
 /// - `[B, C_in, F, H, W]` -> `[B, C_out, ceil(F/s_f), ceil(H/s_h), ceil(W/s_w)]`

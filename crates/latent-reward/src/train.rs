@@ -139,7 +139,7 @@ where
     Ok((model, report))
 }
 
-/// Trains a reward model to regress targets on clean latents (VELR's LRM objective, seed 002,
+/// Trains a reward model to regress targets on clean latents (VELR's LRM objective, "VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models",
 /// section 4.1: Huber on the pixel reward). Shows a progress bar labelled `label`.
 ///
 /// # Errors
@@ -162,7 +162,7 @@ where
 /// [`fit_regression`] on noisy latents: each sample is noised to its own `sigma ~ noise`
 /// (`x_sigma = (1 - sigma) x0 + sigma eps`) and the model regresses the clean sample's target
 /// at that noise level, so it learns the reward a partly denoised latent will reach: a process
-/// reward (PRFL, seed 001, section 3.2) trained by VELR's regression objective (seed 002,
+/// reward (PRFL "Video Generation Models Are Good Latent Reward Models", section 3.2) trained by VELR's regression objective ("VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models",
 /// section 4.1). `noise = None` is [`fit_regression`].
 ///
 /// # Errors
@@ -195,7 +195,7 @@ where
     })
 }
 
-/// Trains a reward model on preference pairs at random noise levels (PRFL, seed 001,
+/// Trains a reward model on preference pairs at random noise levels (PRFL "Video Generation Models Are Good Latent Reward Models",
 /// section 3.2): both latents of a pair get the same `sigma ~ noise` and the same `eps`, then
 /// `loss_fn` compares the two scores (after `perturb`, e.g. adversarial steps that make the
 /// model harder to exploit). `noise = None` trains on clean latents.

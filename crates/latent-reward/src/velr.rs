@@ -57,7 +57,7 @@ pub enum NoiseInput {
     Ignored,
     /// FiLM of every residual block's output by sinusoidal features of `1000 sigma`: a
     /// process-aware model that scores noisy latents at their noise level, as PRFL's reward
-    /// model does (seed 001, section 3.2), trained by regressing the clean sample's reward
+    /// model does ("Video Generation Models Are Good Latent Reward Models", section 3.2), trained by regressing the clean sample's reward
     /// ([`fit_noisy_regression`](crate::fit_noisy_regression)).
     BlockFilm,
 }
@@ -219,7 +219,7 @@ impl VelrRewardConfig {
     }
 }
 
-/// VELR's latent reward model (seed 002, section 4.1, appendix C): three residual 3D-conv blocks
+/// VELR's latent reward model ("VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models", section 4.1, appendix C): three residual 3D-conv blocks
 /// with GroupNorm, SiLU and downsampling; the feature map becomes tokens with learnable
 /// spatio-temporal position embeddings; the tokens cross-attend to the projected prompt; a
 /// transformer encoder mixes them; the mean token goes through a linear head to a scalar that

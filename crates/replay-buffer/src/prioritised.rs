@@ -10,7 +10,7 @@ use crate::{
 /// Keeps the `capacity` highest-priority items offered so far and samples them with probability
 /// proportional to priority.
 ///
-/// VELR (seed 002, section 4.3, appendix C) uses the ensemble's variance on a generated latent
+/// VELR ("VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models", section 4.3, appendix C) uses the ensemble's variance on a generated latent
 /// as its priority: new samples replace the lowest-variance ones, and the reward model is
 /// fine-tuned on draws weighted by variance, so it spends its updates where it is least sure.
 /// A new item displaces the lowest-priority one only if its own priority is strictly higher.

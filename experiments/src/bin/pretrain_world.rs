@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p experiments --bin pretrain_world              # into out/shapes-world
-//! cargo run --release -p experiments --bin pretrain_world -- --out assets/shapes-world --report docs/results/shapes_world.md
+//! cargo run --release -p experiments --bin pretrain_world -- --out assets/shapes-world
 //! ```
 //!
 //! Flags: `--vae-steps N`, `--dit-steps N`, `--batch N`, `--eval N` (captions per split),

@@ -110,7 +110,7 @@ fn parse() -> Result<Args, String> {
         fusion: TextFusion::BlockFilm,
         channels: vec![32, 64, 64],
         // the first block at the latents' full resolution: on shapes-world, downsampling in the
-        // first block costs about 0.1 test / OOD Pearson (docs/rewards.md, session 11)
+        // first block costs about 0.1 test / OOD Pearson (docs/results/reward_models.md)
         strides: vec![[1, 1, 1], [1, 2, 2], [1, 1, 1]],
         single_only: false,
         members_only: false,
@@ -118,7 +118,7 @@ fn parse() -> Result<Args, String> {
         process_only: false,
         resume: false,
         // a bootstrap member sees about 63% of the distinct samples and regressed worse
-        // (test Pearson 0.53 against 0.66 on all data, session 10)
+        // (test Pearson 0.53 against 0.66 on all data)
         bootstrap: Bootstrap::None,
     };
     let mut it = std::env::args().skip(1);

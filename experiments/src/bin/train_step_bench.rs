@@ -1,6 +1,6 @@
-//! Times a training step of the Wan DiT on the selected backend, for comparison with PyTorch
-//! (issue: speed against PyTorch). `--step flow` (default): the flow-matching step (forward, loss,
-//! backward, AdamW update). `--step prfl`: PRFL's reward step (seed 001): a no-grad Euler
+//! Times a training step of the Wan DiT on the selected backend, for comparison with PyTorch.
+//! `--step flow` (default): the flow-matching step (forward, loss,
+//! backward, AdamW update). `--step prfl`: PRFL's reward step ("Video Generation Models Are Good Latent Reward Models"): a no-grad Euler
 //! rollout of 10 of 20 steps (shift 3) from noise, one step with gradients, the process reward
 //! model (the DiT's first 2 blocks, query pool, MLP 256-128, frozen) on the noisy latent at its
 //! timestep, `0.1 * relu(2 - r)`, backward, AdamW.
@@ -96,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             [16, 5, 8, 8],
             16,
         ),
-        // the transformer-like case of the issue: 4 layers, 640 tokens of width 128
+        // a transformer-like case: 4 layers, 640 tokens of width 128
         "small" => (
             WanConfig::new(4, 32, 512, 4)
                 .with_text_dim(64)

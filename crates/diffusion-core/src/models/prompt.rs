@@ -1,4 +1,4 @@
-//! Prompt enhancement (post-train framework, seed 003, stage 3): rewriting a terse user prompt
+//! Prompt enhancement (post-train framework, arXiv 2604.25427, stage 3): rewriting a terse user prompt
 //! into the richer kind of prompt the model was trained on, before sampling.
 
 /// Rewrites a user prompt before it is embedded. An LLM rewriter would implement it as well as

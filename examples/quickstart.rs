@@ -18,13 +18,12 @@ use burn::backend::Autodiff;
 use clap::Parser;
 use latent_refl::{
     prelude::*,
-    refl_trainer::{write_curves_png, MetricsLog, Series},
-    shapes_world::{write_gif, Caption, OracleReward, Video, WorldModels},
+    refl_trainer::{write_metrics_png, MetricsLog},
+    shapes_world::Caption,
     world::{OracleTerms, ORACLE_TERMS},
 };
 
-type B = DefaultBackend;
-type AD = Autodiff<B>;
+type AD = Autodiff<DefaultBackend>;
 
 /// PRFL on the shipped shapes-world models.
 #[derive(Parser)]
@@ -61,25 +60,6 @@ struct Args {
     fresh: bool,
 }
 
-/// GIFs of 4 prompts' samples, with their oracle rewards.
-fn gifs(
-    models: &WorldModels<B>,
-    prompts: &[Caption],
-    out: &std::path::Path,
-    tag: &str,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let video = models.decode(models.sample_latents(prompts, 20, 3.0, 7, &Default::default())?);
-    let r =
-        latent_refl::latent_reward::error::host_f32(OracleReward.score(video.clone(), prompts)?)?;
-    for (i, p) in prompts.iter().enumerate() {
-        let v = Video::from_tensor(video.clone().narrow(0, i, 1).squeeze_dim::<4>(0))?;
-        let path = out.join(format!("{tag}_{i}.gif"));
-        write_gif(&path, &v, 3, 100)?;
-        println!("  {tag} {:.3}  {p}  -> {}", r[i], path.display());
-    }
-    Ok(())
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let dev = Default::default();
@@ -114,28 +94,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let heldout: Vec<Caption> = world.heldout_prompts(args.heldout)?.prompts;
+    let show = &heldout[..4.min(heldout.len())];
+    let gifs = |models: &_, tag| -> Result<(), Box<dyn std::error::Error>> {
+        for ((r, path), p) in world::write_gifs(models, show, &args.out, tag)?
+            .iter()
+            .zip(show)
+        {
+            println!("  {tag} {r:.3}  {p}  -> {}", path.display());
+        }
+        Ok(())
+    };
     println!(
-        "held-out oracle reward before: {before:.4} ({} test prompts); before fine-tuning:",
+        "held-out oracle reward before: {before:.4} ({} test prompts)",
         heldout.len()
     );
-    gifs(
-        &world.models,
-        &heldout[..4.min(heldout.len())],
-        &args.out,
-        "before",
-    )?;
+    gifs(&world.models, "before")?;
     let t = std::time::Instant::now();
     learner.run()?;
     let seconds = t.elapsed().as_secs_f64();
     let after = learner.evaluate()?.unwrap_or(f64::NAN);
     let tuned = world::with_dit(&world.models, learner.policy());
-    println!("after fine-tuning:");
-    gifs(&tuned, &heldout[..4.min(heldout.len())], &args.out, "after")?;
+    gifs(&tuned, "after")?;
 
-    let (t0, t1) = (
-        OracleTerms::of(&world.models, &heldout, &dev)?,
-        OracleTerms::of(&tuned, &heldout, &dev)?,
-    );
+    let t0 = OracleTerms::of(&world.models, &heldout, &dev)?;
+    let t1 = OracleTerms::of(&tuned, &heldout, &dev)?;
     let (change, se) = t0.paired_change(&t1);
     println!("\noracle from a second noise seed: change {change:+.4} +- {se:.4} (standard error of the paired mean); terms:");
     for ((name, b), a) in ORACLE_TERMS.iter().zip(t0.means).zip(t1.means) {
@@ -143,36 +125,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // the curves of the whole run, resumed parts included
     let log = MetricsLog::read(&learner.config().out.join("metrics.jsonl"))?;
-    let latent: Vec<f64> = log
-        .iter()
-        .map(|m| m.latent_reward.unwrap_or(f64::NAN))
-        .collect();
-    let smooth = (0..latent.len())
-        .map(|i| {
-            let w = &latent[i.saturating_sub(9)..=i];
-            (i as f64 + 1.0, w.iter().sum::<f64>() / w.len() as f64)
-        })
-        .collect();
-    let mut held = vec![(0.0, before)];
-    held.extend(
-        log.iter()
-            .filter_map(|m| m.heldout_reward.map(|r| (m.step as f64 + 1.0, r))),
-    );
-    let curves = [
-        Series {
-            label: "process reward (train)".into(),
-            points: smooth,
-        },
-        Series {
-            label: "held-out oracle".into(),
-            points: held,
-        },
-    ];
-    write_curves_png(
+    write_metrics_png(
         &args.out.join("rewards.png"),
         "prfl on shapes-world",
-        "step",
-        &curves,
+        &log,
+        Some(before),
     )?;
     println!(
         "\nheld-out oracle reward: {before:.4} -> {after:.4} ({:+.4}) after {} PRFL steps ({seconds:.1} s this run); curves, GIFs and run/metrics.jsonl in {}",

@@ -6,12 +6,12 @@
 //! cargo run --release --example sample --features wgpu -- --steps 30 --out out/samples
 //! ```
 //!
-//! Without prompts it samples four test-split captions. Flags: `--models DIR` (default
-//! assets/shapes-world), `--steps N`, `--seed N`, `--out DIR` (default out/samples).
+//! Without prompts it samples four test-split captions.
 
 use std::path::PathBuf;
 
 use burn::tensor::ElementConversion;
+use clap::Parser;
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     io::progress::Progress,
@@ -22,25 +22,33 @@ use shapes_world::{
 
 type B = DefaultBackend;
 
+/// Samples shapes-world videos with the shipped base model.
+#[derive(Parser)]
+struct Args {
+    /// Captions to sample (four test captions without any).
+    prompts: Vec<Caption>,
+    /// The pretrained world models.
+    #[arg(long, default_value = "assets/shapes-world")]
+    models: PathBuf,
+    /// Euler steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Seed of the first prompt's noise (the next prompts: seed + 1, ...).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long, default_value = "out/samples")]
+    out: PathBuf,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut models_dir, mut steps, mut seed, mut out) = (
-        PathBuf::from("assets/shapes-world"),
-        20usize,
-        0u64,
-        PathBuf::from("out/samples"),
-    );
-    let mut prompts = Vec::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--models" => models_dir = val()?.into(),
-            "--steps" => steps = val()?.parse()?,
-            "--seed" => seed = val()?.parse()?,
-            "--out" => out = val()?.into(),
-            p => prompts.push(p.parse::<Caption>()?),
-        }
-    }
+    let Args {
+        mut prompts,
+        models: models_dir,
+        steps,
+        seed,
+        out,
+    } = Args::parse();
     if prompts.is_empty() {
         prompts = captions(Split::Test)
             .into_iter()
@@ -51,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Default::default();
     let models = WorldModels::<B>::load(&models_dir, &dev).map_err(|e| {
         format!(
-            "cannot load models from {}: {e} (run the pretrain_world example first?)",
+            "cannot load models from {}: {e} (run the pretrain_world experiment first?)",
             models_dir.display()
         )
     })?;

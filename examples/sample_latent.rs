@@ -11,6 +11,7 @@
 use std::{path::PathBuf, time::Instant};
 
 use burn::tensor::{Distribution, Tensor};
+use clap::{Parser, ValueEnum};
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     io::checkpoint::load_safetensors,
@@ -22,63 +23,41 @@ use rand::SeedableRng;
 
 type B = DefaultBackend;
 
-#[derive(Debug, Clone, Copy)]
+/// The stepper of the chain.
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum Sampler {
+    /// The Euler ODE.
     Euler,
+    /// Flow-GRPO's SDE (with log-probs).
     FlowGrpo,
+    /// DanceGRPO's SDE (with log-probs).
     DanceGrpo,
 }
 
+/// Samples a video latent with a Wan2.1-architecture DiT and prints the chain.
+#[derive(Parser)]
 struct Args {
+    /// Sampling steps.
+    #[arg(long, default_value_t = 20)]
     steps: usize,
+    /// Timestep shift.
+    #[arg(long, default_value_t = 3.0)]
     shift: f64,
+    /// The stepper.
+    #[arg(long, value_enum, default_value_t = Sampler::Euler)]
     sampler: Sampler,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Latent frames.
+    #[arg(long, default_value_t = 5)]
     frames: usize,
+    /// Latent height and width.
+    #[arg(long, default_value_t = 16)]
     size: usize,
+    /// A diffusers `WanTransformer3DModel` folder (random tiny weights without it).
+    #[arg(long)]
     weights: Option<PathBuf>,
-}
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        steps: 20,
-        shift: 3.0,
-        sampler: Sampler::Euler,
-        seed: 0,
-        frames: 5,
-        size: 16,
-        weights: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--steps" => a.steps = val()?.parse().map_err(|e| format!("--steps: {e}"))?,
-            "--shift" => a.shift = val()?.parse().map_err(|e| format!("--shift: {e}"))?,
-            "--seed" => a.seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "--frames" => a.frames = val()?.parse().map_err(|e| format!("--frames: {e}"))?,
-            "--size" => a.size = val()?.parse().map_err(|e| format!("--size: {e}"))?,
-            "--weights" => a.weights = Some(PathBuf::from(val()?)),
-            "--sampler" => {
-                a.sampler = match val()?.as_str() {
-                    "euler" => Sampler::Euler,
-                    "flow-grpo" => Sampler::FlowGrpo,
-                    "dance-grpo" => Sampler::DanceGrpo,
-                    s => {
-                        return Err(format!(
-                            "unknown sampler {s}: euler | flow-grpo | dance-grpo"
-                        ))
-                    }
-                }
-            }
-            "-h" | "--help" => {
-                println!("sample_latent [--steps N] [--shift S] [--sampler euler|flow-grpo|dance-grpo] [--seed N] [--frames F] [--size HW] [--weights DIR]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown flag {other} (try --help)")),
-        }
-    }
-    Ok(a)
 }
 
 fn load_model(
@@ -116,26 +95,16 @@ fn run<S: Stepper>(
     Rollout::new(&schedule, stepper).sample(model, noise, &Conditioning::new(text), args.seed)
 }
 
-fn main() {
-    let args = parse().unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(2)
-    });
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
     let dev = Default::default();
-    let model = load_model(&args, &dev).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    });
+    let model = load_model(&args, &dev)?;
     let start = Instant::now();
     let traj = match args.sampler {
         Sampler::Euler => run(&EulerOde, &args, &model),
         Sampler::FlowGrpo => run(&FlowGrpoSde::default(), &args, &model),
         Sampler::DanceGrpo => run(&DanceGrpoSde::default(), &args, &model),
-    }
-    .unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    });
+    }?;
     let latent = traj.last().clone();
     let _ = <B as burn::tensor::backend::Backend>::sync(&dev);
     let elapsed = start.elapsed();
@@ -164,4 +133,5 @@ fn main() {
         elapsed,
         elapsed.as_secs_f64() * 1e3 / args.steps as f64
     );
+    Ok(())
 }

@@ -21,7 +21,9 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use refl_trainer::{
     HeldoutReward, LearnerConfig, LrSchedule, OptimConfig, PromptSet, SftData, TrainError,
 };
-use shapes_world::{captions, Caption, OracleReward, RewardData, Split, WorldError, WorldModels};
+use shapes_world::{
+    captions, write_gif, Caption, OracleReward, RewardData, Split, Video, WorldError, WorldModels,
+};
 
 /// Where the pretrained world models are shipped.
 pub const MODELS: &str = "assets/shapes-world";
@@ -60,6 +62,12 @@ fn load_error(path: &Path, e: impl std::fmt::Display) -> SetupError {
         reason: e.to_string(),
     }
 }
+
+/// The world's held-out metric: the oracle on decoded samples of held-out captions.
+pub type WorldHeldout<B> = HeldoutReward<B, CausalVae<B>, OracleReward, Caption>;
+
+/// The quickstart's process reward: a VELR ensemble on a frozen DiT's clean-sample prediction.
+pub type DenoisedVelr<B> = DenoisedReward<B, WanTransformer<B>, Ensemble<VelrReward<B>>>;
 
 /// The pretrained world models, once for inference (`models`) and once for training
 /// (`models_ad`).
@@ -131,10 +139,7 @@ impl<B: AutodiffBackend> World<B> {
     pub fn heldout_reward(
         &self,
         n: usize,
-    ) -> Result<
-        HeldoutReward<B::InnerBackend, CausalVae<B::InnerBackend>, OracleReward, Caption>,
-        SetupError,
-    > {
+    ) -> Result<WorldHeldout<B::InnerBackend>, SetupError> {
         Ok(HeldoutReward {
             vae: self.models.vae.clone(),
             norm: self.models.latent_norm(),
@@ -232,7 +237,7 @@ pub fn denoised_velr<B: AutodiffBackend>(
     dit: &WanTransformer<B>,
     members: Vec<VelrReward<B>>,
     k: f64,
-) -> Result<DenoisedReward<B, WanTransformer<B>, Ensemble<VelrReward<B>>>, SetupError> {
+) -> Result<DenoisedVelr<B>, SetupError> {
     let members = members.into_iter().map(Module::no_grad).collect();
     let ens = Ensemble::new(members)?.with_aggregation(Aggregation::LowerConfidenceBound { k });
     let scale = FlowMatchScheduleConfig::new(1).num_train_timesteps as f64;
@@ -315,6 +320,30 @@ pub fn paired_change(before: &[f64], after: &[f64]) -> (f64, f64) {
     let mean = d.iter().sum::<f64>() / n;
     let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     (mean, (var / n).sqrt())
+}
+
+/// Samples `prompts` (20 Euler steps, shift 3, noise seed 7), writes one GIF per prompt to
+/// `dir/TAG_I.gif`, and returns each sample's oracle reward with its file.
+///
+/// # Errors
+/// Sampling, scoring or IO errors.
+pub fn write_gifs<Bk: Backend>(
+    models: &WorldModels<Bk>,
+    prompts: &[Caption],
+    dir: &Path,
+    tag: &str,
+) -> Result<Vec<(f32, PathBuf)>, SetupError> {
+    let device = models.dit.devices()[0].clone();
+    let video = models.decode(models.sample_latents(prompts, 20, 3.0, 7, &device)?);
+    let rewards = latent_reward::error::host_f32(OracleReward.score(video.clone(), prompts)?)?;
+    let mut out = Vec::new();
+    for (i, r) in rewards.into_iter().enumerate() {
+        let v = Video::from_tensor(video.clone().narrow(0, i, 1).squeeze_dim::<4>(0))?;
+        let path = dir.join(format!("{tag}_{i}.gif"));
+        write_gif(&path, &v, 3, 100)?;
+        out.push((r, path));
+    }
+    Ok(out)
 }
 
 /// The inner-backend copy of a trained DiT in the world's models, for sampling and scoring.

@@ -32,6 +32,6 @@ pub use methods::{
 };
 pub use metrics::{MetricsLog, StepMetrics};
 pub use optim::{LrSchedule, OptimConfig};
-pub use plot::{write_curves_png, Series};
+pub use plot::{write_curves_png, write_metrics_png, Series};
 pub use policy::{Policy, PolicyOptimizer, Update};
 pub use prompts::PromptSet;

@@ -240,6 +240,46 @@ pub fn write_curves_png(path: &Path, title: &str, x_label: &str, series: &[Serie
         .map_err(|e| io(std::io::Error::other(e)))
 }
 
+/// The curves of a run's metrics log: the reward the method reports, smoothed over 10 steps,
+/// and the held-out evaluations (from `start`, the held-out value before training, when given),
+/// against the step.
+///
+/// # Errors
+/// IO errors writing the file.
+pub fn write_metrics_png(
+    path: &Path,
+    title: &str,
+    log: &[crate::metrics::StepMetrics],
+    start: Option<f64>,
+) -> Result<()> {
+    let reward: Vec<f64> = log
+        .iter()
+        .map(|m| m.latent_reward.unwrap_or(f64::NAN))
+        .collect();
+    let smooth = (0..reward.len())
+        .map(|i| {
+            let w = &reward[i.saturating_sub(9)..=i];
+            (i as f64 + 1.0, w.iter().sum::<f64>() / w.len() as f64)
+        })
+        .collect();
+    let mut heldout: Vec<(f64, f64)> = start.map(|r| (0.0, r)).into_iter().collect();
+    heldout.extend(
+        log.iter()
+            .filter_map(|m| m.heldout_reward.map(|r| (m.step as f64 + 1.0, r))),
+    );
+    let curves = [
+        Series {
+            label: "reward (train)".into(),
+            points: smooth,
+        },
+        Series {
+            label: "held-out".into(),
+            points: heldout,
+        },
+    ];
+    write_curves_png(path, title, "step", &curves)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,9 @@ const METHODS: [&str; 7] = [
     "grpo-pixel",
 ];
 
+/// A held-out curve: (training seconds, reward) points.
+type Curve = Vec<(f64, f64)>;
+
 /// GRPO updates between online-alignment rounds of `grpo-latent-aligned`.
 const GRPO_ALIGN_EVERY: usize = 5;
 
@@ -288,12 +291,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Default::default();
     let w = World::<AD>::load(&args.models, &dev)?;
     let evaluator = w.heldout_reward(args.heldout)?;
-    let mut runs: Vec<(String, Vec<(f64, f64)>, usize)> = Vec::new();
+    // each method's name, held-out curve (training seconds, reward) and steps
+    let mut runs: Vec<(String, Curve, usize)> = Vec::new();
     for name in &args.methods {
         let dir = args.out.join(name);
         let done = dir.join("curve.json");
         if let Ok(text) = std::fs::read_to_string(&done) {
-            let (points, steps): (Vec<(f64, f64)>, usize) = serde_json::from_str(&text)?;
+            let (points, steps): (Curve, usize) = serde_json::from_str(&text)?;
             println!("{name}: finished earlier ({}), skipped", done.display());
             runs.push((name.clone(), points, steps));
             continue;

@@ -340,7 +340,6 @@ fn stronger_generator(
         w.latent_shape(),
     )?;
     let (tuned, before, after) = run.run(w, Box::new(method), &args.save.join("refl_generator"))?;
-    let after = Some(after);
     // the noise of `train_rewards`' samples of each split (its seed: the split's index x 1000)
     let sample = |caps: &[Caption], split: Split| {
         RewardData::generate(
@@ -367,7 +366,7 @@ fn stronger_generator(
         "RGB ReFL generator ({} steps, lr {:e}): held-out {before:.4} -> {:.4}; {n} training samples, mean reward {gen_mean:.3}; {} pairs in all; {} test pairs ({:.0} s)",
         args.refl_generator,
         args.refl_lr,
-        after.unwrap_or(f64::NAN),
+        after,
         pool.pairs.len(),
         set.len(),
         t.elapsed().as_secs_f64()
@@ -440,7 +439,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cfg = cfg.with_pooling(Some(args.fresh.unwrap_or(Pooling::Query)));
         }
         cfg.save(args.save.join("prm.json"))?;
-        let model = cfg.init(&models_ad.dit, &dev)?;
+        let model = cfg.init(models_ad.dit, &dev)?;
         match (fresh, args.frozen_trunk) {
             (_, true) => model.freeze_trunk(),
             (true, false) => model,
@@ -454,7 +453,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pool = cached(&args, "train_192x4")?;
     if let Some(step) = args.oracle_step {
         let t = Instant::now();
-        let moved = pool.oracle_neighbours(&models_ad, step, &dev)?;
+        let moved = pool.oracle_neighbours(models_ad, step, &dev)?;
         let gaps: Vec<f32> = moved
             .samples
             .chunks(2)
@@ -474,7 +473,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.policy_pairs > 0 {
         let t = Instant::now();
         let near = RewardData::policy_neighbours(
-            &models,
+            models,
             &captions_of(&pool),
             &neighbours(&args, args.policy_pairs, 8000),
             &dev,
@@ -510,19 +509,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.extend(near)?;
     }
     let test = cached(&args, "test_48x4")?;
-    let test_pairs = test.pair_set(&models, &dev)?;
+    let test_pairs = test.pair_set(models, &dev)?;
     // the oracle's gradients on the test samples, once for every round's gradient cosine
-    let test_grads = test.gradient_set(&models_ad, &dev)?;
+    let test_grads = test.gradient_set(models_ad, &dev)?;
     let test_near = match args.policy_pairs {
         0 => None,
         k => {
             let near = RewardData::policy_neighbours(
-                &models,
+                models,
                 &captions_of(&test),
                 &neighbours(&args, k.min(2), 9000),
                 &dev,
             )?;
-            let set = near.pair_set(&models, &dev)?;
+            let set = near.pair_set(models, &dev)?;
             let acc = accuracy(&prm, &set)?;
             println!(
                 "starting model on {} test policy-neighbour pairs: accuracy {:.3} / {:.3}",
@@ -568,7 +567,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     if args.fit_first > 0 {
         let seconds;
-        (prm, seconds) = refit(prm, &pool, &models, &args, 0)?;
+        (prm, seconds) = refit(prm, &pool, models, &args, 0)?;
         md = md.replace(
             "Round 0 is the shipped model",
             &format!(
@@ -579,7 +578,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.sobolev > 0 {
         let t = Instant::now();
-        let set = pool.gradient_set(&models_ad, &dev)?;
+        let set = pool.gradient_set(models_ad, &dev)?;
         let grads_s = t.elapsed().as_secs_f64();
         let cfg = GradientMatchConfig {
             weight: args.grad_weight,
@@ -671,7 +670,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let from = with_test.samples.len();
         with_test.extend(onp_test)?;
         with_test.pair_by_caption(MARGIN);
-        let onp_pairs = pairs_with_added(with_test, from).pair_set(&models, &dev)?;
+        let onp_pairs = pairs_with_added(with_test, from).pair_set(models, &dev)?;
         let acc = accuracy(&prm, &test_pairs)?;
         let onp = accuracy(&prm, &onp_pairs)?;
         let cos = [
@@ -718,7 +717,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.extend(onp_train)?;
         pool.pair_by_caption(MARGIN);
         let seconds;
-        (prm, seconds) = refit(prm, &pool, &models, &args, round + 1)?;
+        (prm, seconds) = refit(prm, &pool, models, &args, round + 1)?;
         println!(
             "round {round} took {:.0} s (reward model {seconds:.0} s)",
             t_round.elapsed().as_secs_f64(),

@@ -68,6 +68,25 @@ impl SamplingConfig {
     }
 }
 
+/// One shard: the default of every method's `shards`.
+pub(crate) fn one() -> usize {
+    1
+}
+
+/// The shapes of one video's latent and one prompt's embeddings, `[1, C, F, H, W]` and
+/// `[1, S, D]`, after checking that `policy` takes them.
+pub(crate) fn checked_shapes<B: AutodiffBackend, M: Policy<B>, P>(
+    policy: &M,
+    latent_shape: [usize; 4],
+    train: &PromptSet<B::InnerBackend, P>,
+) -> Result<([usize; 5], [usize; 3])> {
+    let [c, f, h, w] = latent_shape;
+    let [_, s, d] = train.text.dims();
+    let shapes = ([1, c, f, h, w], [1, s, d]);
+    policy.check_input(shapes.0, shapes.1)?;
+    Ok(shapes)
+}
+
 /// The largest batch accepted; a larger one would exhaust memory before its first step.
 pub const MAX_BATCH: usize = 4096;
 

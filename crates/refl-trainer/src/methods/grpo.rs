@@ -9,7 +9,10 @@ use crate::{
     checkpoint::{CheckpointReader, CheckpointWriter},
     error::Result,
     method::{Method, StepReport},
-    methods::aligned_ensemble::{GrpoReward, GrpoRollouts},
+    methods::{
+        aligned_ensemble::{GrpoReward, GrpoRollouts},
+        batch::checked_shapes,
+    },
     policy::{Policy, PolicyOptimizer},
     prompts::PromptSet,
 };
@@ -90,9 +93,7 @@ where
     }
 
     fn init(&mut self, policy: &M) -> Result<()> {
-        let [c, f, h, w] = self.latent_shape;
-        let [_, s, d] = self.train.text.dims();
-        policy.check_input([1, c, f, h, w], [1, s, d])?;
+        checked_shapes(policy, self.latent_shape, &self.train)?;
         self.reference = Some(policy.valid());
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::{
     error::{config_error, Result},
     method::{Method, StepReport},
     methods::{
-        batch::{check_batch, sharded_loss, Batch, SamplingConfig, ShardLoss},
+        batch::{check_batch, checked_shapes, one, sharded_loss, Batch, SamplingConfig, ShardLoss},
         kl::velocity_kl,
         sft::{Sft, SftConfig, SftData},
     },
@@ -53,10 +53,6 @@ pub struct PrflConfig {
     /// (`diffusion_core::train::parallel::sharded_grads`); 1: one graph on the calling thread.
     #[serde(default = "one")]
     pub shards: usize,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl Default for PrflConfig {
@@ -251,10 +247,8 @@ where
     }
 
     fn init(&mut self, policy: &M) -> Result<()> {
-        let [c, f, h, w] = self.latent_shape;
-        let [_, s, d] = self.train.text.dims();
-        policy.check_input([1, c, f, h, w], [1, s, d])?;
-        self.reward.check_input([1, c, f, h, w], [1, s, d])?;
+        let (latent, text) = checked_shapes(policy, self.latent_shape, &self.train)?;
+        self.reward.check_input(latent, text)?;
         if self.config.kl_beta > 0.0 {
             self.reference = Some(policy.valid());
         }

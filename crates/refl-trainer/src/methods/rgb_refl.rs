@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{config_error, Result},
     method::{Method, StepReport},
-    methods::batch::{check_batch, sharded_loss, Batch, SamplingConfig, ShardLoss},
+    methods::batch::{
+        check_batch, checked_shapes, one, sharded_loss, Batch, SamplingConfig, ShardLoss,
+    },
     policy::{Policy, PolicyOptimizer},
     prompts::PromptSet,
 };
@@ -46,10 +48,6 @@ pub struct RgbReflConfig {
     /// Batch shards whose forward and backward run side by side on their own threads.
     #[serde(default = "one")]
     pub shards: usize,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl Default for RgbReflConfig {
@@ -185,9 +183,7 @@ where
     }
 
     fn init(&mut self, policy: &M) -> Result<()> {
-        let [c, f, h, w] = self.latent_shape;
-        let [_, s, d] = self.train.text.dims();
-        Ok(policy.check_input([1, c, f, h, w], [1, s, d])?)
+        checked_shapes(policy, self.latent_shape, &self.train).map(|_| ())
     }
 
     fn step(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{config_error, Result, TrainError},
     method::{Method, StepReport},
-    methods::batch::check_batch,
+    methods::batch::{check_batch, one},
     policy::{Policy, PolicyOptimizer},
 };
 
@@ -75,10 +75,6 @@ pub struct SftConfig {
     /// Batch shards whose forward and backward run side by side on their own threads.
     #[serde(default = "one")]
     pub shards: usize,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl Default for SftConfig {

@@ -22,7 +22,7 @@ use crate::{
     error::{config_error, Result},
     method::{Method, StepReport},
     methods::{
-        batch::{check_batch, sharded_loss, Batch, SamplingConfig, ShardLoss},
+        batch::{check_batch, checked_shapes, one, sharded_loss, Batch, SamplingConfig, ShardLoss},
         kl::velocity_kl,
     },
     policy::{Policy, PolicyOptimizer},
@@ -62,10 +62,6 @@ pub struct VelrConfig {
     /// Batch shards whose forward and backward run side by side on their own threads.
     #[serde(default = "one")]
     pub shards: usize,
-}
-
-fn one() -> usize {
-    1
 }
 
 /// The largest replay buffer accepted (items hold a whole latent each).
@@ -301,11 +297,9 @@ where
     }
 
     fn init(&mut self, policy: &M) -> Result<()> {
-        let [c, f, h, w] = self.latent_shape;
-        let [_, s, d] = self.train.text.dims();
-        policy.check_input([1, c, f, h, w], [1, s, d])?;
+        let (latent, text) = checked_shapes(policy, self.latent_shape, &self.train)?;
         for m in &self.ensemble.members {
-            m.check_input([1, c, f, h, w], [1, s, d])?;
+            m.check_input(latent, text)?;
         }
         // the KL reference is the initial policy, also at a zero weight (VELR reports the KL)
         self.reference = Some(policy.valid());

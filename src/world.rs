@@ -136,10 +136,7 @@ impl<B: AutodiffBackend> World<B> {
     ///
     /// # Errors
     /// As [`World::prompts`].
-    pub fn heldout_reward(
-        &self,
-        n: usize,
-    ) -> Result<WorldHeldout<B::InnerBackend>, SetupError> {
+    pub fn heldout_reward(&self, n: usize) -> Result<WorldHeldout<B::InnerBackend>, SetupError> {
         Ok(HeldoutReward {
             vae: self.models.vae.clone(),
             norm: self.models.latent_norm(),

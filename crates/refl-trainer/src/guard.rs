@@ -79,7 +79,7 @@ impl std::fmt::Display for Rejection {
 }
 
 /// Counts rejected steps; the run stops once more than `max_rejected` were rejected. A
-/// rejected step leaves the parameters and the optimiser state as they were, so no checkpoint
+/// rejected step leaves the parameters as they were, so no checkpoint
 /// ever holds its values.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Guard {

@@ -1,10 +1,6 @@
 //! The [`Learner`]: the run services every method shares.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use burn::{
     optim::Optimizer,
@@ -112,7 +108,8 @@ pub struct Learner<B: AutodiffBackend, M: Policy<B>, T: Method<B, M>> {
     method: T,
     evaluator: Option<Box<dyn Evaluate<M::InnerModule>>>,
     step: usize,
-    log: MetricsLog,
+    /// Opened once the checkpoint (if any) was read, so a refused resume touches nothing.
+    log: Option<MetricsLog>,
     device: B::Device,
 }
 
@@ -132,17 +129,17 @@ impl<B: AutodiffBackend, M: Policy<B>, T: Method<B, M>> Learner<B, M, T> {
             .first()
             .cloned()
             .ok_or_else(|| config_error("policy", "the policy has no parameters"))?;
-        let log = MetricsLog::open(&config.out.join("metrics.jsonl"))?;
         let mut learner = Self {
             optim: PolicyOptimizer::new(policy, config.optim.clone(), Guard::new(config.guard)),
             method,
             evaluator: None,
             step: 0,
-            log,
+            log: None,
             device,
             config,
         };
         learner.resume()?;
+        learner.log = Some(MetricsLog::open(&learner.config.out.join("metrics.jsonl"))?);
         Ok(learner)
     }
 
@@ -271,7 +268,9 @@ impl<B: AutodiffBackend, M: Policy<B>, T: Method<B, M>> Learner<B, M, T> {
             skipped: self.optim.guard.rejected,
             extra: report.extra,
         };
-        self.log.write(&metrics)?;
+        if let Some(log) = &mut self.log {
+            log.write(&metrics)?;
+        }
         let ck = self.config.checkpoint_every;
         if (ck > 0 && self.step % ck == 0) || self.step == self.config.steps {
             self.save_checkpoint()?;
@@ -371,9 +370,4 @@ impl<B: AutodiffBackend, M: Policy<B>, T: Method<B, M>> Learner<B, M, T> {
         self.step = state.step;
         Ok(())
     }
-}
-
-/// Whether `dir` holds a checkpoint (`checkpoint/state.json`).
-pub fn has_checkpoint(dir: &Path) -> bool {
-    dir.join("checkpoint").join("state.json").exists()
 }

@@ -23,7 +23,7 @@ pub use diffusion_core::models::vae::LatentNorm;
 pub use error::{Result, TrainError};
 pub use evaluation::{heldout_reward, Evaluate, HeldoutReward};
 pub use guard::{Guard, GuardConfig, Rejection};
-pub use learner::{has_checkpoint, Learner, LearnerConfig};
+pub use learner::{Learner, LearnerConfig};
 pub use method::{Method, StepReport};
 pub use methods::{
     AlignedEnsemble, FrameSelection, Grpo, GrpoReward, GrpoRollouts, Prfl, PrflConfig,

@@ -54,8 +54,10 @@ impl Update {
 /// The policy with its optimiser: the only way a [`crate::Method`] changes the weights.
 ///
 /// [`PolicyOptimizer::apply`] clips the gradients to the global norm, checks the loss and the
-/// norm, takes the AdamW step, then checks the new weights; a rejected step is rolled back
-/// (weights and optimiser state) and counted.
+/// norm, takes the AdamW step, then checks the new weights; a rejected step leaves the weights
+/// as they were and is counted. (The optimiser's moments keep the rejected step's gradients,
+/// which passed the check: a bad update comes from the step size, not from them. Holding the
+/// old weights during the step costs no memory beyond what the step allocates anyway.)
 pub struct PolicyOptimizer<B: AutodiffBackend, M: Policy<B>> {
     policy: M,
     optim: OptimizerAdaptor<FusedAdamW, M, B>,
@@ -104,14 +106,13 @@ impl<B: AutodiffBackend, M: Policy<B>> PolicyOptimizer<B, M> {
             update.rejected = Some(why);
             return Ok(update);
         }
+        // the weights before the step, to restore them; the optimiser's moments keep this step's
+        // gradients, which are finite (checked above): a bad update comes from the step size
         let before = self.policy.clone();
-        let state = self.optim.to_record();
         let after = self.optim.step(self.lr, self.policy.clone(), grads);
         match self.guard.weights_ok(&before, &after) {
             Ok(()) => self.policy = after,
             Err(why) => {
-                let optim = std::mem::replace(&mut self.optim, FusedAdamW::new(0.0).init());
-                self.optim = optim.load_record(state);
                 self.guard.reject(self.step, &why)?;
                 update.rejected = Some(why);
             }

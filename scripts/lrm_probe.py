@@ -1,6 +1,6 @@
 """A PyTorch probe of how well the pixel oracle can be regressed from shapes-world latents.
 
-Reads the reward data that `cargo run --release --example train_rewards` caches in
+Reads the reward data that `cargo run --release -p experiments --bin train_rewards` caches in
 out/reward-data (training samples, their hard negatives, test and OOD samples) and fits a small
 3D-conv network: four 3x3x3 convolutions (the third with stride (1, 2, 2)), each followed by FiLM
 (scale and shift from the caption) and SiLU, then an MLP on the flattened [64, 5, 4, 4] features
@@ -16,7 +16,6 @@ which architecture reads it, not how the text path should look. --width, --strid
     python3 scripts/lrm_probe.py --pool --groupnorm --strides 2,1,1,1   # downsample first
 
 Prints the training loss and the Pearson correlation on train / test / OOD every 500 steps.
-Results: docs/rewards.md, "A probe in PyTorch".
 """
 
 import argparse

@@ -17,7 +17,7 @@ use crate::base::{LatentReward, RewardRange};
 /// latents at any timestep through the pretrained generator, here all of it rather than its
 /// first blocks; the clean-latent reward can be a VELR ensemble ("VELR: Efficient Video Reward Feedback via Ensemble Latent Reward Models"), whose regression
 /// of the pixel reward is far better on clean latents than a model trained on noisy ones
-/// (docs/rewards.md). At `sigma = 0` it is `R` itself. Costs one forward (and, for a gradient,
+/// (docs/results/reward_models.md). At `sigma = 0` it is `R` itself. Costs one forward (and, for a gradient,
 /// one backward) of the generator per score.
 ///
 /// # Shapes

@@ -3,7 +3,7 @@
 //! PRFL ("Video Generation Models Are Good Latent Reward Models") climbs the reward model's gradient in the latent, so what matters is that the
 //! gradient points where the true reward rises. Preference pairs only constrain differences of
 //! scores between far-apart samples: a model can rank them well with a gradient orthogonal to
-//! the oracle's (docs/refine_prm.md measured a cosine of 0.01). Where the oracle is
+//! the oracle's (docs/results/prm_refinement.md measured a cosine of 0.01). Where the oracle is
 //! differentiable in the latent (through the VAE decoder), its gradient can be a training target
 //! too: Sobolev training (Czarnecki et al., 2017, "Sobolev Training for Neural Networks").
 //! Matching `grad r` to `g` directly would need a second backward pass through the model's
@@ -267,7 +267,7 @@ where
 /// Mean cosine between `reward`'s gradient in the latent and the oracle's, over `set`'s samples
 /// noised to `sigma` (`x = (1 - sigma) z + sigma eps`, `eps` drawn from `seed`): whether climbing
 /// the reward model's gradient, as PRFL and ReFL do, climbs the oracle where the data lies. 1:
-/// the same direction; about 0: orthogonal (docs/refine_prm.md measured 0.01 for the process
+/// the same direction; about 0: orthogonal (docs/results/prm_refinement.md measured 0.01 for the process
 /// reward model on shapes-world). A sample where either gradient is zero counts 0. Scores
 /// `batch` samples per pass (the argument order of `evaluate_pairs`).
 ///

@@ -9,7 +9,7 @@ use burn::{
 ///
 /// Gradient ascent on a learned reward exploits whatever the model is most sensitive to. On
 /// shapes-world PRFL drives the process reward model to 1.0 by painting a texture at the
-/// latent grid's own frequency over the background (docs/refine_prm.md), which the pixel oracle
+/// latent grid's own frequency over the background (docs/results/prm_refinement.md), which the pixel oracle
 /// penalises. A fixed low-pass filter in front of the model makes its latent gradient the
 /// filter's transpose applied to the model's, so those frequencies carry no reward gradient
 /// and the policy can only gain along smooth directions: colour, position, size.

@@ -46,7 +46,7 @@ pub enum TextFusion {
     /// convolutions from the first block on, so the features themselves are computed for the
     /// prompt's colour, shape and motion. On shapes-world a conditioned conv net of this kind
     /// (scripts/lrm_probe.py) regresses the oracle far better than a prompt that arrives only
-    /// after the convolutions (docs/rewards.md).
+    /// after the convolutions (docs/results/reward_models.md).
     BlockFilm,
 }
 
@@ -78,7 +78,7 @@ pub struct VelrRewardConfig {
     /// Stride `(F, H, W)` of each residual block. The default downsamples in the first block,
     /// which suits large latents (VELR reads 60 x 104 Wan latents); on small latents keep the
     /// first block at full resolution: on shapes-world's 8 x 8 latents `[1, 1, 1]` first lifts
-    /// the test / OOD Pearson from 0.66 / 0.69 to 0.79 / 0.79 (docs/rewards.md).
+    /// the test / OOD Pearson from 0.66 / 0.69 to 0.79 / 0.79 (docs/results/reward_models.md).
     #[config(default = "vec![[1, 2, 2], [1, 2, 2], [1, 1, 1]]")]
     pub strides: Vec<[usize; 3]>,
     /// GroupNorm groups.

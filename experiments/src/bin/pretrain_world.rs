@@ -117,7 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rows.push(format!("| {name} | {r:.3} | {u:.3} |"));
     }
     let report = format!(
-        "# shapes-world pretraining\n\nProduced by `cargo run --release --example pretrain_world -- --out {}` on the {} backend, 2 CPU cores.\n\n\
+        "# shapes-world pretraining\n\nProduced by `cargo run --release -p experiments --bin pretrain_world -- --out {}` on the {} backend, 2 CPU cores.\n\n\
          | stage | steps | batch | wall time |\n|---|---|---|---|\n| VAE | {} | {} | {:.1} min |\n| latent cache + DiT + text encoder | {} | {} | {:.1} min |\n\n\
          VAE reconstruction PSNR on 64 test videos: **{psnr:.2} dB**.\n\n\
          Mean oracle reward of 20-step Euler samples ({} captions per split):\n\n| split | base model | untrained DiT |\n|---|---|---|\n{}\n",

@@ -1,7 +1,7 @@
 //! Refines the PRFL process reward model on the policy's own samples, in rounds.
 //!
 //! A reward model trained on base-model samples alone is exploited by PRFL: the policy finds
-//! latents it scores high that the pixel oracle does not (docs/comparison.md). Each round here
+//! latents it scores high that the pixel oracle does not (docs/results/comparison.md). Each round here
 //! fine-tunes a fresh copy of the DiT with PRFL against the current reward model (the quickstart's
 //! settings), samples the tuned policy on training prompts, labels those samples with the oracle,
 //! adds them to the preference data (paired by caption with the base samples and rendered videos
@@ -16,7 +16,7 @@
 //!
 //! Writes the refined model to `--save` (default out/refine-prm; copy `prm.mpk` to
 //! assets/shapes-world/rewards to ship it) and a table of every round to `--report` (default
-//! out/refine-prm/report.md; docs/refine_prm.md holds the tables of the runs it cites).
+//! out/refine-prm/report.md; docs/results/prm_refinement.md holds the tables of the runs it cites).
 //! Flags: `--rounds N`, `--prm-steps N` (reward-model steps per round), `--prompts N`
 //! (training prompts sampled per round), `--per-prompt N`, `--prfl-steps N`,
 //! `--sft-every N` (PRFL's SFT steps; 0: none, which shows exploitation unmasked),

@@ -8,7 +8,7 @@ out/reward-data (training samples, their hard negatives, test and OOD samples) a
 with --text bag-of-words, as word counts, where colour and background share their names), not
 through the world's text encoder: the probe asks how much of the oracle the latents carry and
 which architecture reads it, not how the text path should look. --width, --strides and
---groupnorm vary the convolutions (the ablations of docs/results/reward_models.md).
+--groupnorm vary the convolutions.
 
     pip install torch numpy
     python3 scripts/lrm_probe.py               # flattened features

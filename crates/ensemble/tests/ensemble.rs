@@ -6,6 +6,7 @@ use burn::{
 };
 use diffusion_core::backend::DefaultBackend;
 use ensemble::*;
+use latent_reward::OptimConfig;
 use latent_reward::*;
 
 type B = DefaultBackend;
@@ -82,11 +83,9 @@ fn members_train_independently() {
         .unwrap();
     let data = RegressionSet::new(lat, Tensor::zeros([n, 1, 4], &dev), targets).unwrap();
     let cfg = FitConfig {
+        optim: OptimConfig::constant(3e-3, 0.0, Some(1.0)),
         steps: 40,
         batch: 8,
-        lr: 3e-3,
-        weight_decay: 0.0,
-        grad_clip: Some(1.0),
         seed: 7,
     };
     let init = |_seed| {

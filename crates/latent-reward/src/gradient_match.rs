@@ -452,11 +452,9 @@ mod tests {
         let grads = Tensor::from_data(TensorData::new(g.repeat(16), [16, 1, 1, 1, 2]), &dev);
         let data = GradientSet::new(values, grads).unwrap();
         let fit_cfg = FitConfig {
+            optim: crate::OptimConfig::constant(3e-2, 0.0, None),
             steps: 300,
             batch: 8,
-            lr: 3e-2,
-            weight_decay: 0.0,
-            grad_clip: None,
             seed: 1,
         };
         for directions in [ProbeDirections::OracleAndModel, ProbeDirections::Random] {

@@ -23,6 +23,7 @@ pub use denoised::DenoisedReward;
 /// The noise-level distributions of noisy-latent training ([`fit_preference`],
 /// [`fit_noisy_regression`]).
 pub use diffusion_core::train::loss::TimestepSampling;
+pub use diffusion_core::train::optim_config::{LrSchedule, OptimConfig};
 pub use error::{Result, RewardError};
 pub use gradient_match::{
     fit_gradient_match, gradient_cosine, gradient_match_loss, GradientBatch, GradientMatchConfig,

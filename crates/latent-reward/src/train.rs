@@ -7,7 +7,7 @@ use burn::{
 };
 use diffusion_core::{
     io::progress::Progress, ops::fused_adamw::FusedAdamW, sampling::rollout::randn,
-    train::loss::TimestepSampling, train::optim::clip_grad_norm,
+    train::loss::TimestepSampling, train::optim::clip_grad_norm, train::optim_config::OptimConfig,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -28,12 +28,8 @@ pub struct FitConfig {
     pub steps: usize,
     /// Samples (or pairs) per step.
     pub batch: usize,
-    /// AdamW learning rate (constant).
-    pub lr: f64,
-    /// AdamW weight decay.
-    pub weight_decay: f64,
-    /// Global gradient-norm clip (`None`: no clipping).
-    pub grad_clip: Option<f64>,
+    /// AdamW with its learning-rate schedule and global gradient-norm clipping.
+    pub optim: OptimConfig,
     /// Seed of the batch order and of the training noise.
     pub seed: u64,
 }
@@ -43,13 +39,7 @@ impl FitConfig {
         if self.steps == 0 || self.batch == 0 {
             return Err(invalid("steps/batch", "must be positive"));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(invalid(
-                "lr",
-                format!("{} is not a positive number", self.lr),
-            ));
-        }
-        Ok(())
+        Ok(self.optim.validate()?)
     }
 }
 
@@ -117,7 +107,7 @@ where
 {
     cfg.validate()?;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut optim = FusedAdamW::new(cfg.weight_decay).init();
+    let mut optim = FusedAdamW::new(cfg.optim.weight_decay).init();
     let mut report = FitReport::default();
     let mut pb = Progress::new(cfg.steps, label);
     let mut queue = Vec::new();
@@ -129,9 +119,10 @@ where
         let loss = loss(&model, &idx, &mut rng);
         let value = finite(loss.clone().into_scalar().elem::<f64>(), "loss", i)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let (grads, norm) = clip_grad_norm(&model, grads, cfg.grad_clip.unwrap_or(f64::INFINITY));
+        let clip = cfg.optim.grad_clip.unwrap_or(f64::INFINITY);
+        let (grads, norm) = clip_grad_norm(&model, grads, clip);
         report.grad_norms.push(finite(norm, "gradient norm", i)?);
-        model = optim.step(cfg.lr, model, grads);
+        model = optim.step(cfg.optim.lr_at(i, cfg.steps), model, grads);
         report.losses.push(value);
         pb.tick(format!("loss {value:.4}"));
     }

@@ -1,5 +1,6 @@
 //! Smoke tests of the reward models and their training loops on tiny problems.
 
+use latent_reward::OptimConfig;
 use std::collections::HashMap;
 
 use burn::{
@@ -93,11 +94,9 @@ fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
     let before = param_snapshot(&prm).unwrap();
     let acc0 = evaluate_pairs(&prm.valid(), &valid(&pairs), 0.2, 1, 16).unwrap();
     let cfg = FitConfig {
+        optim: OptimConfig::constant(3e-3, 0.0, Some(1.0)),
         steps: 60,
         batch: 16,
-        lr: 3e-3,
-        weight_decay: 0.0,
-        grad_clip: Some(1.0),
         seed: 0,
     };
     let noise = TimestepSampling::Uniform { shift: 1.0 };
@@ -143,11 +142,9 @@ fn frozen_trunk_trains_pool_and_head_only() {
     let pairs = offset_pairs(16, [4, 1, 4, 4], 16);
     let before = param_snapshot(&prm).unwrap();
     let cfg = FitConfig {
+        optim: OptimConfig::constant(1e-2, 0.0, None),
         steps: 5,
         batch: 16,
-        lr: 1e-2,
-        weight_decay: 0.0,
-        grad_clip: None,
         seed: 0,
     };
     let (prm, _) = fit_preference(
@@ -240,11 +237,9 @@ fn velr_and_mlp_regress_a_structured_target() {
     let train = structured_set(96, shape, 8, 0, sum);
     let test = valid_set(&structured_set(48, shape, 8, 1, sum));
     let cfg = FitConfig {
+        optim: OptimConfig::constant(2e-3, 0.0, Some(1.0)),
         steps: 120,
         batch: 16,
-        lr: 2e-3,
-        weight_decay: 0.0,
-        grad_clip: Some(1.0),
         seed: 0,
     };
     let velr = VelrRewardConfig::new(shape, 8)
@@ -291,11 +286,9 @@ fn fit_product_match(velr: VelrReward<AD>, shape: [usize; 4]) -> RegressionMetri
     let train = structured_set(1024, shape, 8, 2, product);
     let test = valid_set(&structured_set(64, shape, 8, 3, product));
     let cfg = FitConfig {
+        optim: OptimConfig::constant(2e-3, 0.0, Some(1.0)),
         steps: 150,
         batch: 32,
-        lr: 2e-3,
-        weight_decay: 0.0,
-        grad_clip: Some(1.0),
         seed: 0,
     };
     let (velr, _) = fit_regression(velr, &train, RegressionLoss::Mse, &cfg, "product").unwrap();
@@ -400,11 +393,9 @@ fn noise_aware_velr_regresses_the_clean_target_from_noisy_latents() {
     let train = structured_set(512, shape, 8, 4, brightness);
     let test = valid_set(&structured_set(64, shape, 8, 5, brightness));
     let fit = FitConfig {
+        optim: OptimConfig::constant(2e-3, 0.0, Some(1.0)),
         steps: 150,
         batch: 32,
-        lr: 2e-3,
-        weight_decay: 0.0,
-        grad_clip: Some(1.0),
         seed: 0,
     };
     let before = param_snapshot(&velr).unwrap();
@@ -471,11 +462,9 @@ fn bad_shapes_and_nan_losses_are_typed_errors() {
     )
     .unwrap();
     let cfg = FitConfig {
+        optim: OptimConfig::constant(1e-3, 0.0, None),
         steps: 3,
         batch: 2,
-        lr: 1e-3,
-        weight_decay: 0.0,
-        grad_clip: None,
         seed: 0,
     };
     let err = fit_regression(mlp, &huge, RegressionLoss::Mse, &cfg, "nan").unwrap_err();

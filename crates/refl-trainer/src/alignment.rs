@@ -5,6 +5,7 @@
 //! priority-weighted draw, so the latent reward keeps up with the policy's distribution.
 //! [`crate::methods::Velr`] runs it; GRPO can run it on its rollouts.
 
+use crate::OptimConfig;
 use burn::{
     module::AutodiffModule,
     tensor::{backend::AutodiffBackend, backend::Backend, Tensor, TensorData},
@@ -203,11 +204,9 @@ impl OnlineAlignment {
             items.iter().map(|i| i.reward).collect(),
         )?;
         let cfg = FitConfig {
+            optim: OptimConfig::constant(lr, 0.0, Some(1.0)),
             steps,
             batch,
-            lr,
-            weight_decay: 0.0,
-            grad_clip: Some(1.0),
             seed: rng.random(),
         };
         for member in members.iter_mut() {

@@ -22,8 +22,8 @@ use crate::{
     guard::{Guard, GuardConfig},
     method::Method,
     metrics::{MetricsLog, StepMetrics},
-    optim::OptimConfig,
     policy::{Policy, PolicyOptimizer},
+    OptimConfig,
 };
 
 /// The largest number of steps a run may ask for.
@@ -76,7 +76,12 @@ impl LearnerConfig {
                 format!("{} not in 1..={MAX_STEPS}", self.steps),
             ));
         }
-        self.optim.validate("optim")?;
+        self.optim.validate().map_err(|e| match e {
+            diffusion_core::CoreError::InvalidConfig { field, reason } => {
+                config_error(format!("optim.{field}"), reason)
+            }
+            other => other.into(),
+        })?;
         self.guard.validate()
     }
 }

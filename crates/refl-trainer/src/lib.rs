@@ -11,7 +11,6 @@ pub mod learner;
 pub mod method;
 pub mod methods;
 pub mod metrics;
-pub mod optim;
 pub mod plot;
 pub mod policy;
 pub mod prompts;
@@ -20,6 +19,7 @@ pub use alignment::{AlignmentConfig, BufferItem, OnlineAlignment};
 pub use checkpoint::{CheckpointReader, CheckpointWriter};
 pub use config::load_config;
 pub use diffusion_core::models::vae::LatentNorm;
+pub use diffusion_core::train::optim_config::{LrSchedule, OptimConfig, MAX_LR};
 pub use error::{Result, TrainError};
 pub use evaluation::{heldout_reward, Evaluate, HeldoutReward};
 pub use guard::{Guard, GuardConfig, Rejection};
@@ -31,7 +31,6 @@ pub use methods::{
     VelrConfig,
 };
 pub use metrics::{MetricsLog, StepMetrics};
-pub use optim::{LrSchedule, OptimConfig};
 pub use plot::{write_curves_png, write_metrics_png, Series};
 pub use policy::{Policy, PolicyOptimizer, Update};
 pub use prompts::PromptSet;

@@ -11,7 +11,7 @@ use diffusion_core::{ops::fused_adamw::FusedAdamW, train::optim::clip_grad_norm,
 use crate::{
     error::Result,
     guard::{Guard, Rejection},
-    optim::OptimConfig,
+    OptimConfig,
 };
 
 /// A trainable video generator: any [`VelocityModel`] that is an autodiff module and whose

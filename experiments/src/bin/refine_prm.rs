@@ -36,6 +36,7 @@
 //! `--data DIR`, `--prm DIR` (starting model), `--models DIR`,
 //! `--save DIR`, `--report FILE`.
 
+use latent_reward::OptimConfig;
 use std::{path::PathBuf, time::Instant};
 
 use burn::{
@@ -394,15 +395,13 @@ fn refit(
     round: usize,
 ) -> Result<(ProcessReward<AD>, f64), Box<dyn std::error::Error>> {
     let fit = FitConfig {
+        optim: OptimConfig::constant(if round == 0 { args.fit_lr } else { 1e-4 }, 0.01, Some(1.0)),
         steps: if round == 0 {
             args.fit_first
         } else {
             args.prm_steps
         },
         batch: 16,
-        lr: if round == 0 { args.fit_lr } else { 1e-4 },
-        weight_decay: 0.01,
-        grad_clip: Some(1.0),
         seed: round as u64 + 1,
     };
     let pairs = experiments::to_autodiff_pairs(&pool.pair_set(models, &Default::default())?)?;
@@ -439,7 +438,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cfg = cfg.with_pooling(Some(args.fresh.unwrap_or(Pooling::Query)));
         }
         cfg.save(args.save.join("prm.json"))?;
-        let model = cfg.init(models_ad.dit, &dev)?;
+        let model = cfg.init(&models_ad.dit, &dev)?;
         match (fresh, args.frozen_trunk) {
             (_, true) => model.freeze_trunk(),
             (true, false) => model,
@@ -585,11 +584,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..GradientMatchConfig::default()
         };
         let fit = FitConfig {
+            optim: OptimConfig::constant(args.sobolev_lr, 0.01, Some(1.0)),
             steps: args.sobolev,
             batch: 16,
-            lr: args.sobolev_lr,
-            weight_decay: 0.01,
-            grad_clip: Some(1.0),
             seed: 99,
         };
         let (fitted, report) = fit_gradient_match(

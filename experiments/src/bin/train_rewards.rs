@@ -28,6 +28,7 @@
 //! model takes about 24 min on 2 cores, so the whole run (12 VELR models) takes about 5 hours;
 //! every model is saved as soon as it is trained.
 
+use latent_reward::OptimConfig;
 use std::{
     path::{Path, PathBuf},
     time::Instant,
@@ -573,11 +574,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         B::seed(&dev, 0);
         let fit = FitConfig {
+            optim: OptimConfig::constant(3e-4, 0.01, Some(1.0)),
             steps: args.prm_steps,
             batch: 16,
-            lr: 3e-4,
-            weight_decay: 0.01,
-            grad_clip: Some(1.0),
             seed: 0,
         };
         let noise = TimestepSampling::Uniform { shift: 3.0 };
@@ -630,11 +629,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let train = to_ad_reg(&fit_set);
     let loss = REGRESSION_LOSS;
     let fit = FitConfig {
+        optim: OptimConfig::constant(3e-4, 0.01, Some(1.0)),
         steps: args.lrm_steps,
         batch: 32,
-        lr: 3e-4,
-        weight_decay: 0.01,
-        grad_clip: Some(1.0),
         seed: 100,
     };
     velr_cfg.save(args.save.join("velr.json"))?;

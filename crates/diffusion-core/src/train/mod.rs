@@ -2,6 +2,7 @@
 
 pub mod loss;
 pub mod optim;
+pub mod optim_config;
 pub mod parallel;
 pub mod param_noise;
 pub mod snapshot;

@@ -2,6 +2,7 @@
 //! Efficient Video Reward Feedback via Ensemble Latent Reward Models", section 4.3) run on
 //! GRPO's rollouts.
 
+use crate::OptimConfig;
 use std::collections::BTreeMap;
 
 use burn::{
@@ -194,11 +195,9 @@ where
             Tensor::from_inner(text.select(0, win)),
         )?;
         let cfg = FitConfig {
+            optim: OptimConfig::constant(rank.lr, 0.0, Some(1.0)),
             steps: rank.steps,
             batch: 16,
-            lr: rank.lr,
-            weight_decay: 0.0,
-            grad_clip: Some(1.0),
             seed: rng.random(),
         };
         for member in self.ensemble.members.iter_mut() {

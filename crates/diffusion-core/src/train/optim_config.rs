@@ -1,9 +1,10 @@
-//! The optimiser settings every method shares: AdamW with PyTorch's betas and epsilon, a
-//! learning-rate schedule and global gradient-norm clipping.
+//! The optimiser settings every training loop shares (the learner's methods, reward-model
+//! fitting): AdamW with PyTorch's betas and epsilon, a learning-rate schedule and global
+//! gradient-norm clipping.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{config_error, Result};
+use crate::error::{invalid, Result};
 
 /// Learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -83,37 +84,47 @@ impl Default for OptimConfig {
 pub const MAX_LR: f64 = 10.0;
 
 impl OptimConfig {
-    /// Checks every value; `prefix` names where the settings sit (`optim`).
+    /// A constant learning rate `lr` with `weight_decay` and clipping at `grad_clip`.
+    pub fn constant(lr: f64, weight_decay: f64, grad_clip: Option<f64>) -> Self {
+        Self {
+            lr,
+            weight_decay,
+            grad_clip,
+            schedule: LrSchedule::Constant,
+        }
+    }
+
+    /// The learning rate at `step` of `total`.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        self.schedule.at(self.lr, step, total)
+    }
+
+    /// Checks every value.
     ///
     /// # Errors
-    /// `Config` naming the first bad field.
-    pub fn validate(&self, prefix: &str) -> Result<()> {
+    /// `InvalidConfig` naming the first bad field (`lr`, `weight_decay`, `grad_clip`,
+    /// `schedule.min_ratio`).
+    pub fn validate(&self) -> Result<()> {
         if !(self.lr > 0.0 && self.lr <= MAX_LR) {
-            return Err(config_error(
-                format!("{prefix}.lr"),
+            return Err(invalid(
+                "lr",
                 format!("{} must be in (0, {MAX_LR}]", self.lr),
             ));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return Err(config_error(
-                format!("{prefix}.weight_decay"),
+            return Err(invalid(
+                "weight_decay",
                 format!("{} must be finite and >= 0", self.weight_decay),
             ));
         }
         if let Some(c) = self.grad_clip {
             if !(c > 0.0 && c.is_finite()) {
-                return Err(config_error(
-                    format!("{prefix}.grad_clip"),
-                    format!("{c} must be finite and > 0"),
-                ));
+                return Err(invalid("grad_clip", format!("{c} must be finite and > 0")));
             }
         }
         if let LrSchedule::Cosine { min_ratio, .. } = self.schedule {
             if !(0.0..=1.0).contains(&min_ratio) {
-                return Err(config_error(
-                    format!("{prefix}.schedule.min_ratio"),
-                    "must be in [0, 1]",
-                ));
+                return Err(invalid("schedule.min_ratio", "must be in [0, 1]"));
             }
         }
         Ok(())
@@ -140,38 +151,38 @@ mod tests {
     #[test]
     fn absurd_values_name_the_field() {
         let ok = OptimConfig::default();
-        assert!(ok.validate("optim").is_ok());
+        assert!(ok.validate().is_ok());
         for (bad, field) in [
             (
                 OptimConfig {
                     lr: 1e30,
                     ..ok.clone()
                 },
-                "optim.lr",
+                "`lr`",
             ),
             (
                 OptimConfig {
                     lr: f64::NAN,
                     ..ok.clone()
                 },
-                "optim.lr",
+                "`lr`",
             ),
             (
                 OptimConfig {
                     weight_decay: f64::INFINITY,
                     ..ok.clone()
                 },
-                "optim.weight_decay",
+                "`weight_decay`",
             ),
             (
                 OptimConfig {
                     grad_clip: Some(0.0),
                     ..ok.clone()
                 },
-                "optim.grad_clip",
+                "`grad_clip`",
             ),
         ] {
-            let err = bad.validate("optim").unwrap_err().to_string();
+            let err = bad.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
     }

@@ -7,7 +7,7 @@ use rand::{rngs::StdRng, Rng};
 
 use crate::{
     checkpoint::{CheckpointReader, CheckpointWriter},
-    error::Result,
+    error::{config_error, Result},
     method::{Method, StepReport},
     methods::{
         aligned_ensemble::{GrpoReward, GrpoRollouts},
@@ -18,8 +18,9 @@ use crate::{
 };
 
 /// GRPO with any [`GrpoReward`] (a latent reward, an ensemble with an uncertainty penalty, a
-/// decoded pixel reward, a latent ensemble aligned on the rollouts): `config.prompts` prompts drawn from `train` per update, `group`
-/// rollouts each, the clipped surrogate plus the KL to the initial policy.
+/// decoded pixel reward, a latent ensemble aligned on the rollouts): `config.prompts` prompts
+/// drawn from `train` per update, `group` rollouts each, the clipped surrogate plus the KL to
+/// the initial policy.
 pub struct Grpo<B: AutodiffBackend, M: Policy<B>, G, P> {
     config: GrpoConfig,
     reward: G,
@@ -108,14 +109,14 @@ where
             .map(|_| rng.random_range(0..self.train.len()))
             .collect();
         let (prompts, text) = self.train.batch(&idx);
-        let reference = match &self.reference {
-            Some(r) => r.clone(),
-            None => optim.policy().valid(),
-        };
+        let reference = self
+            .reference
+            .as_ref()
+            .ok_or_else(|| config_error("grpo", "the learner calls `init` before a step"))?;
         let out = grpo_gradients(
             &self.config,
             optim.policy(),
-            &reference,
+            reference,
             &prompts,
             text,
             self.latent_shape,

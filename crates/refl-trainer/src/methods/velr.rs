@@ -191,6 +191,8 @@ where
         latent_shape: [usize; 4],
     ) -> Result<Self> {
         config.validate()?;
+        // without alignment (`align_every = 0`) the buffer still fills; its fine-tuning settings,
+        // unchecked then, are never used
         let alignment = OnlineAlignment::new(
             AlignmentConfig {
                 capacity: config.buffer,

@@ -55,7 +55,7 @@ struct Args {
     /// Output folder.
     #[arg(long, default_value = "out/quickstart")]
     out: PathBuf,
-    /// Start over: delete the output folder's checkpoint and log first.
+    /// Start over: delete the output folder first.
     #[arg(long)]
     fresh: bool,
 }

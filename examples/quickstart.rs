@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
     )?;
     let evaluator = world.heldout_reward(args.heldout)?;
+    let heldout: Vec<Caption> = evaluator.prompts.prompts.clone();
     let before = evaluator.evaluate(&world.models.dit)?;
     let learner_config = world::learner_config(args.steps, args.lr, args.out.join("run"));
     let mut learner =
@@ -93,7 +94,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.steps
         );
     }
-    let heldout: Vec<Caption> = world.heldout_prompts(args.heldout)?.prompts;
     let show = &heldout[..4.min(heldout.len())];
     let gifs = |models: &_, tag| -> Result<(), Box<dyn std::error::Error>> {
         for ((r, path), p) in world::write_gifs(models, show, &args.out, tag)?

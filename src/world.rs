@@ -85,9 +85,10 @@ impl<B: AutodiffBackend> World<B> {
     /// # Errors
     /// `Load` naming the folder when the models do not load.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, SetupError> {
+        let models_ad = WorldModels::load(dir, device).map_err(|e| load_error(dir, e))?;
         Ok(Self {
-            models: WorldModels::load(dir, device).map_err(|e| load_error(dir, e))?,
-            models_ad: WorldModels::load(dir, device).map_err(|e| load_error(dir, e))?,
+            models: models_ad.valid(),
+            models_ad,
             device: device.clone(),
         })
     }
@@ -235,8 +236,9 @@ pub fn denoised_velr<B: AutodiffBackend>(
     members: Vec<VelrReward<B>>,
     k: f64,
 ) -> Result<DenoisedVelr<B>, SetupError> {
-    let members = members.into_iter().map(Module::no_grad).collect();
-    let ens = Ensemble::new(members)?.with_aggregation(Aggregation::LowerConfidenceBound { k });
+    let ens = Ensemble::new(members)?
+        .with_aggregation(Aggregation::LowerConfidenceBound { k })
+        .frozen();
     let scale = FlowMatchScheduleConfig::new(1).num_train_timesteps as f64;
     Ok(DenoisedReward::new(dit.clone().no_grad(), ens, scale))
 }

@@ -1,7 +1,7 @@
 //! The [`Ensemble`] of reward models.
 
 use burn::{
-    module::AutodiffModule,
+    module::{AutodiffModule, Module},
     tensor::{
         backend::{AutodiffBackend, Backend},
         Tensor,
@@ -136,6 +136,19 @@ impl<M> Ensemble<M> {
         };
         MemberScores {
             scores: Tensor::stack(per, 0),
+        }
+    }
+
+    /// The same ensemble with every member's parameters frozen (`Module::no_grad`): no gradient
+    /// is kept for them, while gradients still reach the input.
+    pub fn frozen<B: Backend>(&self) -> Self
+    where
+        M: Module<B>,
+    {
+        Ensemble {
+            members: self.members.iter().cloned().map(Module::no_grad).collect(),
+            aggregation: self.aggregation,
+            evaluation: self.evaluation,
         }
     }
 

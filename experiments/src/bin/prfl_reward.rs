@@ -125,11 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Reward::NoiseAwareVelr => {
             let members =
                 world::load_velr_members::<AD>(&args.rewards, "process_velr", args.members, &dev)?;
-            let members = members
-                .into_iter()
-                .map(burn::module::Module::no_grad)
-                .collect();
-            let reward = Ensemble::new(members)?.with_aggregation(lcb);
+            let reward = Ensemble::new(members)?.with_aggregation(lcb).frozen();
             Box::new(Prfl::new(config, reward, train, shape, sft)?)
         }
         Reward::Prm => {
@@ -138,6 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let evaluator = w.heldout_reward(args.heldout)?;
+    let heldout = evaluator.prompts.prompts.clone();
     let before = evaluator.evaluate(&w.models.dit)?;
     let mut config = world::learner_config(args.steps, args.lr, args.out.join("run"));
     config.eval_every = (args.steps / 6).max(1);
@@ -151,7 +148,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter_map(|m| m.heldout_reward)
         .map(|r| format!("{r:.3}"))
         .collect();
-    let heldout = w.heldout_prompts(args.heldout)?.prompts;
     let tuned = world::with_dit(&w.models, learner.policy());
     let (t0, t1) = (
         OracleTerms::of(&w.models, &heldout, &dev)?,

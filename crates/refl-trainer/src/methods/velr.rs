@@ -3,7 +3,7 @@
 //! initial model, and online alignment of the ensemble from a variance-prioritised buffer.
 
 use burn::{
-    module::{AutodiffModule, Module},
+    module::AutodiffModule,
     tensor::{backend::AutodiffBackend, ElementConversion, Tensor},
 };
 use diffusion_core::{
@@ -319,16 +319,7 @@ where
         let batch = Batch::<B, P>::draw(&self.train, cfg.batch, self.latent_shape, rng, &device);
         let start = rng.random_range(cfg.start[0]..cfg.start[1]);
         // frozen for the policy's loss: gradients reach the input, not the members
-        let frozen = Ensemble {
-            members: self
-                .ensemble
-                .members
-                .iter()
-                .cloned()
-                .map(Module::no_grad)
-                .collect(),
-            ..self.ensemble.clone()
-        };
+        let frozen = self.ensemble.frozen();
         let (grads, out) = sharded_loss(optim.policy(), cfg.batch, cfg.shards, |policy, rows| {
             let (a, n) = (rows.start, rows.len());
             self.loss(

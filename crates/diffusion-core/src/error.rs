@@ -13,6 +13,17 @@ pub enum CoreError {
         /// Why it is invalid.
         reason: String,
     },
+    /// A key of a model's `config.json` is unknown or holds a value this library does not
+    /// implement.
+    #[error("{path}: key `{key}`: {reason}")]
+    ConfigKey {
+        /// The config file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What was expected.
+        reason: String,
+    },
     /// A tensor handed to an API has the wrong shape.
     #[error("shape mismatch for {what}: expected {expected:?}, found {found:?}")]
     Shape {

@@ -11,8 +11,9 @@ use burn::{
     nn::{LayerNorm, Linear, RmsNorm},
     tensor::{backend::Backend, Tensor, TensorData},
 };
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use safetensors::{tensor::TensorView, Dtype};
 
+use super::tensor_files::TensorFiles;
 use crate::error::{CoreError, Result};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
@@ -183,75 +184,44 @@ pub trait NamedWeights<B: Backend> {
     fn visit_weights<V: WeightVisitor<B>>(&mut self, visitor: &mut V) -> Result<()>;
 }
 
-/// Reads parameters from a parsed safetensors file, checking keys, shapes and dtypes.
+/// Reads parameters from [`TensorFiles`], checking keys, shapes, dtypes and finiteness.
+///
+/// A parameter that was never initialised (burn initialises lazily) is replaced without
+/// running its initialiser: a model built and then loaded is never randomly filled first.
 pub struct SafetensorsReader<'a, B: Backend> {
-    file: SafeTensors<'a>,
-    path: &'a Path,
+    files: &'a TensorFiles,
     used: BTreeSet<String>,
     device: B::Device,
 }
 
 impl<'a, B: Backend> SafetensorsReader<'a, B> {
-    /// Parses the container held in `bytes` (read from `path`, used in messages).
-    pub fn new(bytes: &'a [u8], path: &'a Path, device: &B::Device) -> Result<Self> {
-        let file = SafeTensors::deserialize(bytes).map_err(|e| CoreError::Safetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            file,
-            path,
+    /// Reads from `files` onto `device`.
+    pub fn new(files: &'a TensorFiles, device: &B::Device) -> Self {
+        Self {
+            files,
             used: BTreeSet::new(),
             device: device.clone(),
-        })
+        }
     }
 
-    /// Errors if the file holds keys no parameter was read from.
+    /// Errors if the files hold keys no parameter was read from.
     pub fn finish(self) -> Result<()> {
-        let extra: Vec<String> = self
-            .file
-            .names()
-            .into_iter()
+        let extra: Vec<&str> = self
+            .files
+            .keys()
             .filter(|n| !self.used.contains(*n))
-            .map(str::to_string)
             .collect();
-        if extra.is_empty() {
-            Ok(())
-        } else {
-            Err(CoreError::Safetensors {
-                path: self.path.to_path_buf(),
+        match extra.first() {
+            None => Ok(()),
+            Some(first) => Err(CoreError::Safetensors {
+                path: self.files.file_of(first).unwrap_or(Path::new("")).into(),
                 reason: format!(
                     "unexpected keys (model has no such parameter): {}",
                     extra.join(", ")
                 ),
-            })
+            }),
         }
     }
-}
-
-/// Decodes little-endian F32 / F16 / BF16 bytes.
-fn to_f32(key: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
-    let data = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(CoreError::KeyDtype {
-                key: key.to_string(),
-                dtype: format!("{other:?}"),
-            })
-        }
-    })
 }
 
 impl<B: Backend> WeightVisitor<B> for SafetensorsReader<'_, B> {
@@ -261,57 +231,190 @@ impl<B: Backend> WeightVisitor<B> for SafetensorsReader<'_, B> {
         param: &mut Param<Tensor<B, D>>,
         layout: ParamLayout,
     ) -> Result<()> {
-        let burn_shape = param.dims();
+        let burn_shape = param.lazy_shape().dims::<D>().to_vec();
         let (torch_shape, transposed) = layout.torch_shape(&burn_shape);
-        let view = self.file.tensor(key).map_err(|_| CoreError::MissingKey {
-            key: key.to_string(),
-        })?;
-        if view.shape() != torch_shape.as_slice() {
+        let (_, shape) = self.files.info(key)?;
+        if shape != torch_shape.as_slice() {
             return Err(CoreError::KeyShape {
                 key: key.to_string(),
                 expected: torch_shape,
-                found: view.shape().to_vec(),
+                found: shape.to_vec(),
             });
         }
-        let values = to_f32(key, &view)?;
+        let (_, values) = self.files.read_f32(key)?;
         let tensor = if transposed {
             let mut shape = burn_shape;
             shape.swap(0, 1);
-            Tensor::<B, D>::from_data(TensorData::new(values, shape), &self.device).transpose()
+            Tensor::<B, D>::from_data(TensorData::new(values, shape), &self.device)
+                .transpose()
+                // a contiguous copy: the transposed view would keep strides the kernels
+                // then copy on every use
+                .into_data()
         } else {
-            Tensor::<B, D>::from_data(TensorData::new(values, burn_shape), &self.device)
+            TensorData::new(values, burn_shape)
         };
+        let tensor = Tensor::<B, D>::from_data(tensor, &self.device);
         let old = std::mem::replace(param, Param::from_tensor(tensor.clone()));
-        // keep the parameter's id and trainability: a tensor made from data requires no grad
-        let require_grad = old.is_require_grad();
-        *param = old.map(|_| tensor.set_require_grad(require_grad));
+        // keeps the parameter's id, device and trainability without initialising it
+        let id = old.id;
+        *param = old.transform_for_load(tensor, id);
         self.used.insert(key.to_string());
         Ok(())
     }
 }
 
-/// Collects parameters as F32 tensors for [`SafetensorsWriter::write`].
-#[derive(Debug, Default)]
+/// Element type of saved weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16 (rounded to nearest even, as PyTorch's `.to(torch.bfloat16)`).
+    BF16,
+}
+
+impl WeightDtype {
+    fn encode(self, values: &[f32]) -> (Dtype, Vec<u8>) {
+        match self {
+            WeightDtype::F32 => (
+                Dtype::F32,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            WeightDtype::F16 => (
+                Dtype::F16,
+                values
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+            WeightDtype::BF16 => (
+                Dtype::BF16,
+                values
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// How [`SafetensorsWriter`] lays weights out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SaveLayout {
+    /// Element type of every tensor.
+    pub dtype: WeightDtype,
+    /// A shard is closed before it would exceed this many bytes (a larger single tensor gets a
+    /// shard of its own). diffusers' `save_pretrained` default is 10 GB.
+    pub max_shard_bytes: u64,
+}
+
+impl Default for SaveLayout {
+    fn default() -> Self {
+        Self {
+            dtype: WeightDtype::F32,
+            max_shard_bytes: 10_000_000_000,
+        }
+    }
+}
+
+/// Writes parameters (PyTorch layout and key names) into a folder as safetensors shards, one
+/// shard in memory at a time.
 pub struct SafetensorsWriter {
-    tensors: HashMap<String, (Vec<usize>, Vec<u8>)>,
+    layout: SaveLayout,
+    dir: std::path::PathBuf,
+    shard: Vec<(String, Vec<usize>, Dtype, Vec<u8>)>,
+    shard_bytes: u64,
+    parts: Vec<(std::path::PathBuf, Vec<String>)>,
+    total_bytes: u64,
 }
 
 impl SafetensorsWriter {
-    /// Serialises everything collected and writes it to `path` atomically.
-    pub fn write(self, path: &Path) -> Result<()> {
+    /// Writes into `dir` (created when missing).
+    pub fn new(dir: &Path, layout: SaveLayout) -> Self {
+        Self {
+            layout,
+            dir: dir.to_path_buf(),
+            shard: Vec::new(),
+            shard_bytes: 0,
+            parts: Vec::new(),
+            total_bytes: 0,
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.shard.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(format!(
+            ".part-{}-{}.safetensors",
+            std::process::id(),
+            self.parts.len()
+        ));
         let err = |e: safetensors::SafeTensorError| CoreError::Safetensors {
-            path: path.to_path_buf(),
+            path: path.clone(),
             reason: e.to_string(),
         };
-        let mut views = Vec::with_capacity(self.tensors.len());
-        for (k, (shape, bytes)) in &self.tensors {
+        let mut views = Vec::with_capacity(self.shard.len());
+        for (key, shape, dtype, bytes) in &self.shard {
             views.push((
-                k.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(err)?,
+                key.as_str(),
+                TensorView::new(*dtype, shape.clone(), bytes).map_err(err)?,
             ));
         }
-        let bytes = safetensors::serialize(views, None).map_err(err)?;
-        write_atomic(path, &bytes)
+        let format = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let bytes = safetensors::serialize(views, Some(format)).map_err(err)?;
+        write_atomic(&path, &bytes)?;
+        let keys = self.shard.drain(..).map(|(k, ..)| k).collect();
+        self.parts.push((path, keys));
+        self.shard_bytes = 0;
+        Ok(())
+    }
+
+    /// Closes the last shard and names the files as `save_pretrained` does:
+    /// `{stem}.safetensors` for one shard, else `{stem}-00001-of-0000N.safetensors` and
+    /// `{stem}.safetensors.index.json`. Returns the files written.
+    pub fn finish(mut self, stem: &str) -> Result<Vec<std::path::PathBuf>> {
+        self.flush()?;
+        let n = self.parts.len();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CoreError::Io { path, source }
+        };
+        let mut written = Vec::with_capacity(n + 1);
+        let mut weight_map = serde_json::Map::new();
+        for (i, (part, keys)) in self.parts.iter().enumerate() {
+            let name = if n == 1 {
+                format!("{stem}.safetensors")
+            } else {
+                format!("{stem}-{:05}-of-{n:05}.safetensors", i + 1)
+            };
+            let path = self.dir.join(&name);
+            std::fs::rename(part, &path).map_err(io(&path))?;
+            for key in keys {
+                weight_map.insert(key.clone(), name.clone().into());
+            }
+            written.push(path);
+        }
+        if n > 1 {
+            let index = serde_json::json!({
+                "metadata": { "total_size": self.total_bytes },
+                "weight_map": weight_map,
+            });
+            let path = self.dir.join(format!("{stem}.safetensors.index.json"));
+            let text = serde_json::to_string_pretty(&index).map_err(|e| CoreError::Io {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            write_atomic(&path, text.as_bytes())?;
+            written.push(path);
+        }
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(written)
     }
 }
 
@@ -325,40 +428,139 @@ impl<B: Backend> WeightVisitor<B> for SafetensorsWriter {
         let value = param.val();
         let (torch_shape, transposed) = layout.torch_shape(&value.dims());
         let value = if transposed { value.transpose() } else { value };
-        let data = value.into_data().convert::<f32>();
-        let floats: Vec<f32> = data.to_vec().map_err(|e| CoreError::NonFinite {
-            what: format!("{key}: {e:?}"),
-        })?;
-        let bytes = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
-        self.tensors.insert(key.to_string(), (torch_shape, bytes));
+        let floats: Vec<f32> = value
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| CoreError::NonFinite {
+                what: format!("{key}: {e:?}"),
+            })?;
+        if let Some(i) = floats.iter().position(|v| !v.is_finite()) {
+            return Err(CoreError::NonFinite {
+                what: format!("`{key}` (element {i} is {}), not saved", floats[i]),
+            });
+        }
+        let (dtype, bytes) = self.layout.dtype.encode(&floats);
+        let size = bytes.len() as u64;
+        if self.shard_bytes > 0 && self.shard_bytes + size > self.layout.max_shard_bytes {
+            self.flush()?;
+        }
+        self.shard_bytes += size;
+        self.total_bytes += size;
+        self.shard.push((key.to_string(), torch_shape, dtype, bytes));
         Ok(())
     }
 }
 
-/// Loads every parameter of `module` from a safetensors file (PyTorch layout and key names),
+/// Loads every parameter of `module` from one safetensors file (PyTorch layout and key names),
 /// failing with the first missing or mis-shaped key, or with the list of unexpected keys.
 pub fn load_safetensors<B: Backend, M: NamedWeights<B>>(
-    mut module: M,
+    module: M,
     path: impl AsRef<Path>,
     device: &B::Device,
 ) -> Result<M> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| CoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut reader = SafetensorsReader::<B>::new(&bytes, path, device)?;
+    load_from(module, &TensorFiles::open_file(path)?, device)
+}
+
+/// Loads every parameter of `module` from [`TensorFiles`] (see [`load_safetensors`]).
+pub fn load_from<B: Backend, M: NamedWeights<B>>(
+    mut module: M,
+    files: &TensorFiles,
+    device: &B::Device,
+) -> Result<M> {
+    let mut reader = SafetensorsReader::<B>::new(files, device);
     module.visit_weights(&mut reader)?;
     reader.finish()?;
     Ok(module)
 }
 
-/// Saves every parameter of `module` to a safetensors file (F32, PyTorch layout), atomically.
+/// Runs `write` on a staging folder beside `dir`, then swaps it in place of `dir`: a crash
+/// leaves the old folder or the new one (the old one under `.{name}.old-PID` for the instant
+/// between the two renames), never a mix of both.
+pub fn replace_folder(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CoreError::Io { path, source }
+    };
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pid = std::process::id();
+    let staging = parent.join(format!(".{name}.tmp-{pid}"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    if let Err(e) = write(&staging) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let old = parent.join(format!(".{name}.old-{pid}"));
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io(parent))?;
+    if had_old {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// Saves every parameter of `module` to one safetensors file (F32, PyTorch layout),
+/// atomically.
 pub fn save_safetensors<B: Backend, M: NamedWeights<B> + Clone>(
     module: &M,
     path: impl AsRef<Path>,
 ) -> Result<()> {
-    let mut writer = SafetensorsWriter::default();
+    let path = path.as_ref();
+    let layout = SaveLayout {
+        dtype: WeightDtype::F32,
+        max_shard_bytes: u64::MAX,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|source| CoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut writer = SafetensorsWriter::new(dir, layout);
     module.clone().visit_weights(&mut writer)?;
-    writer.write(path.as_ref())
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let stem = format!(".{name}.tmp-{}", std::process::id());
+    let files = writer.finish(&stem)?;
+    std::fs::rename(&files[0], path).map_err(|source| CoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Saves every parameter of `module` as a diffusers model folder's weights (`{stem}` shards in
+/// `layout`), plus `extra` files (such as `config.json`), replacing `dir` as a whole
+/// ([`replace_folder`]).
+pub fn save_folder<B: Backend, M: NamedWeights<B> + Clone>(
+    module: &M,
+    dir: impl AsRef<Path>,
+    stem: &str,
+    layout: SaveLayout,
+    extra: &[(&str, &[u8])],
+) -> Result<()> {
+    replace_folder(dir.as_ref(), |staging| {
+        for (name, bytes) in extra {
+            write_atomic(&staging.join(name), bytes)?;
+        }
+        let mut writer = SafetensorsWriter::new(staging, layout);
+        module.clone().visit_weights(&mut writer)?;
+        writer.finish(stem).map(drop)
+    })
 }

@@ -3,3 +3,4 @@
 pub mod checkpoint;
 pub mod probe;
 pub mod progress;
+pub mod tensor_files;

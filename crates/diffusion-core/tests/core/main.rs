@@ -2,5 +2,6 @@
 //! burn once more); `grad_window.rs` is apart because its heap probe counts the whole process.
 
 mod common;
+mod folders;
 mod parity;
 mod properties;

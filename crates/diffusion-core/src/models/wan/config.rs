@@ -67,17 +67,91 @@ impl WanConfig {
         self.num_attention_heads * self.attention_head_dim
     }
 
-    /// Reads a diffusers `config.json` (extra keys such as `_class_name` are ignored).
+    /// Reads a diffusers `config.json` of `WanTransformer3DModel`.
+    ///
+    /// Keys starting with `_` (`_class_name`, `_diffusers_version`, ...) are metadata. Every
+    /// other key must be a field of this config or one of the keys whose only implemented
+    /// value is Wan2.1 text-to-video's: `qk_norm = "rms_norm_across_heads"`, and `image_dim`,
+    /// `added_kv_proj_dim`, `pos_embed_seq_len` null (image conditioning).
+    ///
+    /// # Errors
+    /// `Io` when the file cannot be read; `ConfigKey` naming the file and key for an unknown
+    /// key, an unsupported value or a value of the wrong type; `InvalidConfig` when the values
+    /// break a shape constraint.
     pub fn load_diffusers(path: impl AsRef<std::path::Path>) -> crate::Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| invalid("config.json", format!("{}: {e}", path.display())))?;
+        let key_error = |key: &str, reason: String| CoreError::ConfigKey {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        };
+        let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| key_error("(file)", format!("not a JSON object: {e}")))?;
+        map.retain(|k, _| !k.starts_with('_'));
+        let known = serde_json::to_value(Self::wan21_1_3b()).expect("config serialises");
+        for (key, value) in std::mem::take(&mut map) {
+            match (key.as_str(), &value) {
+                ("qk_norm", serde_json::Value::String(s)) if s == "rms_norm_across_heads" => {}
+                ("qk_norm", _) => {
+                    return Err(key_error(
+                        &key,
+                        format!("only \"rms_norm_across_heads\" is implemented, found {value}"),
+                    ))
+                }
+                ("image_dim" | "added_kv_proj_dim" | "pos_embed_seq_len", v) => {
+                    if !v.is_null() {
+                        return Err(key_error(
+                            &key,
+                            format!(
+                                "image conditioning (Wan image-to-video) is not implemented: \
+                                 expected null, found {value}"
+                            ),
+                        ));
+                    }
+                }
+                (k, _) if known.get(k).is_some() => {
+                    map.insert(key, value);
+                }
+                _ => {
+                    return Err(key_error(
+                        &key,
+                        "unknown key for WanTransformer3DModel".to_string(),
+                    ))
+                }
+            }
+        }
+        for key in ["num_attention_heads", "attention_head_dim", "ffn_dim", "num_layers"] {
+            if !map.contains_key(key) {
+                return Err(key_error(key, "required, missing".to_string()));
+            }
+        }
+        // one key at a time over a valid config, so a value of the wrong type is named
+        for (key, value) in &map {
+            let mut one = known.clone();
+            one[key] = value.clone();
+            serde_json::from_value::<Self>(one).map_err(|e| key_error(key, e.to_string()))?;
+        }
+        let cfg: Self = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| key_error("(file)", e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The diffusers `config.json` of this config (what `save_pretrained` writes).
+    pub fn to_diffusers_json(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("config serialises");
+        let map = value.as_object_mut().expect("config is an object");
+        map.insert("_class_name".into(), "WanTransformer3DModel".into());
+        map.insert("_diffusers_version".into(), "0.42.1".into());
+        map.insert("qk_norm".into(), "rms_norm_across_heads".into());
+        for key in ["image_dim", "added_kv_proj_dim", "pos_embed_seq_len"] {
+            map.insert(key.into(), serde_json::Value::Null);
+        }
+        serde_json::to_string_pretty(&value).expect("config serialises")
     }
 
     /// Checks the shape constraints the architecture relies on.

@@ -1,9 +1,14 @@
+use std::path::Path;
+
 use burn::tensor::backend::Backend;
 
-use super::WanTransformer;
+use super::{WanConfig, WanTransformer};
 use crate::{
     error::Result,
-    io::checkpoint::{NamedWeights, ParamLayout, WeightVisitor},
+    io::{
+        checkpoint::{load_from, save_folder, NamedWeights, ParamLayout, SaveLayout, WeightVisitor},
+        tensor_files::TensorFiles,
+    },
 };
 
 /// Keys of diffusers' `WanTransformer3DModel` state dict.
@@ -11,7 +16,7 @@ impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
     fn visit_weights<V: WeightVisitor<B>>(&mut self, v: &mut V) -> Result<()> {
         let d = self.dim();
         let [pt, ph, pw] = self.patch_size();
-        let c = self.patch_embedding.weight.dims()[0] / (pt * ph * pw);
+        let c = self.patch_embedding.weight.lazy_shape().dims::<2>()[0] / (pt * ph * pw);
         let patch = &mut self.patch_embedding;
         v.weight_bias(
             "patch_embedding",
@@ -69,6 +74,42 @@ impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
             "scale_shift_table",
             &mut self.scale_shift_table,
             ParamLayout::Same,
+        )
+    }
+}
+
+/// File stem of a diffusers model folder's weights.
+pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model";
+
+impl<B: Backend> WanTransformer<B> {
+    /// Loads a diffusers `WanTransformer3DModel` folder as the Hub ships it: `config.json`
+    /// (checked by [`WanConfig::load_diffusers`]) and `diffusion_pytorch_model.safetensors` or
+    /// its shards with their index, in F32, F16 or BF16. Tensors stream from memory-mapped
+    /// files into a model whose parameters are never randomly initialised, so peak host memory
+    /// is about the f32 model plus its largest tensor.
+    ///
+    /// # Errors
+    /// `Io`, `ConfigKey`, `InvalidConfig` for the config; `Io` / `Safetensors` naming the file
+    /// for a missing shard or a bad index; `MissingKey`, `KeyShape`, `KeyDtype`, `NonFinite`
+    /// naming the key; `Safetensors` listing keys the model has no parameter for.
+    pub fn load_folder(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg = WanConfig::load_diffusers(dir.join("config.json"))?;
+        let files = TensorFiles::open_folder(dir, DIFFUSERS_WEIGHTS)?;
+        load_from(WanTransformer::new(&cfg, device), &files, device)
+    }
+
+    /// Saves the model as a diffusers folder (`config.json` and weights in `layout`) that
+    /// `WanTransformer3DModel.from_pretrained` and [`WanTransformer::load_folder`] read,
+    /// replacing `dir` as a whole.
+    pub fn save_folder(&self, dir: impl AsRef<Path>, layout: SaveLayout) -> Result<()> {
+        let config = self.config().to_diffusers_json();
+        save_folder(
+            self,
+            dir,
+            DIFFUSERS_WEIGHTS,
+            layout,
+            &[("config.json", config.as_bytes())],
         )
     }
 }

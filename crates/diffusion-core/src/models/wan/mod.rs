@@ -15,4 +15,5 @@ pub use block::WanBlock;
 pub use config::WanConfig;
 pub use embeddings::{timestep_sinusoid, WanConditionEmbedder};
 pub use rope::RopeTable;
+pub use load::DIFFUSERS_WEIGHTS;
 pub use transformer::WanTransformer;

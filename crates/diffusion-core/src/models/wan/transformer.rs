@@ -80,6 +80,31 @@ impl<B: Backend> WanTransformer<B> {
         self.scale_shift_table.dims()[2]
     }
 
+    /// The configuration this model was built from.
+    pub fn config(&self) -> WanConfig {
+        let shape = |p: &burn::module::Param<burn::tensor::Tensor<B, 2>>| p.lazy_shape().dims::<2>();
+        let [freq_dim, _] = shape(&self.condition.time_linear_1.weight);
+        let [text_dim, _] = shape(&self.condition.text_linear_1.weight);
+        let ffn_dim = self
+            .blocks
+            .first()
+            .map_or(0, |b| shape(&b.ffn_in.weight)[1]);
+        WanConfig {
+            patch_size: self.patch_size(),
+            num_attention_heads: self.heads,
+            attention_head_dim: self.dim() / self.heads,
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            text_dim,
+            freq_dim,
+            ffn_dim,
+            num_layers: self.blocks.len(),
+            cross_attn_norm: self.blocks.first().is_some_and(|b| b.norm2.is_some()),
+            eps: self.eps,
+            rope_max_seq_len: self.rope_max,
+        }
+    }
+
     /// Patch size `(p_t, p_h, p_w)`.
     pub fn patch_size(&self) -> [usize; 3] {
         self.patch

@@ -354,3 +354,20 @@ pub fn with_dit<B: AutodiffBackend>(
     tuned.dit = dit.valid();
     tuned
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type AD = burn::backend::Autodiff<diffusion_core::backend::DefaultBackend>;
+
+    /// The shipped models and rewards load into the current module structures.
+    #[test]
+    fn shipped_models_and_rewards_load() {
+        let dev = Default::default();
+        let world = World::<AD>::load(MODELS.as_ref(), &dev).expect("shapes-world models");
+        load_prm(&world.models_ad.dit, REWARDS.as_ref(), &dev).expect("process reward");
+        let members = load_velr_members::<AD>(REWARDS.as_ref(), "velr", 5, &dev).expect("VELR");
+        assert_eq!(members.len(), 5);
+    }
+}

@@ -116,7 +116,7 @@ fn process_reward_learns_pairs_and_keeps_embeddings_frozen() {
         prm.trunk
             .blocks
             .iter()
-            .flat_map(|b| [&b.attn1.to_k.bias, &b.attn2.to_k.bias]),
+            .flat_map(|b| [&b.attn1.to_k.base.bias, &b.attn2.to_k.base.bias]),
     ));
     let (moved, frozen) =
         assert_trainable_moved_frozen_kept(&before, &param_snapshot(&prm).unwrap(), &exempt);

@@ -13,6 +13,7 @@ use diffusion_core::{
     io::progress::Progress,
     sampling::rollout::step_rng,
 };
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -242,6 +243,9 @@ impl<B: AutodiffBackend, M: Policy<B>, T: Method<B, M>> Learner<B, M, T> {
         let base_reserved = device_reserved_bytes::<B>(&self.device);
         let t0 = Instant::now();
         let mut rng = step_rng(cfg.seed, step);
+        // backend-side randomness (adapter dropout) is a function of (seed, step) too, so a
+        // resumed run draws what the uninterrupted one drew
+        B::seed(&self.device, rng.clone().next_u64());
         let report = self.method.step(step, &mut self.optim, &mut rng)?;
         let _ = B::sync(&self.device);
         let step_seconds = t0.elapsed().as_secs_f64();

@@ -7,5 +7,6 @@ pub(crate) mod dispatch;
 pub(crate) mod flex_node;
 pub mod fused_adamw;
 pub mod linear;
+pub mod lora;
 pub mod modulation;
 pub mod rotary;

@@ -3,5 +3,6 @@
 
 mod common;
 mod folders;
+mod lora;
 mod parity;
 mod properties;

@@ -1,10 +1,10 @@
 use burn::{
     module::Module,
-    nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig},
+    nn::{LinearConfig, RmsNorm, RmsNormConfig},
     tensor::{backend::Backend, Tensor},
 };
 
-use crate::{ops::attention::attention, ops::linear::linear};
+use crate::{ops::attention::attention, ops::lora::LoraLinear};
 
 use super::RopeTable;
 
@@ -13,13 +13,13 @@ use super::RopeTable;
 #[derive(Module, Debug)]
 pub struct WanAttention<B: Backend> {
     /// Query projection.
-    pub to_q: Linear<B>,
+    pub to_q: LoraLinear<B>,
     /// Key projection.
-    pub to_k: Linear<B>,
+    pub to_k: LoraLinear<B>,
     /// Value projection.
-    pub to_v: Linear<B>,
+    pub to_v: LoraLinear<B>,
     /// Output projection (`to_out.0`).
-    pub to_out: Linear<B>,
+    pub to_out: LoraLinear<B>,
     /// RMS norm of the queries.
     pub norm_q: RmsNorm<B>,
     /// RMS norm of the keys.
@@ -29,7 +29,7 @@ pub struct WanAttention<B: Backend> {
 
 impl<B: Backend> WanAttention<B> {
     pub(crate) fn new(dim: usize, heads: usize, eps: f64, device: &B::Device) -> Self {
-        let lin = || LinearConfig::new(dim, dim).init(device);
+        let lin = || LinearConfig::new(dim, dim).init(device).into();
         let norm = || RmsNormConfig::new(dim).with_epsilon(eps).init(device);
         Self {
             to_q: lin(),
@@ -56,14 +56,14 @@ impl<B: Backend> WanAttention<B> {
         let s = context.dims()[1];
         let h = self.heads;
         let split = |t: Tensor<B, 3>, n: usize| -> Tensor<B, 4> { t.reshape([b, n, h, d / h]) };
-        let mut q = split(self.norm_q.forward(linear(&self.to_q, x)), l);
-        let mut k = split(self.norm_k.forward(linear(&self.to_k, context.clone())), s);
-        let v = split(linear(&self.to_v, context), s);
+        let mut q = split(self.norm_q.forward(self.to_q.forward(x)), l);
+        let mut k = split(self.norm_k.forward(self.to_k.forward(context.clone())), s);
+        let v = split(self.to_v.forward(context), s);
         if let Some(rope) = rope {
             q = rope.apply(q);
             k = rope.apply(k);
         }
         let out = attention(q, k, v);
-        linear(&self.to_out, out.reshape([b, l, d]))
+        self.to_out.forward(out.reshape([b, l, d]))
     }
 }

@@ -1,13 +1,13 @@
 use burn::{
     module::{Module, Param},
-    nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig},
+    nn::{LayerNorm, LayerNormConfig, LinearConfig},
     tensor::{backend::Backend, Distribution, Tensor},
 };
 
 use super::{RopeTable, WanAttention};
 use crate::{
     ops::activation::gelu_tanh,
-    ops::linear::linear,
+    ops::lora::LoraLinear,
     ops::modulation::{gated_residual, modulate},
 };
 
@@ -22,9 +22,9 @@ pub struct WanBlock<B: Backend> {
     /// Affine layer norm before cross-attention (`norm2`), when `cross_attn_norm`.
     pub norm2: Option<LayerNorm<B>>,
     /// Feed-forward up projection (`ffn.net.0.proj`).
-    pub ffn_in: Linear<B>,
+    pub ffn_in: LoraLinear<B>,
     /// Feed-forward down projection (`ffn.net.2`).
-    pub ffn_out: Linear<B>,
+    pub ffn_out: LoraLinear<B>,
     /// Learned offsets of the six modulation vectors, `[1, 6, D]`.
     pub scale_shift_table: Param<Tensor<B, 3>>,
     eps: f64,
@@ -45,8 +45,8 @@ impl<B: Backend> WanBlock<B> {
             attn2: WanAttention::new(dim, heads, eps, device),
             norm2: cross_attn_norm
                 .then(|| LayerNormConfig::new(dim).with_epsilon(eps).init(device)),
-            ffn_in: LinearConfig::new(dim, ffn_dim).init(device),
-            ffn_out: LinearConfig::new(ffn_dim, dim).init(device),
+            ffn_in: LinearConfig::new(dim, ffn_dim).init(device).into(),
+            ffn_out: LinearConfig::new(ffn_dim, dim).init(device).into(),
             scale_shift_table: Param::from_tensor(Tensor::random(
                 [1, 6, dim],
                 Distribution::Normal(0.0, std),
@@ -80,7 +80,7 @@ impl<B: Backend> WanBlock<B> {
         let x = x + self.attn2.forward(h, text, None);
 
         let h = modulate(x.clone(), c_shift, c_scale, self.eps);
-        let ff = linear(&self.ffn_out, gelu_tanh(linear(&self.ffn_in, h)));
+        let ff = self.ffn_out.forward(gelu_tanh(self.ffn_in.forward(h)));
         gated_residual(x, ff, c_gate)
     }
 }

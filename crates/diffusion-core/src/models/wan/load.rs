@@ -53,7 +53,7 @@ impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
                     ("to_v", &mut attn.to_v),
                     ("to_out.0", &mut attn.to_out),
                 ] {
-                    v.linear(&format!("{p}.{name}.{proj}"), lin)?;
+                    v.linear(&format!("{p}.{name}.{proj}"), &mut lin.base)?;
                 }
                 v.rms_norm(&format!("{p}.{name}.norm_q"), &mut attn.norm_q)?;
                 v.rms_norm(&format!("{p}.{name}.norm_k"), &mut attn.norm_k)?;
@@ -61,8 +61,8 @@ impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
             if let Some(norm) = block.norm2.as_mut() {
                 v.layer_norm(&format!("{p}.norm2"), norm)?;
             }
-            v.linear(&format!("{p}.ffn.net.0.proj"), &mut block.ffn_in)?;
-            v.linear(&format!("{p}.ffn.net.2"), &mut block.ffn_out)?;
+            v.linear(&format!("{p}.ffn.net.0.proj"), &mut block.ffn_in.base)?;
+            v.linear(&format!("{p}.ffn.net.2"), &mut block.ffn_out.base)?;
             v.param(
                 &format!("{p}.scale_shift_table"),
                 &mut block.scale_shift_table,

@@ -7,6 +7,7 @@ mod block;
 mod config;
 mod embeddings;
 mod load;
+mod lora;
 mod rope;
 mod transformer;
 
@@ -16,4 +17,5 @@ pub use config::WanConfig;
 pub use embeddings::{timestep_sinusoid, WanConditionEmbedder};
 pub use rope::RopeTable;
 pub use load::DIFFUSERS_WEIGHTS;
+pub use lora::LORA_WEIGHTS;
 pub use transformer::WanTransformer;

@@ -88,7 +88,7 @@ impl<B: Backend> WanTransformer<B> {
         let ffn_dim = self
             .blocks
             .first()
-            .map_or(0, |b| shape(&b.ffn_in.weight)[1]);
+            .map_or(0, |b| shape(&b.ffn_in.base.weight)[1]);
         WanConfig {
             patch_size: self.patch_size(),
             num_attention_heads: self.heads,

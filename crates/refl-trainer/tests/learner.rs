@@ -686,3 +686,29 @@ fn prfl_with_a_process_ensemble_of_twins_is_the_single_model() {
     assert!(close(pair.loss, single.loss), "{pair:?} vs {single:?}");
     assert!(close(pair.latent_reward, single.latent_reward));
 }
+
+/// A LoRA policy (adapters with dropout on both attentions): PRFL moves every adapter and no
+/// base weight, and a resumed run equals the uninterrupted one (the dropout masks included).
+#[test]
+fn lora_policy_trains_only_its_adapters_and_resumes_exactly() {
+    let mut w = world();
+    let lora = diffusion_core::ops::lora::LoraConfig::new(2).with_dropout(0.1);
+    w.dit = w.dit.clone().with_lora(&lora, &Default::default()).unwrap();
+    assert_eq!(w.dit.lora_layer_count(), 2 * 8);
+    let prm = prm(&world());
+    trains_and_resumes(
+        "prfl_lora",
+        &w,
+        || {
+            Prfl::<AD, Dit, _, _>::new(
+                prfl_config(),
+                prm.clone(),
+                w.train.clone(),
+                SHAPE,
+                Some(w.sft.clone()),
+            )
+            .unwrap()
+        },
+        |_| vec![],
+    );
+}

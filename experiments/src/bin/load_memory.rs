@@ -83,7 +83,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let dtype: WeightDtype = serde_json::from_value(dtype.into())?;
             let model = cfg.init::<DefaultBackend>(&device)?;
-            model.save_folder(&out, SaveLayout { dtype, max_shard_bytes })?;
+            model.save_folder(
+                &out,
+                SaveLayout {
+                    dtype,
+                    max_shard_bytes,
+                },
+            )?;
             println!("wrote {} ({} parameters)", out.display(), cfg.num_params());
         }
         Command::Load { model } => {

@@ -428,13 +428,14 @@ impl<B: Backend> WeightVisitor<B> for SafetensorsWriter {
         let value = param.val();
         let (torch_shape, transposed) = layout.torch_shape(&value.dims());
         let value = if transposed { value.transpose() } else { value };
-        let floats: Vec<f32> = value
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| CoreError::NonFinite {
-                what: format!("{key}: {e:?}"),
-            })?;
+        let floats: Vec<f32> =
+            value
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| CoreError::NonFinite {
+                    what: format!("{key}: {e:?}"),
+                })?;
         if let Some(i) = floats.iter().position(|v| !v.is_finite()) {
             return Err(CoreError::NonFinite {
                 what: format!("`{key}` (element {i} is {}), not saved", floats[i]),
@@ -447,7 +448,8 @@ impl<B: Backend> WeightVisitor<B> for SafetensorsWriter {
         }
         self.shard_bytes += size;
         self.total_bytes += size;
-        self.shard.push((key.to_string(), torch_shape, dtype, bytes));
+        self.shard
+            .push((key.to_string(), torch_shape, dtype, bytes));
         Ok(())
     }
 }

@@ -218,7 +218,8 @@ mod tests {
     fn update_is_scaled_low_rank_product_and_merges_exactly() {
         let dev = Default::default();
         let base: Linear<B> = LinearConfig::new(3, 2).init(&dev);
-        let mut layer = LoraLinear::from(base).adapt(&LoraConfig::new(1).with_alpha(Some(2.0)), &dev);
+        let mut layer =
+            LoraLinear::from(base).adapt(&LoraConfig::new(1).with_alpha(Some(2.0)), &dev);
         let x = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, -1.0], [1, 3]), &dev);
         // B = 0: the fresh adapter changes nothing
         let plain = linear(&layer.base, x.clone());
@@ -239,11 +240,19 @@ mod tests {
             .zip([4.0f32, -8.0])
             .map(|(y, d)| y + d)
             .collect();
-        let got = layer.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+        let got = layer
+            .forward(x.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert_eq!(got, want);
         let merged = layer.merge();
         assert!(merged.is_merged());
-        let via_merge = merged.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+        let via_merge = merged
+            .forward(x.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert_eq!(via_merge, want);
         let back = merged.unmerge();
         assert_eq!(back.forward(x).into_data().to_vec::<f32>().unwrap(), want);
@@ -252,7 +261,10 @@ mod tests {
     #[test]
     fn bad_settings_are_refused() {
         assert!(LoraConfig::new(0).validate().is_err());
-        assert!(LoraConfig::new(4).with_alpha(Some(f64::NAN)).validate().is_err());
+        assert!(LoraConfig::new(4)
+            .with_alpha(Some(f64::NAN))
+            .validate()
+            .is_err());
         assert!(LoraConfig::new(4).with_dropout(1.0).validate().is_err());
         assert!(LoraConfig::new(4).with_targets(vec![]).validate().is_err());
         assert_eq!(LoraConfig::new(8).scale(), 1.0);

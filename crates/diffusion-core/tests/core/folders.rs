@@ -31,7 +31,8 @@ fn forward(model: &WanTransformer<B>) -> Vec<f32> {
 
 #[test]
 fn sharded_bf16_folder_matches_diffusers() {
-    let model = WanTransformer::<B>::load_folder(fixture("wan_folder"), &Default::default()).unwrap();
+    let model =
+        WanTransformer::<B>::load_folder(fixture("wan_folder"), &Default::default()).unwrap();
     let want = &read_tensors("wan_folder_io.safetensors")["out"].1;
     let err = rel_err(&forward(&model), want);
     eprintln!("sharded bf16 folder, forward relative error vs diffusers: {err:.2e}");
@@ -52,7 +53,15 @@ fn saved_folders_round_trip_in_every_dtype_and_sharding() {
         (WeightDtype::F16, 40_000, 3),
     ] {
         let dir = tmp.path().join("saved");
-        model.save_folder(&dir, SaveLayout { dtype, max_shard_bytes }).unwrap();
+        model
+            .save_folder(
+                &dir,
+                SaveLayout {
+                    dtype,
+                    max_shard_bytes,
+                },
+            )
+            .unwrap();
         let shards = std::fs::read_dir(&dir)
             .unwrap()
             .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "safetensors")
@@ -92,29 +101,54 @@ fn bad_folders_are_named() {
     let dir = copy_fixture(&tmp.path().join("missing"));
     std::fs::remove_file(dir.join(shard)).unwrap();
     let err = load_err(&dir);
-    assert!(matches!(&err, CoreError::Io { path, .. } if path.ends_with(shard)), "{err}");
+    assert!(
+        matches!(&err, CoreError::Io { path, .. } if path.ends_with(shard)),
+        "{err}"
+    );
 
     // an index naming a file outside the folder
     let dir = copy_fixture(&tmp.path().join("escape"));
     let text = std::fs::read_to_string(dir.join(index)).unwrap();
     std::fs::write(dir.join(index), text.replace(shard, "../x.safetensors")).unwrap();
     let err = load_err(&dir).to_string();
-    assert!(err.contains(index) && err.contains("../x.safetensors"), "{err}");
+    assert!(
+        err.contains(index) && err.contains("../x.safetensors"),
+        "{err}"
+    );
 
     // a truncated shard
     let dir = copy_fixture(&tmp.path().join("truncated"));
     let bytes = std::fs::read(dir.join(shard)).unwrap();
     std::fs::write(dir.join(shard), &bytes[..bytes.len() - 10]).unwrap();
     let err = load_err(&dir);
-    assert!(matches!(&err, CoreError::Safetensors { path, .. } if path.ends_with(shard)), "{err}");
+    assert!(
+        matches!(&err, CoreError::Safetensors { path, .. } if path.ends_with(shard)),
+        "{err}"
+    );
 
     // a config with unsupported or unknown keys, or a wrongly typed value
     for (from, to, key) in [
-        (r#""qk_norm": "rms_norm_across_heads""#, r#""qk_norm": "rms_norm""#, "qk_norm"),
+        (
+            r#""qk_norm": "rms_norm_across_heads""#,
+            r#""qk_norm": "rms_norm""#,
+            "qk_norm",
+        ),
         (r#""image_dim": null"#, r#""image_dim": 1280"#, "image_dim"),
-        (r#""added_kv_proj_dim": null"#, r#""added_kv_proj_dim": 5120"#, "added_kv_proj_dim"),
-        (r#""eps": 1e-06"#, r#""eps": 1e-06, "rope_theta": 10000"#, "rope_theta"),
-        (r#""num_layers": 3"#, r#""num_layers": "three""#, "num_layers"),
+        (
+            r#""added_kv_proj_dim": null"#,
+            r#""added_kv_proj_dim": 5120"#,
+            "added_kv_proj_dim",
+        ),
+        (
+            r#""eps": 1e-06"#,
+            r#""eps": 1e-06, "rope_theta": 10000"#,
+            "rope_theta",
+        ),
+        (
+            r#""num_layers": 3"#,
+            r#""num_layers": "three""#,
+            "num_layers",
+        ),
     ] {
         let dir = copy_fixture(&tmp.path().join(key));
         let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
@@ -132,8 +166,11 @@ fn bad_folders_are_named() {
     // a weight of the wrong width in a shard
     let dir = copy_fixture(&tmp.path().join("width"));
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), text.replace(r#""text_dim": 24"#, r#""text_dim": 32"#))
-        .unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        text.replace(r#""text_dim": 24"#, r#""text_dim": 32"#),
+    )
+    .unwrap();
     match load_err(&dir) {
         CoreError::KeyShape { key, .. } => {
             assert_eq!(key, "condition_embedder.text_embedder.linear_1.weight")
@@ -161,17 +198,33 @@ fn wrong_dtype_and_non_finite_weights_are_named() {
     use diffusion_core::io::tensor_files::TensorFiles;
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("w.safetensors");
-    let nan = [1.0f32, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let nan = [1.0f32, f32::NAN]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     write_file(
         &path,
         &[
-            ("ints", safetensors::Dtype::I64, vec![1], 7i64.to_le_bytes().to_vec()),
+            (
+                "ints",
+                safetensors::Dtype::I64,
+                vec![1],
+                7i64.to_le_bytes().to_vec(),
+            ),
             ("nan", safetensors::Dtype::F32, vec![2], nan),
         ],
     );
     let files = TensorFiles::open_file(&path).unwrap();
-    assert!(matches!(files.read_f32("ints"), Err(CoreError::KeyDtype { key, .. }) if key == "ints"));
+    assert!(
+        matches!(files.read_f32("ints"), Err(CoreError::KeyDtype { key, .. }) if key == "ints")
+    );
     let err = files.read_f32("nan").unwrap_err().to_string();
-    assert!(err.contains("`nan`") && err.contains("w.safetensors") && err.contains("element 1"), "{err}");
-    assert!(matches!(files.read_f32("absent"), Err(CoreError::MissingKey { .. })));
+    assert!(
+        err.contains("`nan`") && err.contains("w.safetensors") && err.contains("element 1"),
+        "{err}"
+    );
+    assert!(matches!(
+        files.read_f32("absent"),
+        Err(CoreError::MissingKey { .. })
+    ));
 }

@@ -64,7 +64,11 @@ fn saved_adapters_round_trip_with_any_alpha() {
     let files = diffusion_core::io::tensor_files::TensorFiles::open_file(&path).unwrap();
     assert!(files.keys().all(|k| k.starts_with("transformer.blocks.")));
     for cfg in [config.clone(), LoraConfig::new(4)] {
-        let again = base::<B>().with_lora(&cfg, &dev).unwrap().load_lora(&path, &dev).unwrap();
+        let again = base::<B>()
+            .with_lora(&cfg, &dev)
+            .unwrap()
+            .load_lora(&path, &dev)
+            .unwrap();
         assert!(rel_err(&values(forward(&again)), &want) < 1e-6, "{cfg:?}");
     }
 }
@@ -93,15 +97,28 @@ fn mismatched_adapters_are_named() {
     let file = fixture("wan_folder_lora.safetensors");
     // the file adapts attention, the model only the feed-forward
     let ffn = LoraConfig::new(4).with_targets(vec![LoraTarget::FeedForward]);
-    let err = base::<B>().with_lora(&ffn, &dev).unwrap().load_lora(&file, &dev).unwrap_err();
+    let err = base::<B>()
+        .with_lora(&ffn, &dev)
+        .unwrap()
+        .load_lora(&file, &dev)
+        .unwrap_err();
     assert!(
         matches!(&err, CoreError::Safetensors { path, .. } if path.ends_with("wan_folder_lora.safetensors")),
         "{err}"
     );
     // another rank
-    let err = base::<B>().with_lora(&LoraConfig::new(8), &dev).unwrap().load_lora(&file, &dev).unwrap_err();
-    assert!(matches!(&err, CoreError::KeyShape { key, .. } if key.ends_with("lora_A.weight")), "{err}");
+    let err = base::<B>()
+        .with_lora(&LoraConfig::new(8), &dev)
+        .unwrap()
+        .load_lora(&file, &dev)
+        .unwrap_err();
+    assert!(
+        matches!(&err, CoreError::KeyShape { key, .. } if key.ends_with("lora_A.weight")),
+        "{err}"
+    );
     // a model without adapters has nothing to save
     let tmp = tempfile::tempdir().unwrap();
-    assert!(base::<B>().save_lora(tmp.path().join("x.safetensors")).is_err());
+    assert!(base::<B>()
+        .save_lora(tmp.path().join("x.safetensors"))
+        .is_err());
 }

@@ -124,7 +124,12 @@ impl WanConfig {
                 }
             }
         }
-        for key in ["num_attention_heads", "attention_head_dim", "ffn_dim", "num_layers"] {
+        for key in [
+            "num_attention_heads",
+            "attention_head_dim",
+            "ffn_dim",
+            "num_layers",
+        ] {
             if !map.contains_key(key) {
                 return Err(key_error(key, "required, missing".to_string()));
             }

@@ -6,7 +6,9 @@ use super::{WanConfig, WanTransformer};
 use crate::{
     error::Result,
     io::{
-        checkpoint::{load_from, save_folder, NamedWeights, ParamLayout, SaveLayout, WeightVisitor},
+        checkpoint::{
+            load_from, save_folder, NamedWeights, ParamLayout, SaveLayout, WeightVisitor,
+        },
         tensor_files::TensorFiles,
     },
 };

@@ -110,17 +110,23 @@ impl<B: Backend> WanTransformer<B> {
             for (key, t) in [("lora_A", a), ("lora_B", b)] {
                 let key = format!("transformer.{name}.{key}.weight");
                 let dims = t.dims().to_vec();
-                let values: Vec<f32> = t.into_data().convert::<f32>().to_vec().map_err(|e| {
-                    CoreError::NonFinite {
-                        what: format!("{key}: {e:?}"),
-                    }
-                })?;
+                let values: Vec<f32> =
+                    t.into_data()
+                        .convert::<f32>()
+                        .to_vec()
+                        .map_err(|e| CoreError::NonFinite {
+                            what: format!("{key}: {e:?}"),
+                        })?;
                 if values.iter().any(|v| !v.is_finite()) {
                     return Err(CoreError::NonFinite {
                         what: format!("`{key}`, not saved"),
                     });
                 }
-                tensors.push((key, dims, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                tensors.push((
+                    key,
+                    dims,
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ));
             }
         }
         if tensors.is_empty() {
@@ -162,7 +168,9 @@ impl<B: Backend> WanTransformer<B> {
         let mut keys: BTreeMap<String, String> = BTreeMap::new();
         for key in files.keys() {
             let plain = key.strip_prefix("transformer.").unwrap_or(key);
-            let plain = plain.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.");
+            let plain = plain
+                .replace(".lora_A.default.", ".lora_A.")
+                .replace(".lora_B.default.", ".lora_B.");
             keys.insert(plain, key.to_string());
         }
         let mut used = 0;

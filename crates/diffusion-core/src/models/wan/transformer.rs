@@ -82,7 +82,8 @@ impl<B: Backend> WanTransformer<B> {
 
     /// The configuration this model was built from.
     pub fn config(&self) -> WanConfig {
-        let shape = |p: &burn::module::Param<burn::tensor::Tensor<B, 2>>| p.lazy_shape().dims::<2>();
+        let shape =
+            |p: &burn::module::Param<burn::tensor::Tensor<B, 2>>| p.lazy_shape().dims::<2>();
         let [freq_dim, _] = shape(&self.condition.time_linear_1.weight);
         let [text_dim, _] = shape(&self.condition.text_linear_1.weight);
         let ffn_dim = self

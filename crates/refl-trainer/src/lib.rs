@@ -13,6 +13,7 @@ pub mod methods;
 pub mod metrics;
 pub mod plot;
 pub mod policy;
+pub mod prompt_file;
 pub mod prompts;
 
 pub use alignment::{AlignmentConfig, BufferItem, OnlineAlignment};
@@ -33,4 +34,5 @@ pub use methods::{
 pub use metrics::{MetricsLog, StepMetrics};
 pub use plot::{write_curves_png, write_metrics_png, Series};
 pub use policy::{Policy, PolicyOptimizer, Update};
+pub use prompt_file::PromptFile;
 pub use prompts::PromptSet;

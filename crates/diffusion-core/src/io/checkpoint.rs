@@ -107,6 +107,12 @@ pub enum ParamLayout {
     Same,
     /// A `Linear` weight: burn stores `[in, out]`, PyTorch `[out, in]`.
     LinearWeight,
+    /// PyTorch stores `trailing` more axes of size one (a per-channel scale shaped to
+    /// broadcast, such as `[C, 1, 1, 1]`).
+    Unsqueezed {
+        /// The number of trailing unit axes.
+        trailing: usize,
+    },
     /// A strided `Conv3d` patch embedding held as a burn `Linear` `[C * k, out]`; PyTorch
     /// stores `[out, C, k_t, k_h, k_w]`.
     Conv3dAsLinear {
@@ -122,6 +128,11 @@ impl ParamLayout {
         match self {
             ParamLayout::Same => (burn.to_vec(), false),
             ParamLayout::LinearWeight => (vec![burn[1], burn[0]], true),
+            ParamLayout::Unsqueezed { trailing } => {
+                let mut shape = burn.to_vec();
+                shape.extend(std::iter::repeat_n(1, *trailing));
+                (shape, false)
+            }
             ParamLayout::Conv3dAsLinear { torch } => (torch.to_vec(), true),
         }
     }

@@ -218,6 +218,45 @@ impl TensorFiles {
     }
 }
 
+impl TensorFiles {
+    /// Reads an integer tensor (I64 or I32) as i64.
+    ///
+    /// # Errors
+    /// `MissingKey`; `KeyDtype` for other dtypes.
+    pub fn read_i64(&self, key: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let (shard, info) = self.lookup(key)?;
+        let (start, end) = info.data_offsets;
+        let data = &shard.map[shard.data_start + start..shard.data_start + end];
+        let values = match info.dtype {
+            Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            Dtype::I32 => data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                .collect(),
+            other => {
+                return Err(CoreError::KeyDtype {
+                    key: key.to_string(),
+                    dtype: format!("{other:?} (an integer tensor was expected)"),
+                })
+            }
+        };
+        Ok((info.shape.clone(), values))
+    }
+
+    /// The string metadata (`__metadata__`) of the first file.
+    pub fn metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+        self.shards.first().and_then(|s| s.meta.metadata().as_ref())
+    }
+
+    /// The first file (the only one unless a sharded folder was opened).
+    pub fn path(&self) -> &Path {
+        &self.shards[0].path
+    }
+}
+
 /// Decodes little-endian F32 / F16 / BF16 bytes.
 pub(crate) fn decode_f32(key: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {

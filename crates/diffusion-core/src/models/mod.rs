@@ -5,3 +5,4 @@ pub mod prompt;
 pub mod text;
 pub mod vae;
 pub mod wan;
+pub mod wan_vae;

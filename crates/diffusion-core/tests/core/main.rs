@@ -6,3 +6,4 @@ mod folders;
 mod lora;
 mod parity;
 mod properties;
+mod wan_vae;

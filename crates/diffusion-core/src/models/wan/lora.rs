@@ -54,15 +54,67 @@ impl<B: Backend> WanTransformer<B> {
     /// Freezes every weight and adds fresh adapters (zero update) on `config.targets`: after
     /// this only the adapters train.
     pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Result<Self> {
+        self.adapt_where(config, device, |_, target| config.targets.contains(&target))
+    }
+
+    fn adapt_where(
+        self,
+        config: &LoraConfig,
+        device: &B::Device,
+        adapt: impl Fn(&str, LoraTarget) -> bool,
+    ) -> Result<Self> {
         config.validate()?;
         let mut model = self.no_grad();
-        for (_, target, layer) in model.lora_layers() {
-            if config.targets.contains(&target) {
+        for (name, target, layer) in model.lora_layers() {
+            if adapt(&name, target) {
                 let base = std::mem::replace(layer, placeholder(device));
                 *layer = base.adapt(config, device);
             }
         }
         Ok(model)
+    }
+
+    /// Freezes every weight and loads the adapters of a PEFT-layout file (as
+    /// [`WanTransformer::load_lora`] reads it) onto exactly the layers the file adapts, with
+    /// the file's rank and `alpha = rank` (diffusers' reading).
+    ///
+    /// # Errors
+    /// As [`WanTransformer::load_lora`]; `Safetensors` naming the file when it holds no
+    /// adapter or adapters of several ranks.
+    pub fn with_lora_file(mut self, path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let path = path.as_ref();
+        let files = TensorFiles::open_file(path)?;
+        let bad = |reason: String| CoreError::Safetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let names: Vec<String> = self.lora_layers().into_iter().map(|(n, ..)| n).collect();
+        let mut adapted = std::collections::BTreeSet::new();
+        let mut ranks = std::collections::BTreeSet::new();
+        for key in files.keys() {
+            let plain = key.strip_prefix("transformer.").unwrap_or(key);
+            if let Some(layer) = plain
+                .strip_suffix(".lora_A.weight")
+                .or_else(|| plain.strip_suffix(".lora_A.default.weight"))
+            {
+                if names.iter().any(|n| n == layer) {
+                    ranks.insert(files.info(key)?.1[0]);
+                    adapted.insert(layer.to_string());
+                }
+            }
+        }
+        let rank = match (ranks.first(), ranks.len()) {
+            (Some(&r), 1) => r,
+            (None, _) => return Err(bad("holds no LoRA adapter of this model".into())),
+            _ => return Err(bad(format!("adapters of several ranks {ranks:?}"))),
+        };
+        let config = LoraConfig::new(rank).with_targets(vec![
+            LoraTarget::SelfAttention,
+            LoraTarget::CrossAttention,
+            LoraTarget::FeedForward,
+        ]);
+        self.adapt_where(&config, device, |name, _| adapted.contains(name))?
+            .load_lora(path, device)
     }
 
     /// Number of adapted layers.

@@ -81,7 +81,10 @@ fn read<const D: usize>(files: &TensorFiles, key: &str) -> Result<Tensor<B, D>, 
             found: shape,
         });
     }
-    Ok(Tensor::from_data(TensorData::new(values, shape), &Default::default()))
+    Ok(Tensor::from_data(
+        TensorData::new(values, shape),
+        &Default::default(),
+    ))
 }
 
 /// Writes `tensor` as `key` (F32) to `path`, atomically.
@@ -90,7 +93,9 @@ fn write<const D: usize>(path: &Path, key: &str, tensor: Tensor<B, D>) -> Result
     let bytes: Vec<u8> = tensor
         .into_data()
         .to_vec::<f32>()
-        .map_err(|e| CoreError::NonFinite { what: format!("{key}: {e:?}") })?
+        .map_err(|e| CoreError::NonFinite {
+            what: format!("{key}: {e:?}"),
+        })?
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
@@ -98,14 +103,23 @@ fn write<const D: usize>(path: &Path, key: &str, tensor: Tensor<B, D>) -> Result
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes).map_err(err)?;
-    write_atomic(path, &safetensors::serialize([(key, view)], None).map_err(err)?)
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
+        .map_err(err)?;
+    write_atomic(
+        path,
+        &safetensors::serialize([(key, view)], None).map_err(err)?,
+    )
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Default::default();
     match Args::parse().command {
-        Command::Transformer { model, lora, inputs, output } => {
+        Command::Transformer {
+            model,
+            lora,
+            inputs,
+            output,
+        } => {
             let mut dit = WanTransformer::<B>::load_folder(&model, &dev)?;
             if let Some(lora) = lora {
                 dit = dit.with_lora_file(&lora, &dev)?;
@@ -125,13 +139,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             write(&output, "velocity", dit.forward(latents, timestep, text))?;
         }
-        Command::VaeEncode { model, inputs, output } => {
+        Command::VaeEncode {
+            model,
+            inputs,
+            output,
+        } => {
             let vae = WanVae::<B>::load_folder(&model, &dev)?;
             let video: Tensor<B, 5> = read(&TensorFiles::open_file(&inputs)?, "video")?;
             vae.checked_latent_shape(video.dims())?;
             write(&output, "latent_mean", vae.encode_video(video).mean)?;
         }
-        Command::VaeDecode { model, inputs, output } => {
+        Command::VaeDecode {
+            model,
+            inputs,
+            output,
+        } => {
             let vae = WanVae::<B>::load_folder(&model, &dev)?;
             let latents: Tensor<B, 5> = read(&TensorFiles::open_file(&inputs)?, "latents")?;
             let [b, c, f, h, w] = latents.dims();

@@ -22,14 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import encode_prompts  # noqa: E402
 
 PROMPTS = [
-    "a red circle moving right on a black background",
-    "a blue square moving left on a white background",
-    "a green triangle moving up on a gray background",
-    "a yellow circle moving down on a black background",
-    "a red square moving up on a white background",
-    "a blue triangle moving right on a gray background",
-    "a green circle moving left on a white background",
-    "a yellow square moving right on a gray background",
+    "a small red circle moving right slowly on a black background",
+    "a large blue square moving left quickly on a navy background",
+    "a small green triangle moving up slowly on a gray background",
+    "a large yellow circle moving down quickly on a black background",
+    "a small red square moving up quickly on a navy background",
+    "a large blue triangle moving right slowly on a gray background",
+    "a small green circle moving left quickly on a navy background",
+    "a large yellow square staying still on a gray background",
 ]
 
 

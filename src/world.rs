@@ -15,7 +15,8 @@ use diffusion_core::{
 };
 use ensemble::{Aggregation, Ensemble};
 use latent_reward::{
-    DenoisedReward, ProcessReward, ProcessRewardConfig, RewardError, VelrReward, VelrRewardConfig,
+    DenoisedReward, PixelReward, ProcessReward, ProcessRewardConfig, RewardError, VelrReward,
+    VelrRewardConfig,
 };
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use refl_trainer::{
@@ -353,6 +354,29 @@ pub fn with_dit<B: AutodiffBackend>(
     let mut tuned = models.clone();
     tuned.dit = dit.valid();
     tuned
+}
+
+/// The shapes-world oracle on prompt text: each prompt is parsed as a caption
+/// (`"a small red circle moving right slowly on a black background"`). For prompt files of
+/// captions, such as `assets/tiny-wan`'s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OracleText;
+
+impl<B: Backend> PixelReward<B> for OracleText {
+    type Prompt = String;
+
+    fn score_pixels(
+        &self,
+        video: Tensor<B, 5>,
+        prompts: &[String],
+    ) -> latent_reward::Result<Tensor<B, 1>> {
+        let captions = prompts
+            .iter()
+            .map(|p| p.parse::<Caption>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| latent_reward::RewardError::Pixel(Box::new(e)))?;
+        OracleReward.score_pixels(video, &captions)
+    }
 }
 
 #[cfg(test)]

@@ -14,14 +14,27 @@ fn tiny_wan() -> PathBuf {
 
 #[test]
 fn encoded_prompts_load_with_lengths_and_negative() {
-    let file = PromptFile::<B>::load(tiny_wan().join("prompts.safetensors"), 32, &Default::default())
-        .unwrap();
+    let file = PromptFile::<B>::load(
+        tiny_wan().join("prompts.safetensors"),
+        32,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(file.prompts.len(), 8);
     assert_eq!(file.prompts.text.dims(), [8, 16, 32]);
-    assert_eq!(file.prompts.prompts[0], "a red circle moving right on a black background");
+    assert_eq!(
+        file.prompts.prompts[0],
+        "a small red circle moving right slowly on a black background"
+    );
     assert!(file.lengths.iter().all(|&l| (1..=16).contains(&l)));
     // zero past each prompt's tokens, as the pipeline pads
-    let text = file.prompts.text.clone().into_data().to_vec::<f32>().unwrap();
+    let text = file
+        .prompts
+        .text
+        .clone()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     for (i, &len) in file.lengths.iter().enumerate() {
         let row = &text[i * 16 * 32..(i + 1) * 16 * 32];
         assert!(row[len * 32..].iter().all(|v| *v == 0.0), "prompt {i}");
@@ -38,8 +51,14 @@ fn write(path: &Path, emb: [usize; 3], lengths: &[i64], prompts: &str) {
         .collect();
     let lens: Vec<u8> = lengths.iter().flat_map(|l| l.to_le_bytes()).collect();
     let views = vec![
-        ("embeddings", TensorView::new(Dtype::F32, emb.to_vec(), &values).unwrap()),
-        ("lengths", TensorView::new(Dtype::I64, vec![lengths.len()], &lens).unwrap()),
+        (
+            "embeddings",
+            TensorView::new(Dtype::F32, emb.to_vec(), &values).unwrap(),
+        ),
+        (
+            "lengths",
+            TensorView::new(Dtype::I64, vec![lengths.len()], &lens).unwrap(),
+        ),
     ];
     let meta = [("prompts".to_string(), prompts.to_string())].into();
     std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();

@@ -3,3 +3,4 @@
 pub mod rollout;
 pub mod schedule;
 pub mod stepper;
+pub mod unipc;

@@ -220,3 +220,46 @@ fn fresh_model_its_clone_and_its_saved_copy_agree() {
     assert!(rel_err(&run(&clone), &a) < 1e-5);
     assert!(rel_err(&run(&loaded), &a) < 1e-5);
 }
+
+/// UniPC as Wan2.1's pipeline runs it: sigmas, integer timesteps and whole trajectories under a
+/// formula model match diffusers (`tests/fixtures/gen_unipc.py`).
+#[test]
+fn unipc_matches_diffusers() {
+    use diffusion_core::sampling::unipc::{UniPc, UniPcConfig};
+    let text = std::fs::read_to_string(fixture("unipc.json")).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let dev = Default::default();
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    for case in &cases {
+        let config = UniPcConfig {
+            order: case["order"].as_u64().unwrap() as usize,
+            ..UniPcConfig::wan21(
+                case["steps"].as_u64().unwrap() as usize,
+                case["shift"].as_f64().unwrap(),
+            )
+        };
+        let sigmas: Vec<f64> = config.sigmas().iter().map(|&s| s as f64).collect();
+        assert_eq!(sigmas, floats(&case["sigmas"]), "{config:?}");
+        let timesteps: Vec<f64> = config.timesteps().iter().map(|&t| t as f64).collect();
+        assert_eq!(timesteps, floats(&case["timesteps"]), "{config:?}");
+
+        let x0: Vec<f32> = floats(&case["x0"]).iter().map(|&v| v as f32).collect();
+        let c = Tensor::<B, 2>::from_floats([[0.3, -0.2, 0.1], [0.4, -0.5, 0.25]], &dev);
+        let mut x = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(x0, [2, 3]), &dev);
+        let mut sampler = UniPc::new(config.clone()).unwrap();
+        while let Some(t) = sampler.timestep() {
+            let v =
+                x.clone().tanh().mul_scalar(0.5) + c.clone().mul_scalar((3.0 * t / 1000.0).cos());
+            x = sampler.step(v, x);
+        }
+        let want: Vec<f32> = floats(&case["final"]).iter().map(|&v| v as f32).collect();
+        let err = rel_err(&values(x), &want);
+        assert!(err < 1e-5, "{config:?}: relative error {err:.2e}");
+    }
+}

@@ -103,8 +103,7 @@ struct RewardConfig {
     process: ProcessRewardConfig,
     #[serde(default)]
     process_weights: Option<PathBuf>,
-    /// VELR's ensemble: `members` models of this config (latent shape and text width filled
-    /// in from the model), aligned online to the pixel reward.
+    /// VELR's ensemble: `members` models, aligned online to the pixel reward.
     velr: VelrMembers,
 }
 
@@ -112,8 +111,13 @@ struct RewardConfig {
 #[serde(deny_unknown_fields)]
 struct VelrMembers {
     members: usize,
+    /// Block widths and strides of fresh members (latent shape and text width come from the
+    /// model).
     channels: Vec<usize>,
     strides: Vec<[usize; 3]>,
+    /// Or trained members: `velr.json` and `velr_0.mpk`, ... in this folder.
+    #[serde(default)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +266,7 @@ fn template(method: &str) -> Result<TrainConfig, TrainError> {
                 members: 2,
                 channels: vec![8, 8],
                 strides: vec![[1, 1, 1], [1, 1, 1]],
+                dir: None,
             },
         },
         data: Some(DataConfig {
@@ -473,9 +478,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let member_cfg = VelrRewardConfig::new(latent_shape, text_dim)
                 .with_channels(v.channels.clone())
                 .with_strides(v.strides.clone());
-            let members = (0..v.members)
-                .map(|_| member_cfg.init::<AD>(&dev))
-                .collect::<Result<Vec<_>, _>>()?;
+            let members = match &v.dir {
+                Some(dir) => {
+                    latent_refl::world::load_velr_members::<AD>(dir, "velr", v.members, &dev)?
+                }
+                None => (0..v.members)
+                    .map(|_| member_cfg.init::<AD>(&dev))
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
             let method = Velr::new(
                 m.clone(),
                 Ensemble::new(members)?,

@@ -14,5 +14,8 @@ pub mod own_model_and_reward {}
 #[doc = include_str!("../docs/guide/configuration.md")]
 pub mod configuration {}
 
+#[doc = include_str!("../docs/guide/wan.md")]
+pub mod wan {}
+
 #[doc = include_str!("../docs/guide/backends.md")]
 pub mod backends {}

@@ -230,7 +230,7 @@ mod tests {
         let a = layer.adapter.as_mut().unwrap();
         a.down = Param::from_data([[1.0f32], [0.0], [1.0]], &dev);
         a.up = Param::from_data([[0.5f32, -1.0]], &dev);
-        // x A = 1 * 1 + (-1) * 1 = 0 ... use another x: (1, 2, 3) A = 4; 4 * (0.5, -1) * 2 = (4, -8)
+        // (1, 2, 3) A = 4, times B = (2, -4), times alpha / rank = 2: (4, -8)
         let x = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0], [1, 3]), &dev);
         let want: Vec<f32> = linear(&layer.base, x.clone())
             .into_data()
@@ -240,22 +240,20 @@ mod tests {
             .zip([4.0f32, -8.0])
             .map(|(y, d)| y + d)
             .collect();
-        let got = layer
-            .forward(x.clone())
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        assert_eq!(got, want);
+        // equal to round-off (merging sums the weight in another order)
+        let close = |got: Vec<f32>| {
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+            }
+        };
+        let values = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
+        close(values(layer.forward(x.clone())));
         let merged = layer.merge();
         assert!(merged.is_merged());
-        let via_merge = merged
-            .forward(x.clone())
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        assert_eq!(via_merge, want);
+        close(values(merged.forward(x.clone())));
         let back = merged.unmerge();
-        assert_eq!(back.forward(x).into_data().to_vec::<f32>().unwrap(), want);
+        assert!(!back.is_merged());
+        close(values(back.forward(x)));
     }
 
     #[test]

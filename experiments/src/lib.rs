@@ -8,6 +8,22 @@ pub fn command(name: &str) -> String {
     format!("cargo run --release -p experiments --bin {name}{sep}{flags}")
 }
 
+/// `(VmRSS, VmHWM)`: resident and peak resident memory of this process in bytes (Linux; zeros
+/// elsewhere).
+pub fn resident_memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 use latent_refl::grpo::{GrpoConfig, Sde, TimestepSelection};
 
 /// A GRPO run's settings in words, for reports.

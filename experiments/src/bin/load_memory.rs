@@ -53,21 +53,6 @@ struct Args {
     command: Command,
 }
 
-/// `VmHWM` (peak resident set) and `VmRSS` of this process, in bytes.
-fn resident() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Default::default();
     match Args::parse().command {
@@ -93,11 +78,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("wrote {} ({} parameters)", out.display(), cfg.num_params());
         }
         Command::Load { model } => {
-            let (_, before) = resident();
+            let (before, _) = experiments::resident_memory();
             let start = std::time::Instant::now();
             let loaded = WanTransformer::<DefaultBackend>::load_folder(&model, &device)?;
             let secs = start.elapsed().as_secs_f64();
-            let (peak, after) = resident();
+            let (after, peak) = experiments::resident_memory();
             let bytes = loaded.config().num_params() as f64 * 4.0;
             let gib = |b: f64| b / (1u64 << 30) as f64;
             println!("| folder | f32 model | RSS before | peak RSS | peak / model | load time |");

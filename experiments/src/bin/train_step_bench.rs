@@ -43,21 +43,6 @@ use latent_reward::{LatentReward, ProcessRewardConfig};
 type B = DefaultBackend;
 type AD = Autodiff<B>;
 
-/// `(VmRSS, VmHWM)` of this process in bytes (Linux; zeros elsewhere).
-fn rss() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Resets the peak resident set size to the current one (Linux: write 5 to clear_refs).
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -196,10 +181,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // from the loaded model: the optimiser's state, the gradients, the activations and what the
     // allocator keeps, as the twin measures it
-    let (loaded, _) = rss();
+    let (loaded, _) = experiments::resident_memory();
     reset_peak();
     model = step(model); // warm-up
-    let (start, warm_peak) = rss();
+    let (start, warm_peak) = experiments::resident_memory();
     reset_peak();
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
@@ -207,7 +192,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model = step(model);
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let (_, peak) = rss();
+    let (_, peak) = experiments::resident_memory();
     let training_peak = peak.max(warm_peak).saturating_sub(loaded);
     times.sort_by(f64::total_cmp);
     let mut update_ms = update_ms.split_off(1); // without the warm-up

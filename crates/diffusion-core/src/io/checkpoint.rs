@@ -558,6 +558,41 @@ pub fn save_safetensors<B: Backend, M: NamedWeights<B> + Clone>(
     })
 }
 
+/// File stem of a diffusers model folder's weights.
+pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model";
+
+/// Streams the weights of a diffusers model folder (`diffusion_pytorch_model.safetensors` or
+/// its shards with their index) into `module`, built from the folder's `config.json` and
+/// never initialised (see [`SafetensorsReader`]).
+pub fn load_diffusers_folder<B: Backend, M: NamedWeights<B>>(
+    module: M,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<M> {
+    load_from(
+        module,
+        &TensorFiles::open_folder(dir, DIFFUSERS_WEIGHTS)?,
+        device,
+    )
+}
+
+/// Saves `module` as a diffusers model folder: `config` as `config.json`, the weights in
+/// `layout`; `dir` is replaced as a whole ([`replace_folder`]).
+pub fn save_diffusers_folder<B: Backend, M: NamedWeights<B> + Clone>(
+    module: &M,
+    dir: &Path,
+    layout: SaveLayout,
+    config: &str,
+) -> Result<()> {
+    save_folder(
+        module,
+        dir,
+        DIFFUSERS_WEIGHTS,
+        layout,
+        &[("config.json", config.as_bytes())],
+    )
+}
+
 /// Saves every parameter of `module` as a diffusers model folder's weights (`{stem}` shards in
 /// `layout`), plus `extra` files (such as `config.json`), replacing `dir` as a whole
 /// ([`replace_folder`]).

@@ -1,5 +1,6 @@
 //! The models: the velocity-model trait, the Wan2.1 video transformer, video autoencoders, text encoders and prompt enhancers.
 
+pub(crate) mod diffusers_config;
 pub mod model;
 pub mod prompt;
 pub mod text;

@@ -1,7 +1,7 @@
 use burn::{config::Config, tensor::backend::Backend};
 
 use super::WanTransformer;
-use crate::error::{invalid, CoreError};
+use crate::{error::invalid, models::diffusers_config::DiffusersConfig};
 
 /// Configuration of a [`WanTransformer`], field names as in diffusers' `config.json` of
 /// `WanTransformer3DModel` so that file can be read with [`WanConfig::load_diffusers`].
@@ -79,49 +79,34 @@ impl WanConfig {
     /// key, an unsupported value or a value of the wrong type; `InvalidConfig` when the values
     /// break a shape constraint.
     pub fn load_diffusers(path: impl AsRef<std::path::Path>) -> crate::Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let key_error = |key: &str, reason: String| CoreError::ConfigKey {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            reason,
-        };
-        let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| key_error("(file)", format!("not a JSON object: {e}")))?;
-        map.retain(|k, _| !k.starts_with('_'));
+        use serde_json::Value;
+        let file = DiffusersConfig::read(path.as_ref())?;
         let known = serde_json::to_value(Self::wan21_1_3b()).expect("config serialises");
-        for (key, value) in std::mem::take(&mut map) {
-            match (key.as_str(), &value) {
-                ("qk_norm", serde_json::Value::String(s)) if s == "rms_norm_across_heads" => {}
+        let mut fields = serde_json::Map::new();
+        for (key, value) in &file.keys {
+            match (key.as_str(), value) {
+                ("qk_norm", Value::String(s)) if s == "rms_norm_across_heads" => {}
                 ("qk_norm", _) => {
-                    return Err(key_error(
-                        &key,
+                    return Err(file.error(
+                        key,
                         format!("only \"rms_norm_across_heads\" is implemented, found {value}"),
                     ))
                 }
-                ("image_dim" | "added_kv_proj_dim" | "pos_embed_seq_len", v) => {
-                    if !v.is_null() {
-                        return Err(key_error(
-                            &key,
-                            format!(
-                                "image conditioning (Wan image-to-video) is not implemented: \
-                                 expected null, found {value}"
-                            ),
-                        ));
-                    }
-                }
-                (k, _) if known.get(k).is_some() => {
-                    map.insert(key, value);
-                }
-                _ => {
-                    return Err(key_error(
-                        &key,
-                        "unknown key for WanTransformer3DModel".to_string(),
+                ("image_dim" | "added_kv_proj_dim" | "pos_embed_seq_len", v) if !v.is_null() => {
+                    return Err(file.error(
+                        key,
+                        format!(
+                            "image conditioning (Wan image-to-video) is not implemented: \
+                             expected null, found {value}"
+                        ),
                     ))
                 }
+                ("image_dim" | "added_kv_proj_dim" | "pos_embed_seq_len", _) => {}
+                (k, _) if known.get(k).is_some() => {
+                    file.check_field::<Self>(&known, key, value)?;
+                    fields.insert(key.clone(), value.clone());
+                }
+                _ => return Err(file.error(key, "unknown key for WanTransformer3DModel")),
             }
         }
         for key in [
@@ -130,18 +115,11 @@ impl WanConfig {
             "ffn_dim",
             "num_layers",
         ] {
-            if !map.contains_key(key) {
-                return Err(key_error(key, "required, missing".to_string()));
+            if !fields.contains_key(key) {
+                return Err(file.error(key, "required, missing"));
             }
         }
-        // one key at a time over a valid config, so a value of the wrong type is named
-        for (key, value) in &map {
-            let mut one = known.clone();
-            one[key] = value.clone();
-            serde_json::from_value::<Self>(one).map_err(|e| key_error(key, e.to_string()))?;
-        }
-        let cfg: Self = serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| key_error("(file)", e.to_string()))?;
+        let cfg: Self = file.build(fields)?;
         cfg.validate()?;
         Ok(cfg)
     }

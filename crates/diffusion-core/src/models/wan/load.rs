@@ -5,11 +5,9 @@ use burn::tensor::backend::Backend;
 use super::{WanConfig, WanTransformer};
 use crate::{
     error::Result,
-    io::{
-        checkpoint::{
-            load_from, save_folder, NamedWeights, ParamLayout, SaveLayout, WeightVisitor,
-        },
-        tensor_files::TensorFiles,
+    io::checkpoint::{
+        load_diffusers_folder, save_diffusers_folder, NamedWeights, ParamLayout, SaveLayout,
+        WeightVisitor,
     },
 };
 
@@ -80,9 +78,6 @@ impl<B: Backend> NamedWeights<B> for WanTransformer<B> {
     }
 }
 
-/// File stem of a diffusers model folder's weights.
-pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model";
-
 impl<B: Backend> WanTransformer<B> {
     /// Loads a diffusers `WanTransformer3DModel` folder as the Hub ships it: `config.json`
     /// (checked by [`WanConfig::load_diffusers`]) and `diffusion_pytorch_model.safetensors` or
@@ -97,21 +92,18 @@ impl<B: Backend> WanTransformer<B> {
     pub fn load_folder(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = WanConfig::load_diffusers(dir.join("config.json"))?;
-        let files = TensorFiles::open_folder(dir, DIFFUSERS_WEIGHTS)?;
-        load_from(WanTransformer::new(&cfg, device), &files, device)
+        load_diffusers_folder(WanTransformer::new(&cfg, device), dir, device)
     }
 
     /// Saves the model as a diffusers folder (`config.json` and weights in `layout`) that
     /// `WanTransformer3DModel.from_pretrained` and [`WanTransformer::load_folder`] read,
     /// replacing `dir` as a whole.
     pub fn save_folder(&self, dir: impl AsRef<Path>, layout: SaveLayout) -> Result<()> {
-        let config = self.config().to_diffusers_json();
-        save_folder(
+        save_diffusers_folder(
             self,
-            dir,
-            DIFFUSERS_WEIGHTS,
+            dir.as_ref(),
             layout,
-            &[("config.json", config.as_bytes())],
+            &self.config().to_diffusers_json(),
         )
     }
 }

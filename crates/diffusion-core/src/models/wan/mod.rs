@@ -15,7 +15,6 @@ pub use attention::WanAttention;
 pub use block::WanBlock;
 pub use config::WanConfig;
 pub use embeddings::{timestep_sinusoid, WanConditionEmbedder};
-pub use load::DIFFUSERS_WEIGHTS;
 pub use lora::LORA_WEIGHTS;
 pub use rope::RopeTable;
 pub use transformer::WanTransformer;

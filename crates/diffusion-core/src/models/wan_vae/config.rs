@@ -4,8 +4,8 @@ use burn::{config::Config, tensor::backend::Backend};
 
 use super::WanVae;
 use crate::{
-    error::{invalid, CoreError},
-    models::vae::LatentNorm,
+    error::invalid,
+    models::{diffusers_config::DiffusersConfig, vae::LatentNorm},
 };
 
 /// Configuration of a [`WanVae`], keys as in diffusers' `config.json` of `AutoencoderKLWan`
@@ -89,50 +89,35 @@ impl WanVaeConfig {
     /// `Io`; `ConfigKey` naming the file and key; `InvalidConfig` for broken constraints.
     pub fn load_diffusers(path: impl AsRef<Path>) -> crate::Result<Self> {
         use serde_json::Value;
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let key_error = |key: &str, reason: String| CoreError::ConfigKey {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            reason,
-        };
-        let mut map: serde_json::Map<String, Value> = serde_json::from_str(&text)
-            .map_err(|e| key_error("(file)", format!("not a JSON object: {e}")))?;
-        map.retain(|k, _| !k.starts_with('_'));
+        let file = DiffusersConfig::read(path.as_ref())?;
         let known = serde_json::to_value(Self::new()).expect("config serialises");
         let mut fields = serde_json::Map::new();
         let mut scale_keys = Vec::new();
-        for (key, value) in map {
+        for (key, value) in &file.keys {
             let ok = match key.as_str() {
                 "attn_scales" => value.as_array().is_some_and(Vec::is_empty),
                 "dropout" => value.as_f64() == Some(0.0),
-                "is_residual" => value == Value::Bool(false),
+                "is_residual" => *value == Value::Bool(false),
                 "patch_size" => value.is_null(),
                 "scale_factor_temporal" | "scale_factor_spatial" => {
-                    scale_keys.push((key.clone(), value.clone()));
+                    scale_keys.push((key, value));
                     true
                 }
                 k if known.get(k).is_some() => {
-                    let mut one = known.clone();
-                    one[k] = value.clone();
-                    serde_json::from_value::<Self>(one).map_err(|e| key_error(k, e.to_string()))?;
+                    file.check_field::<Self>(&known, key, value)?;
                     fields.insert(key.clone(), value.clone());
                     true
                 }
-                _ => return Err(key_error(&key, "unknown key for AutoencoderKLWan".into())),
+                _ => return Err(file.error(key, "unknown key for AutoencoderKLWan")),
             };
             if !ok {
-                return Err(key_error(
-                    &key,
+                return Err(file.error(
+                    key,
                     format!("only Wan2.1's value is implemented, found {value}"),
                 ));
             }
         }
-        let cfg: Self = serde_json::from_value(Value::Object(fields))
-            .map_err(|e| key_error("(file)", e.to_string()))?;
+        let cfg: Self = file.build(fields)?;
         cfg.validate()?;
         for (key, value) in scale_keys {
             let want = if key == "scale_factor_temporal" {
@@ -141,8 +126,8 @@ impl WanVaeConfig {
                 cfg.spatial_factor()
             };
             if !value.is_null() && value.as_u64() != Some(want as u64) {
-                return Err(key_error(
-                    &key,
+                return Err(file.error(
+                    key,
                     format!("the stages give {want}, the file says {value}"),
                 ));
             }

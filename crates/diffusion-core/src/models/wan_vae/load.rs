@@ -14,13 +14,10 @@ use super::{
 };
 use crate::{
     error::Result,
-    io::{
-        checkpoint::{
-            load_from, save_folder, NamedWeights, ParamLayout, SaveLayout, WeightVisitor,
-        },
-        tensor_files::TensorFiles,
+    io::checkpoint::{
+        load_diffusers_folder, save_diffusers_folder, NamedWeights, ParamLayout, SaveLayout,
+        WeightVisitor,
     },
-    models::wan::DIFFUSERS_WEIGHTS,
 };
 
 fn conv3d<B: Backend, V: WeightVisitor<B>>(v: &mut V, p: &str, c: &mut Conv3d<B>) -> Result<()> {
@@ -135,19 +132,16 @@ impl<B: Backend> WanVae<B> {
     pub fn load_folder(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = WanVaeConfig::load_diffusers(dir.join("config.json"))?;
-        let files = TensorFiles::open_folder(dir, DIFFUSERS_WEIGHTS)?;
-        load_from(WanVae::new(&cfg, device), &files, device)
+        load_diffusers_folder(WanVae::new(&cfg, device), dir, device)
     }
 
     /// Saves the VAE as a diffusers folder, replacing `dir` as a whole.
     pub fn save_folder(&self, dir: impl AsRef<Path>, layout: SaveLayout) -> Result<()> {
-        let config = self.config().to_diffusers_json();
-        save_folder(
+        save_diffusers_folder(
             self,
-            dir,
-            DIFFUSERS_WEIGHTS,
+            dir.as_ref(),
             layout,
-            &[("config.json", config.as_bytes())],
+            &self.config().to_diffusers_json(),
         )
     }
 }

@@ -35,14 +35,18 @@ pub enum CoreError {
         found: Vec<usize>,
     },
     /// A weight file lacks a key the model needs.
-    #[error("checkpoint is missing key `{key}`")]
+    #[error("{}: missing key `{key}`", path.display())]
     MissingKey {
+        /// The file (or a sharded folder's index).
+        path: PathBuf,
         /// The missing key, in the checkpoint's naming.
         key: String,
     },
     /// A weight in a checkpoint has a different shape than the model expects.
-    #[error("checkpoint key `{key}` has shape {found:?}, the model expects {expected:?}")]
+    #[error("{}: key `{key}` has shape {found:?}, the model expects {expected:?}", path.display())]
     KeyShape {
+        /// The file.
+        path: PathBuf,
         /// The key, in the checkpoint's naming.
         key: String,
         /// The shape the model expects.
@@ -51,8 +55,10 @@ pub enum CoreError {
         found: Vec<usize>,
     },
     /// A weight in a checkpoint has an unsupported element type.
-    #[error("checkpoint key `{key}` has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    #[error("{}: key `{key}` has dtype {dtype}; only F32, F16 and BF16 are supported", path.display())]
     KeyDtype {
+        /// The file.
+        path: PathBuf,
         /// The key, in the checkpoint's naming.
         key: String,
         /// The stored dtype.

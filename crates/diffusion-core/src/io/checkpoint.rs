@@ -225,7 +225,11 @@ impl<'a, B: Backend> SafetensorsReader<'a, B> {
         match extra.first() {
             None => Ok(()),
             Some(first) => Err(CoreError::Safetensors {
-                path: self.files.file_of(first).unwrap_or(Path::new("")).into(),
+                path: self
+                    .files
+                    .file_of(first)
+                    .unwrap_or(self.files.path())
+                    .into(),
                 reason: format!(
                     "unexpected keys (model has no such parameter): {}",
                     extra.join(", ")
@@ -247,6 +251,11 @@ impl<B: Backend> WeightVisitor<B> for SafetensorsReader<'_, B> {
         let (_, shape) = self.files.info(key)?;
         if shape != torch_shape.as_slice() {
             return Err(CoreError::KeyShape {
+                path: self
+                    .files
+                    .file_of(key)
+                    .unwrap_or(self.files.path())
+                    .to_path_buf(),
                 key: key.to_string(),
                 expected: torch_shape,
                 found: shape.to_vec(),

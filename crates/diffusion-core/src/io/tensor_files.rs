@@ -27,6 +27,8 @@ struct Shard {
 
 /// The tensors of one safetensors file or of a sharded folder, looked up by key.
 pub struct TensorFiles {
+    /// The file, or the sharded folder's index.
+    source: PathBuf,
     shards: Vec<Shard>,
     /// Key -> index in `shards`.
     keys: BTreeMap<String, usize>,
@@ -80,6 +82,7 @@ impl TensorFiles {
         let shard = Shard::open(path.as_ref())?;
         let keys = shard.names().into_iter().map(|k| (k, 0)).collect();
         Ok(Self {
+            source: path.as_ref().to_path_buf(),
             shards: vec![shard],
             keys,
         })
@@ -157,7 +160,11 @@ impl TensorFiles {
                 ));
             }
         }
-        Ok(Self { shards, keys })
+        Ok(Self {
+            source: index_path,
+            shards,
+            keys,
+        })
     }
 
     /// Every key, sorted.
@@ -181,6 +188,7 @@ impl TensorFiles {
 
     fn lookup(&self, key: &str) -> Result<(&Shard, &safetensors::tensor::TensorInfo)> {
         let missing = || CoreError::MissingKey {
+            path: self.source.clone(),
             key: key.to_string(),
         };
         let shard = &self.shards[*self.keys.get(key).ok_or_else(missing)?];
@@ -197,7 +205,7 @@ impl TensorFiles {
         let (shard, info) = self.lookup(key)?;
         let (start, end) = info.data_offsets;
         let range = shard.data_start + start..shard.data_start + end;
-        let values = decode_f32(key, info.dtype, &shard.map[range.clone()])?;
+        let values = decode_f32(&shard.path, key, info.dtype, &shard.map[range.clone()])?;
         // SAFETY: DONTNEED on a private read-only file map only drops clean pages, which the
         // kernel reads back from the file if they are touched again; no data is lost.
         let _ = unsafe {
@@ -238,6 +246,7 @@ impl TensorFiles {
                 .collect(),
             other => {
                 return Err(CoreError::KeyDtype {
+                    path: shard.path.clone(),
                     key: key.to_string(),
                     dtype: format!("{other:?} (an integer tensor was expected)"),
                 })
@@ -251,14 +260,14 @@ impl TensorFiles {
         self.shards.first().and_then(|s| s.meta.metadata().as_ref())
     }
 
-    /// The first file (the only one unless a sharded folder was opened).
+    /// The file, or the sharded folder's index.
     pub fn path(&self) -> &Path {
-        &self.shards[0].path
+        &self.source
     }
 }
 
 /// Decodes little-endian F32 / F16 / BF16 bytes.
-pub(crate) fn decode_f32(key: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+pub(crate) fn decode_f32(path: &Path, key: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => data
             .chunks_exact(4)
@@ -274,6 +283,7 @@ pub(crate) fn decode_f32(key: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32
             .collect(),
         other => {
             return Err(CoreError::KeyDtype {
+                path: path.to_path_buf(),
                 key: key.to_string(),
                 dtype: format!("{other:?}"),
             })

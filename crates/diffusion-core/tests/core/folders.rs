@@ -172,8 +172,11 @@ fn bad_folders_are_named() {
     )
     .unwrap();
     match load_err(&dir) {
-        CoreError::KeyShape { key, .. } => {
-            assert_eq!(key, "condition_embedder.text_embedder.linear_1.weight")
+        CoreError::KeyShape { key, path, .. } => {
+            assert_eq!(key, "condition_embedder.text_embedder.linear_1.weight");
+            assert!(path
+                .to_string_lossy()
+                .contains("diffusion_pytorch_model-0000"));
         }
         other => panic!("expected KeyShape, got {other}"),
     }
@@ -216,7 +219,8 @@ fn wrong_dtype_and_non_finite_weights_are_named() {
     );
     let files = TensorFiles::open_file(&path).unwrap();
     assert!(
-        matches!(files.read_f32("ints"), Err(CoreError::KeyDtype { key, .. }) if key == "ints")
+        matches!(files.read_f32("ints"), Err(CoreError::KeyDtype { key, path, .. })
+            if key == "ints" && path.ends_with("w.safetensors"))
     );
     let err = files.read_f32("nan").unwrap_err().to_string();
     assert!(

@@ -154,7 +154,10 @@ fn missing_and_misshaped_keys_are_named() {
         w.remove("blocks.1.attn2.norm_k.weight");
     });
     match load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev) {
-        Err(CoreError::MissingKey { key }) => assert_eq!(key, "blocks.1.attn2.norm_k.weight"),
+        Err(CoreError::MissingKey { key, path }) => {
+            assert_eq!(key, "blocks.1.attn2.norm_k.weight");
+            assert!(path.ends_with("missing.safetensors"));
+        }
         other => panic!("expected MissingKey, got {other:?}"),
     }
 
@@ -163,7 +166,7 @@ fn missing_and_misshaped_keys_are_named() {
     });
     let err = load_safetensors(cfg.init::<B>(&dev).unwrap(), &path, &dev).unwrap_err();
     assert!(
-        matches!(&err, CoreError::KeyShape { key, expected, found }
+        matches!(&err, CoreError::KeyShape { key, expected, found, .. }
         if key == "proj_out.weight" && expected == &vec![16, 24] && found == &vec![16, 25]),
         "{err}"
     );

@@ -249,6 +249,7 @@ impl<B: Backend> WanTransformer<B> {
                 let (shape, values) = files.read_f32(stored)?;
                 if shape != [cols, rows] {
                     return Err(CoreError::KeyShape {
+                        path: path.to_path_buf(),
                         key: stored.clone(),
                         expected: vec![cols, rows],
                         found: shape,

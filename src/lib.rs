@@ -15,7 +15,8 @@
 //!
 //! Every method runs in one [`refl_trainer::Learner`], which owns the optimiser, the guard,
 //! metrics, evaluation, checkpoints and resume. [`world`] sets up the synthetic shapes-world
-//! on which the examples train on a CPU in minutes.
+//! on which the examples train on a CPU in minutes; [`wan`] runs any method on Wan2.1 folders
+//! from one TOML config.
 //!
 //! ```no_run
 //! use latent_refl::prelude::*;
@@ -48,4 +49,5 @@ pub mod prfl;
 pub mod rgb_refl;
 pub mod sft;
 pub mod velr;
+pub mod wan;
 pub mod world;

@@ -47,6 +47,22 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     gelu_approximate(x)
 }
 
+/// The derivative of [`gelu_tanh`] at `x` (module docs), from tensor operations on any backend.
+///
+/// # Shapes
+/// - `x`: any -> the same
+pub fn gelu_tanh_derivative<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let x2 = x.clone().square();
+    let u = (x.clone() + x.clone() * x2.clone().mul_scalar(0.044715)).mul_scalar(c);
+    let sig = burn::tensor::activation::sigmoid(u.mul_scalar(2.0));
+    let slope = x2
+        .mul_scalar(3.0 * 0.044715)
+        .add_scalar(1.0)
+        .mul_scalar(2.0 * c);
+    sig.clone() + x * sig.clone() * (sig.neg().add_scalar(1.0)) * slope
+}
+
 const C: f32 = 0.797_884_6; // √(2/π)
 const A: f32 = 0.044_715;
 /// Elements per rayon task.

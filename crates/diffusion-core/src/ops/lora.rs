@@ -154,7 +154,7 @@ impl<B: Backend> LoraLinear<B> {
     /// # Shapes
     /// - `x`: `[..., in]` -> `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self.adapter.as_ref().filter(|_| !self.merged) {
+        match self.active_adapter() {
             None => linear(&self.base, x),
             Some(adapter) => {
                 let dims = x.dims();
@@ -167,6 +167,16 @@ impl<B: Backend> LoraLinear<B> {
                 y.reshape(out)
             }
         }
+    }
+
+    /// The adapter when it is applied on top of the base layer (present and not merged).
+    pub fn active_adapter(&self) -> Option<&Lora<B>> {
+        self.adapter.as_ref().filter(|_| !self.merged)
+    }
+
+    /// Whether the adapter applies dropout to its input.
+    pub fn has_dropout(&self) -> bool {
+        self.active_adapter().is_some_and(|a| a.dropout.is_some())
     }
 
     /// Adds a fresh adapter and freezes the base layer.

@@ -1,5 +1,6 @@
-//! Training pieces: the flow-matching loss, gradient clipping, data-parallel gradients over batch shards, parameter noise and parameter snapshots.
+//! Training pieces: activation checkpointing, the flow-matching loss, gradient clipping, data-parallel gradients over batch shards, parameter noise and parameter snapshots.
 
+pub mod checkpointing;
 pub mod loss;
 pub mod optim;
 pub mod optim_config;

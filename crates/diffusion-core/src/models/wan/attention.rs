@@ -42,6 +42,11 @@ impl<B: Backend> WanAttention<B> {
         }
     }
 
+    /// Number of heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
     /// Attends from `x` to `context` (self-attention when `context` is `x`).
     ///
     /// # Shapes

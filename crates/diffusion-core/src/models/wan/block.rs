@@ -56,6 +56,11 @@ impl<B: Backend> WanBlock<B> {
         }
     }
 
+    /// Epsilon of the block's norms.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// # Shapes
     /// - `x`: `[B, L, D]`, `text`: `[B, S, D]`, `modulation`: `[B, 6, D]` -> `[B, L, D]`
     pub fn forward(

@@ -64,6 +64,7 @@ impl<B: Backend> WanTransformer<B> {
         adapt: impl Fn(&str, LoraTarget) -> bool,
     ) -> Result<Self> {
         config.validate()?;
+        let checkpointing = self.checkpointing();
         let mut model = self.no_grad();
         for (name, target, layer) in model.lora_layers() {
             if adapt(&name, target) {
@@ -71,7 +72,8 @@ impl<B: Backend> WanTransformer<B> {
                 *layer = base.adapt(config, device);
             }
         }
-        Ok(model)
+        // checks that the adapted blocks can still be checkpointed
+        model.with_checkpointing(checkpointing)
     }
 
     /// Freezes every weight and loads the adapters of a PEFT-layout file (as

@@ -4,6 +4,7 @@
 
 mod attention;
 mod block;
+pub mod checkpoint;
 mod config;
 mod embeddings;
 mod load;

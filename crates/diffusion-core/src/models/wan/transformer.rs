@@ -4,12 +4,13 @@ use burn::{
     tensor::{backend::Backend, Distribution, Tensor},
 };
 
-use super::{RopeTable, WanBlock, WanConditionEmbedder, WanConfig};
+use super::{checkpoint, RopeTable, WanBlock, WanConditionEmbedder, WanConfig};
 use crate::{
     error::{CoreError, Result},
     models::model::VelocityModel,
     ops::linear::linear,
     ops::modulation::modulate,
+    train::checkpointing::Checkpointing,
 };
 
 /// The Wan2.1 text-to-video diffusion transformer.
@@ -37,6 +38,8 @@ pub struct WanTransformer<B: Backend> {
     text_dim: usize,
     rope_max: usize,
     eps: f64,
+    #[module(skip)]
+    checkpointing: Checkpointing,
 }
 
 impl<B: Backend> WanTransformer<B> {
@@ -72,7 +75,36 @@ impl<B: Backend> WanTransformer<B> {
             text_dim: cfg.text_dim,
             rope_max: cfg.rope_max_seq_len,
             eps: cfg.eps,
+            checkpointing: Checkpointing::None,
         }
+    }
+
+    /// Checkpoints the blocks `checkpointing` selects ([`super::checkpoint`]): under autodiff
+    /// each keeps only its input and recomputes its activations in the backward.
+    ///
+    /// # Errors
+    /// `Invalid` for `every_nth = 0`, or when a LoRA adapter of a selected block uses dropout
+    /// (its masks would not be replayed).
+    pub fn with_checkpointing(mut self, checkpointing: Checkpointing) -> Result<Self> {
+        checkpointing.validate()?;
+        let unsupported = self
+            .blocks
+            .iter()
+            .enumerate()
+            .any(|(i, b)| checkpointing.selects(i) && !checkpoint::supported(b));
+        if unsupported {
+            return Err(crate::error::invalid(
+                "checkpointing",
+                "blocks with LoRA dropout cannot be checkpointed: set lora.dropout = 0",
+            ));
+        }
+        self.checkpointing = checkpointing;
+        Ok(self)
+    }
+
+    /// Which blocks are checkpointed.
+    pub fn checkpointing(&self) -> Checkpointing {
+        self.checkpointing
     }
 
     /// Model width.
@@ -159,8 +191,12 @@ impl<B: Backend> WanTransformer<B> {
         let mut tokens = self.embed_patches(x);
         let (temb, modulation) = self.condition.time(timestep);
         let text = self.condition.text(text);
-        for block in self.blocks.iter().take(depth) {
-            tokens = block.forward(tokens, text.clone(), modulation.clone(), &rope);
+        for (i, block) in self.blocks.iter().take(depth).enumerate() {
+            tokens = if self.checkpointing.selects(i) {
+                checkpoint::checkpointed(block, tokens, text.clone(), modulation.clone(), &rope)
+            } else {
+                block.forward(tokens, text.clone(), modulation.clone(), &rope)
+            };
         }
         (tokens, temb)
     }

@@ -39,6 +39,7 @@ use burn_autodiff::{
 use super::{RopeTable, WanAttention, WanBlock};
 use crate::ops::{
     activation::{gelu_tanh, gelu_tanh_derivative},
+    attention::recompute,
     dispatch::{cast, is},
     lora::LoraLinear,
     rotary::rotate,
@@ -355,12 +356,13 @@ struct AttentionActs<I: Backend> {
     /// Normalised queries and keys before the norm's gain, rows, with their `r`.
     q_norm: (Tensor<I, 2>, Tensor<I, 2>),
     k_norm: (Tensor<I, 2>, Tensor<I, 2>),
-    /// Heads first: `[B, H, L, Dh]`, `[B, H, S, Dh]`.
+    /// Attention inputs and output `[B, L, H, Dh]`, `[B, S, H, Dh]` and row log-sum-exp
+    /// `[B, H, L]`.
     q: Tensor<I, 4>,
     k: Tensor<I, 4>,
     v: Tensor<I, 4>,
     out: Tensor<I, 4>,
-    lse: Tensor<I, 4>,
+    lse: Tensor<I, 3>,
     /// The attention output as rows `[B L, D]` (the output projection's input).
     out_rows: Tensor<I, 2>,
 }
@@ -386,17 +388,16 @@ fn attention_forward<I: Backend>(
     let gain = |g: &Param<Tensor<I, 1>>| g.val().unsqueeze_dim::<2>(0);
     let heads = |t: Tensor<I, 2>, n: usize, rotate: bool| -> Tensor<I, 4> {
         let t = t.reshape([b, n, h, d / h]);
-        let t = match (rope, rotate) {
+        match (rope, rotate) {
             (Some(rope), true) => rope.apply(t),
             _ => t,
-        };
-        t.swap_dims(1, 2)
+        }
     };
     let q = heads(q_norm.0.clone() * gain(&a.norm_q.gamma), l, true);
     let k = heads(k_norm.0.clone() * gain(&a.norm_k.gamma), s, true);
     let v = heads(a.to_v.forward(context.clone()), s, false);
-    let (out, lse) = sdpa_forward(q.clone(), k.clone(), v.clone(), QUERY_CHUNK);
-    let out_rows = out.clone().swap_dims(1, 2).reshape([b * l, d]);
+    let (out, lse) = recompute::forward(q.clone(), k.clone(), v.clone(), QUERY_CHUNK);
+    let out_rows = out.clone().reshape([b * l, d]);
     let y = a.to_out.forward(out_rows.clone()).reshape([b, l, d]);
     let acts = AttentionActs {
         x,
@@ -426,7 +427,7 @@ fn attention_backward<I: Backend>(
     grads: &mut Gradients,
 ) -> (Tensor<I, 3>, Tensor<I, 3>) {
     let [b, l, d] = dy.dims();
-    let s = acts.k.dims()[2];
+    let s = acts.k.dims()[1];
     let h = a.heads();
     let d_out_rows = linear_backward(
         &a.to_out,
@@ -435,18 +436,10 @@ fn attention_backward<I: Backend>(
         dy.reshape([b * l, d]),
         grads,
     );
-    let d_out = d_out_rows.reshape([b, l, h, d / h]).swap_dims(1, 2);
-    let (dq, dk, dv) = sdpa_backward(
-        acts.q,
-        acts.k,
-        acts.v,
-        acts.out,
-        acts.lse,
-        d_out,
-        QUERY_CHUNK,
-    );
+    let d_out = d_out_rows.reshape([b, l, h, d / h]);
+    let inputs = [acts.q, acts.k, acts.v, acts.out];
+    let (dq, dk, dv) = recompute::backward(inputs, acts.lse, d_out, QUERY_CHUNK);
     let rows = |t: Tensor<I, 4>, n: usize, rotated: bool| -> Tensor<I, 2> {
-        let t = t.swap_dims(1, 2);
         let t = match (rope, rotated) {
             // the inverse rotation: the tables' sine negated
             (Some(rope), true) => rotate(t, &rope.cos, &rope.sin.clone().neg()),
@@ -485,67 +478,6 @@ fn attention_backward<I: Backend>(
     let dc = linear_backward(&a.to_k, &nodes.k, acts.context.clone(), dk, grads)
         + linear_backward(&a.to_v, &nodes.v, acts.context, rows(dv, s, false), grads);
     (dx.reshape([b, l, d]), dc.reshape([b, s, d]))
-}
-
-/// Scaled dot-product attention over chunks of `chunk` queries, with the row log-sum-exp of the
-/// scaled scores.
-///
-/// # Shapes
-/// - `q`: `[B, H, L, Dh]`, `k`, `v`: `[B, H, S, Dh]` -> (`[B, H, L, Dh]`, `[B, H, L, 1]`)
-fn sdpa_forward<I: Backend>(
-    q: Tensor<I, 4>,
-    k: Tensor<I, 4>,
-    v: Tensor<I, 4>,
-    chunk: usize,
-) -> (Tensor<I, 4>, Tensor<I, 4>) {
-    let [_, _, l, dh] = q.dims();
-    let scale = (dh as f64).powf(-0.5);
-    let kt = k.swap_dims(2, 3);
-    let (outs, lses): (Vec<_>, Vec<_>) = (0..l)
-        .step_by(chunk)
-        .map(|start| {
-            let qc = q.clone().narrow(2, start, chunk.min(l - start));
-            let scores = qc.matmul(kt.clone()).mul_scalar(scale);
-            let max = scores.clone().max_dim(3);
-            let exp = (scores - max.clone()).exp();
-            let sum = exp.clone().sum_dim(3);
-            (exp.matmul(v.clone()) / sum.clone(), max + sum.log())
-        })
-        .unzip();
-    (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
-}
-
-/// The backward of [`sdpa_forward`] over the same chunks (FlashAttention's, module docs):
-/// `P = exp(s q kᵀ - lse)`, `dv = Σ Pᵀ do`, `dS = s P ∘ (do vᵀ - rowsum(do ∘ o))`,
-/// `dq = dS k`, `dk = Σ dSᵀ q`.
-fn sdpa_backward<I: Backend>(
-    q: Tensor<I, 4>,
-    k: Tensor<I, 4>,
-    v: Tensor<I, 4>,
-    out: Tensor<I, 4>,
-    lse: Tensor<I, 4>,
-    d_out: Tensor<I, 4>,
-    chunk: usize,
-) -> (Tensor<I, 4>, Tensor<I, 4>, Tensor<I, 4>) {
-    let [_, _, l, dh] = q.dims();
-    let scale = (dh as f64).powf(-0.5);
-    let delta = (d_out.clone() * out).sum_dim(3);
-    let (kt, vt) = (k.clone().swap_dims(2, 3), v.clone().swap_dims(2, 3));
-    let mut dk = k.zeros_like();
-    let mut dv = v.zeros_like();
-    let mut dqs = Vec::new();
-    for start in (0..l).step_by(chunk) {
-        let n = chunk.min(l - start);
-        let chunk = |t: &Tensor<I, 4>| t.clone().narrow(2, start, n);
-        let qc = chunk(&q);
-        let doc = chunk(&d_out);
-        let probs = (qc.clone().matmul(kt.clone()).mul_scalar(scale) - chunk(&lse)).exp();
-        dv = dv + probs.clone().swap_dims(2, 3).matmul(doc.clone());
-        let ds = (probs * (doc.matmul(vt.clone()) - chunk(&delta))).mul_scalar(scale);
-        dqs.push(ds.clone().matmul(k.clone()));
-        dk = dk + ds.swap_dims(2, 3).matmul(qc);
-    }
-    (Tensor::cat(dqs, 2), dk, dv)
 }
 
 impl<I: Backend> Backward<I, 4> for BlockBackward {
@@ -659,52 +591,10 @@ fn affine<I: Backend>(norm: &LayerNorm<I>, n: Tensor<I, 3>) -> Tensor<I, 3> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{backend::DefaultBackend, ops::attention::attention};
-    use burn::tensor::{Distribution, Tolerance};
+    use crate::backend::DefaultBackend;
+    use burn::tensor::Tolerance;
 
     type I = DefaultBackend;
-
-    #[test]
-    fn chunked_attention_and_its_backward_match_autodiff() {
-        let dev = Default::default();
-        let normal =
-            |shape: [usize; 4]| Tensor::<I, 4>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
-        // [B, H, L, Dh] with 7 queries in chunks of 3, 5 keys
-        let (q, k, v) = (
-            normal([2, 3, 7, 4]),
-            normal([2, 3, 5, 4]),
-            normal([2, 3, 5, 4]),
-        );
-        let w = normal([2, 3, 7, 4]);
-        let (out, lse) = sdpa_forward(q.clone(), k.clone(), v.clone(), 3);
-        let (dq, dk, dv) = sdpa_backward(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            out.clone(),
-            lse,
-            w.clone(),
-            3,
-        );
-
-        type AD = Autodiff<I>;
-        let tracked = |t: &Tensor<I, 4>| Tensor::<AD, 4>::from_inner(t.clone()).require_grad();
-        let (qa, ka, va) = (tracked(&q), tracked(&k), tracked(&v));
-        let heads_last = |t: Tensor<AD, 4>| t.swap_dims(1, 2);
-        let want = heads_last(attention(
-            heads_last(qa.clone()),
-            heads_last(ka.clone()),
-            heads_last(va.clone()),
-        ));
-        let grads = (want.clone() * Tensor::from_inner(w)).sum().backward();
-        let tol = Tolerance::<f32>::absolute(1e-5);
-        out.into_data()
-            .assert_approx_eq(&want.inner().into_data(), tol);
-        for (got, t) in [(dq, &qa), (dk, &ka), (dv, &va)] {
-            got.into_data()
-                .assert_approx_eq(&t.grad(&grads).unwrap().into_data(), tol);
-        }
-    }
 
     #[test]
     fn gelu_derivative_matches_autodiff() {

@@ -26,6 +26,7 @@
 mod autodiff;
 mod cpu;
 mod flex;
+pub mod recompute;
 
 use burn::{
     backend::Autodiff,

@@ -17,5 +17,8 @@ pub mod configuration {}
 #[doc = include_str!("../docs/guide/wan.md")]
 pub mod wan {}
 
+#[doc = include_str!("../docs/guide/memory.md")]
+pub mod memory {}
+
 #[doc = include_str!("../docs/guide/backends.md")]
 pub mod backends {}

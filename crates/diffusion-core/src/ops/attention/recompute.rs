@@ -116,6 +116,7 @@ mod tests {
 
     type I = DefaultBackend;
     type AD = Autodiff<I>;
+    type Grads = (Tensor<I, 4>, Tensor<I, 4>, Tensor<I, 4>);
 
     /// Forward and backward against the autodiff of [`attention`]: on the CPU backend the
     /// kernels, and the chunked tensor operations on any backend (queries in chunks of 3).
@@ -139,10 +140,7 @@ mod tests {
             .backward();
         let tol = Tolerance::<f32>::absolute(1e-5);
         let check = |(out, lse): (Tensor<I, 4>, Tensor<I, 3>),
-                     backward: &dyn Fn(
-            Tensor<I, 4>,
-            Tensor<I, 3>,
-        ) -> (Tensor<I, 4>, Tensor<I, 4>, Tensor<I, 4>)| {
+                     backward: &dyn Fn(Tensor<I, 4>, Tensor<I, 3>) -> Grads| {
             out.clone()
                 .into_data()
                 .assert_approx_eq(&want.clone().inner().into_data(), tol);

@@ -44,6 +44,7 @@ pub use shapes_world;
 
 pub mod grpo;
 pub mod guide;
+pub mod plan;
 pub mod prelude;
 pub mod prfl;
 pub mod rgb_refl;

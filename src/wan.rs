@@ -289,12 +289,7 @@ impl TrainConfig {
     /// `ConfigFile` naming the file (unreadable, bad TOML, unknown key); `Config` on `backend`
     /// when it is not the one this build runs on.
     pub fn load(path: &Path) -> Result<Self, TrainError> {
-        let file_error = |reason: String| TrainError::ConfigFile {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let cfg: Self = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+        let cfg = Self::read(path)?;
         let built = BackendName::built();
         if cfg.backend != built {
             return Err(TrainError::Config {
@@ -309,6 +304,20 @@ impl TrainConfig {
             });
         }
         Ok(cfg)
+    }
+
+    /// Reads a TOML config without checking its backend against the build (the memory
+    /// planner reads configs meant for other machines).
+    ///
+    /// # Errors
+    /// `ConfigFile` naming the file (unreadable, bad TOML, unknown key).
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let file_error = |reason: String| TrainError::ConfigFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| file_error(e.to_string()))
     }
 
     /// The config as TOML.

@@ -102,11 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (t0, p0) = *baseline.get_or_insert((time, peak));
         println!(
             "| {} | {:.0} ms | {:.2}x | {:.0} MiB | {:.0}% |",
-            match choice {
-                Checkpointing::None => "none".to_string(),
-                Checkpointing::EveryBlock => "every block".to_string(),
-                Checkpointing::EveryNth(n) => format!("every {n}nd block"),
-            },
+            choice,
             time.as_secs_f64() * 1e3,
             time.as_secs_f64() / t0.as_secs_f64(),
             peak as f64 / 1048576.0,

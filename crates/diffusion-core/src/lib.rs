@@ -6,6 +6,7 @@ pub mod error;
 pub mod io;
 pub mod models;
 pub mod ops;
+pub mod plan;
 pub mod sampling;
 pub mod train;
 

@@ -1,6 +1,7 @@
 //! Block checkpointing gives the gradients of the plain forward, to f32 round-off, for every
 //! parameter and input: full weights, LoRA adapters over frozen weights, every block or every
-//! other; it needs LoRA without dropout.
+//! other, the recomputed feed-forward whole or in chunks of tokens; it needs LoRA without
+//! dropout.
 
 use crate::common::*;
 use burn::{
@@ -81,6 +82,10 @@ fn checkpointed_blocks_give_the_plain_gradients() {
     assert!(model.blocks[0].norm2.is_some());
     assert_same(&model, Checkpointing::EveryBlock);
     assert_same(&model, Checkpointing::EveryNth(2));
+    // the recomputed feed-forward over chunks of 3 tokens (the last one shorter)
+    let chunked = model.with_ffn_chunk(Some(3)).unwrap();
+    assert_same(&chunked, Checkpointing::EveryBlock);
+    assert!(chunked.with_ffn_chunk(Some(0)).is_err());
 }
 
 #[test]

@@ -21,7 +21,7 @@
 //!
 //! Gradients agree with the non-checkpointed block to f32 round-off (tested on every backend the
 //! tests are built for). The self-attention's forward and backward run over chunks of
-//! [`QUERY_CHUNK`] queries, so the recomputed block never holds the full `[B, H, L, L]` scores.
+//! [`recompute::query_chunk`] queries, so the recomputed block never holds the full `[B, H, L, L]` scores.
 
 use burn::{
     backend::Autodiff,
@@ -45,10 +45,6 @@ use crate::ops::{
     rotary::rotate,
 };
 
-/// Queries per chunk of the recomputed attention: at most `[B, H, QUERY_CHUNK, S]` scores live
-/// at once.
-pub const QUERY_CHUNK: usize = 1024;
-
 /// `block.forward(x, text, modulation, rope)` as one autodiff node that keeps only its inputs
 /// (module docs) on the built-in autodiff backends; other backends run the block as it is.
 ///
@@ -60,6 +56,7 @@ pub fn checkpointed<B: Backend>(
     text: Tensor<B, 3>,
     modulation: Tensor<B, 3>,
     rope: &RopeTable<B>,
+    ffn_chunk: Option<usize>,
 ) -> Tensor<B, 3> {
     macro_rules! on {
         ($inner:ty) => {
@@ -74,6 +71,7 @@ pub fn checkpointed<B: Backend>(
                     cast(text),
                     cast(modulation),
                     rope,
+                    ffn_chunk,
                 ));
             }
         };
@@ -211,10 +209,22 @@ struct Saved<I: Backend> {
     text: Tensor<I, 3>,
     modulation: Tensor<I, 3>,
     rope: RopeTable<I>,
+    ffn_chunk: usize,
 }
 
 #[derive(Debug)]
 struct BlockBackward;
+
+/// Feed-forward hidden values a recomputed block holds at once (64 MiB in f32): the default
+/// chunk of tokens is this over `batch x ffn_dim`.
+pub const FFN_CHUNK_VALUES: usize = 1 << 24;
+
+/// Tokens per chunk of a recomputed block's feed-forward: `chunk`, or [`FFN_CHUNK_VALUES`] over
+/// `batch x ffn_dim` (at least 64), never more than the tokens.
+pub fn ffn_chunk(chunk: Option<usize>, batch: usize, tokens: usize, ffn_dim: usize) -> usize {
+    let auto = || (FFN_CHUNK_VALUES / (batch * ffn_dim).max(1)).max(64);
+    chunk.unwrap_or_else(auto).clamp(1, tokens.max(1))
+}
 
 fn node<I: Backend>(
     block: WanBlock<Autodiff<I>>,
@@ -222,8 +232,11 @@ fn node<I: Backend>(
     text: Tensor<Autodiff<I>, 3>,
     modulation: Tensor<Autodiff<I>, 3>,
     rope: RopeTable<Autodiff<I>>,
+    ffn_chunk: Option<usize>,
 ) -> Tensor<Autodiff<I>, 3> {
     let nodes = BlockNodes::of(&block);
+    let [b, l, _] = x.dims();
+    let ffn_chunk = self::ffn_chunk(ffn_chunk, b, l, block.ffn_in.base.weight.dims()[1]);
     let [x, text, modulation] = [x, text, modulation].map(|t| t.into_primitive().tensor());
     // The parameters are not parents of the node (their gradients are registered under their
     // own nodes); a trainable one is a fourth parent so that the node is tracked whenever the
@@ -258,6 +271,7 @@ fn node<I: Backend>(
                 text: ti,
                 modulation: mi,
                 rope,
+                ffn_chunk,
             };
             prep.finish(saved, out.into_primitive().tensor())
         }
@@ -396,7 +410,12 @@ fn attention_forward<I: Backend>(
     let q = heads(q_norm.0.clone() * gain(&a.norm_q.gamma), l, true);
     let k = heads(k_norm.0.clone() * gain(&a.norm_k.gamma), s, true);
     let v = heads(a.to_v.forward(context.clone()), s, false);
-    let (out, lse) = recompute::forward(q.clone(), k.clone(), v.clone(), QUERY_CHUNK);
+    let (out, lse) = recompute::forward(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        recompute::query_chunk(b, h, s),
+    );
     let out_rows = out.clone().reshape([b * l, d]);
     let y = a.to_out.forward(out_rows.clone()).reshape([b, l, d]);
     let acts = AttentionActs {
@@ -438,7 +457,8 @@ fn attention_backward<I: Backend>(
     );
     let d_out = d_out_rows.reshape([b, l, h, d / h]);
     let inputs = [acts.q, acts.k, acts.v, acts.out];
-    let (dq, dk, dv) = recompute::backward(inputs, acts.lse, d_out, QUERY_CHUNK);
+    let (dq, dk, dv) =
+        recompute::backward(inputs, acts.lse, d_out, recompute::query_chunk(b, h, s));
     let rows = |t: Tensor<I, 4>, n: usize, rotated: bool| -> Tensor<I, 2> {
         let t = match (rope, rotated) {
             // the inverse rotation: the tables' sine negated
@@ -493,6 +513,7 @@ impl<I: Backend> Backward<I, 4> for BlockBackward {
             text,
             modulation,
             rope,
+            ffn_chunk,
         } = ops.state;
         let eps = block.eps();
         let [b, l, d] = x.dims();
@@ -514,23 +535,27 @@ impl<I: Backend> Backward<I, 4> for BlockBackward {
         };
         let (a2, acts2) = attention_forward(&block.attn2, h2, text, None, eps);
         let (n3, r3) = layer_norm_stats(x1 + a2, eps);
-        let h3 = (n3.clone() * one_plus(&m[4]) + m[3].clone()).reshape([b * l, d]);
-        let u = block.ffn_in.forward(h3.clone());
-        let act = gelu_tanh(u.clone());
-        let f = block.ffn_out.forward(act.clone()).reshape([b, l, d]);
+        let h3 = n3.clone() * one_plus(&m[4]) + m[3].clone();
 
-        // and back
+        // and back: the feed-forward over chunks of tokens (its hidden is the widest tensor)
         let sum_tokens = |t: Tensor<I, 3>| t.sum_dim(1);
-        let d_gate_ff = sum_tokens(dy.clone() * f);
-        let d_act = linear_backward(
-            &block.ffn_out,
-            &nodes.ffn_out,
-            act,
-            (dy.clone() * m[5].clone()).reshape([b * l, d]),
-            grads,
-        );
-        let du = d_act * gelu_tanh_derivative(u);
-        let dh3 = linear_backward(&block.ffn_in, &nodes.ffn_in, h3, du, grads).reshape([b, l, d]);
+        let mut d_gate_ff = m[5].zeros_like();
+        let mut dh3 = Vec::new();
+        for start in (0..l).step_by(ffn_chunk) {
+            let n = ffn_chunk.min(l - start);
+            let rows = |t: &Tensor<I, 3>| t.clone().narrow(1, start, n).reshape([b * n, d]);
+            let (h, g) = (rows(&h3), rows(&dy));
+            let u = block.ffn_in.forward(h.clone());
+            let act = gelu_tanh(u.clone());
+            let f = block.ffn_out.forward(act.clone());
+            d_gate_ff = d_gate_ff + sum_tokens((g.clone() * f).reshape([b, n, d]));
+            let g = (g.reshape([b, n, d]) * m[5].clone()).reshape([b * n, d]);
+            let d_act = linear_backward(&block.ffn_out, &nodes.ffn_out, act, g, grads);
+            let du = d_act * gelu_tanh_derivative(u);
+            let dh = linear_backward(&block.ffn_in, &nodes.ffn_in, h, du, grads);
+            dh3.push(dh.reshape([b, n, d]));
+        }
+        let dh3 = Tensor::cat(dh3, 1);
         let d_shift_ff = sum_tokens(dh3.clone());
         let d_scale_ff = sum_tokens(dh3.clone() * n3.clone());
         let dx2 = dy + layer_norm_backward(n3, r3, dh3 * one_plus(&m[4]));

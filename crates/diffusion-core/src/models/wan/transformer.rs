@@ -40,6 +40,8 @@ pub struct WanTransformer<B: Backend> {
     eps: f64,
     #[module(skip)]
     checkpointing: Checkpointing,
+    #[module(skip)]
+    ffn_chunk: Option<usize>,
 }
 
 impl<B: Backend> WanTransformer<B> {
@@ -76,6 +78,7 @@ impl<B: Backend> WanTransformer<B> {
             rope_max: cfg.rope_max_seq_len,
             eps: cfg.eps,
             checkpointing: Checkpointing::None,
+            ffn_chunk: None,
         }
     }
 
@@ -99,6 +102,23 @@ impl<B: Backend> WanTransformer<B> {
             ));
         }
         self.checkpointing = checkpointing;
+        Ok(self)
+    }
+
+    /// Tokens per chunk of a checkpointed block's recomputed feed-forward (`None`, the
+    /// default: [`checkpoint::FFN_CHUNK_VALUES`] hidden values per chunk): smaller chunks bound
+    /// the recompute's working set at long videos for a few more, smaller matrix products.
+    ///
+    /// # Errors
+    /// `Invalid` for `Some(0)`.
+    pub fn with_ffn_chunk(mut self, tokens: Option<usize>) -> Result<Self> {
+        if tokens == Some(0) {
+            return Err(crate::error::invalid(
+                "ffn_chunk",
+                "must be at least 1 token",
+            ));
+        }
+        self.ffn_chunk = tokens;
         Ok(self)
     }
 
@@ -193,7 +213,14 @@ impl<B: Backend> WanTransformer<B> {
         let text = self.condition.text(text);
         for (i, block) in self.blocks.iter().take(depth).enumerate() {
             tokens = if self.checkpointing.selects(i) {
-                checkpoint::checkpointed(block, tokens, text.clone(), modulation.clone(), &rope)
+                checkpoint::checkpointed(
+                    block,
+                    tokens,
+                    text.clone(),
+                    modulation.clone(),
+                    &rope,
+                    self.ffn_chunk,
+                )
             } else {
                 block.forward(tokens, text.clone(), modulation.clone(), &rope)
             };

@@ -1,6 +1,8 @@
-//! Attention as one autodiff node for any inner backend, with whole-tensor operations in the
-//! `[B, H, L, Dh]` layout (module docs of [`super`]).
+//! Attention as one autodiff node for any inner backend (module docs of [`super`]): the
+//! forward and backward of [`super::recompute`], over chunks of queries sized by
+//! [`super::recompute::query_chunk`], so no `[B, H, L, S]` score matrix is ever materialised.
 
+use super::recompute;
 use burn::{
     backend::Autodiff,
     tensor::{backend::Backend, module, ops::AttentionModuleOptions, Tensor, TensorPrimitive},
@@ -29,23 +31,25 @@ pub fn autodiff_attention<I: Backend>(
         inner(&k.primitive),
         inner(&v.primitive),
     );
-    let scale = (qi.dims()[3] as f64).powf(-0.5);
     let prep = AttentionBackward
         .prepare::<NoCheckpointing>([q.node, k.node, v.node])
         .compute_bound()
         .stateful();
     let out = match prep {
         OpsKind::Tracked(prep) => {
-            let (out, lse) = forward(qi.clone(), ki.clone(), vi.clone(), scale);
+            let [b, h, _, _] = qi.dims();
+            let chunk = recompute::query_chunk(b, h, ki.dims()[2]);
+            let [ql, kl, vl] = [qi, ki, vi].map(heads_last);
+            let (out, lse) = recompute::forward(ql.clone(), kl.clone(), vl.clone(), chunk);
             let saved = Saved {
-                q: qi,
-                k: ki,
-                v: vi,
+                q: ql,
+                k: kl,
+                v: vl,
                 out: out.clone(),
                 lse,
-                scale,
+                chunk,
             };
-            prep.finish(saved, out.into_primitive().tensor())
+            prep.finish(saved, heads_last(out).into_primitive().tensor())
         }
         OpsKind::UnTracked(prep) => prep.finish(
             module::attention(qi, ki, vi, None, None, AttentionModuleOptions::default())
@@ -60,33 +64,21 @@ fn float<B: Backend>(p: B::FloatTensorPrimitive) -> TensorPrimitive<B> {
     TensorPrimitive::Float(p)
 }
 
-/// The output and the row log-sum-exp of the scaled scores.
-///
-/// # Shapes
-/// - `q`: `[B, H, L, Dh]`, `k`, `v`: `[B, H, S, Dh]` -> (`[B, H, L, Dh]`, `[B, H, L, 1]`)
-fn forward<I: Backend>(
-    q: Tensor<I, 4>,
-    k: Tensor<I, 4>,
-    v: Tensor<I, 4>,
-    scale: f64,
-) -> (Tensor<I, 4>, Tensor<I, 4>) {
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-    let max = scores.clone().max_dim(3);
-    let exp = (scores - max.clone()).exp();
-    let sum = exp.clone().sum_dim(3);
-    let out = exp.matmul(v) / sum.clone();
-    (out, max + sum.log())
+/// `[B, H, L, Dh]` <-> `[B, L, H, Dh]` (a view).
+fn heads_last<I: Backend>(t: Tensor<I, 4>) -> Tensor<I, 4> {
+    t.swap_dims(1, 2)
 }
 
-/// What the backward of [`autodiff_attention`] keeps: inputs, output, row log-sum-exp.
+/// What the backward of [`autodiff_attention`] keeps: inputs, output (`[B, L, H, Dh]` views),
+/// row log-sum-exp `[B, H, L]`, and the query chunk.
 #[derive(Clone, Debug)]
 struct Saved<I: Backend> {
     q: Tensor<I, 4>,
     k: Tensor<I, 4>,
     v: Tensor<I, 4>,
     out: Tensor<I, 4>,
-    lse: Tensor<I, 4>,
-    scale: f64,
+    lse: Tensor<I, 3>,
+    chunk: usize,
 }
 
 #[derive(Debug)]
@@ -103,31 +95,13 @@ impl<I: Backend> Backward<I, 3> for AttentionBackward {
             v,
             out,
             lse,
-            scale,
+            chunk,
         } = ops.state;
-        let [node_q, node_k, node_v] = ops.parents;
-        let probs = (q
-            .clone()
-            .matmul(k.clone().swap_dims(2, 3))
-            .mul_scalar(scale)
-            - lse)
-            .exp();
-        if let Some(node) = node_v {
-            let grad = probs.clone().swap_dims(2, 3).matmul(d_out.clone());
-            grads.register::<I>(node.id, grad.into_primitive().tensor());
-        }
-        if node_q.is_none() && node_k.is_none() {
-            return;
-        }
-        let row = (d_out.clone() * out).sum_dim(3);
-        let d_scores = probs * (d_out.matmul(v.swap_dims(2, 3)) - row) * scale;
-        if let Some(node) = node_q {
-            let grad = d_scores.clone().matmul(k);
-            grads.register::<I>(node.id, grad.into_primitive().tensor());
-        }
-        if let Some(node) = node_k {
-            let grad = d_scores.swap_dims(2, 3).matmul(q);
-            grads.register::<I>(node.id, grad.into_primitive().tensor());
+        let (dq, dk, dv) = recompute::backward([q, k, v, out], lse, heads_last(d_out), chunk);
+        for (node, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = node {
+                grads.register::<I>(node.id, heads_last(grad).into_primitive().tensor());
+            }
         }
     }
 }

@@ -17,7 +17,8 @@
 //!   `[B, L, H, Dh]` layout of the projections (no head transpose is materialised), one rayon
 //!   task per (batch, head), strided gemm products and a vectorised `exp` ([`cpu`]);
 //! - under autodiff on the other built-in backends (wgpu, cuda, ndarray with their features):
-//!   the same node built from the inner backend's tensor operations ([`autodiff_attention`]).
+//!   the same node built from the inner backend's tensor operations over chunks of queries, so
+//!   memory stays linear in the tokens ([`autodiff_attention`], [`recompute`]).
 //!
 //! [`attention`] picks the implementation at run time from its backend's type
 //! ([`crate::ops::dispatch`]). Any other backend, and wgpu or cuda without autodiff, takes burn's

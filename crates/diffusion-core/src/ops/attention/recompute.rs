@@ -2,7 +2,8 @@
 //! (no autodiff node): the pieces of a hand-written backward that recomputes attention, such as
 //! block checkpointing ([`crate::models::wan::checkpoint`]). On the CPU backend (f32) the
 //! kernels of [`super::cpu`]; on any other backend tensor operations over chunks of `chunk`
-//! queries, so that at most `[B, H, chunk, S]` scores live at once.
+//! queries, so that at most `[B, H, chunk, S]` scores live at once ([`query_chunk`] sizes the
+//! chunks from a budget).
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 
@@ -13,6 +14,15 @@ use crate::{
     ops::dispatch::{cast, is},
     ops::flex_node::{contiguous, tensor},
 };
+
+/// Score values one chunk of queries may hold at once (`[B, H, chunk, S]`, 128 MiB in f32).
+pub const SCORE_BUDGET: usize = 1 << 25;
+
+/// Queries per chunk so that one chunk's scores stay within [`SCORE_BUDGET`]: between 16 and
+/// 1024 (below 16 queries per product the matrix products stop paying for themselves).
+pub fn query_chunk(batch: usize, heads: usize, keys: usize) -> usize {
+    (SCORE_BUDGET / (batch * heads * keys).max(1)).clamp(16, 1024)
+}
 
 /// `softmax(q kᵀ / sqrt(Dh)) v` and the row log-sum-exp of the scaled scores.
 ///

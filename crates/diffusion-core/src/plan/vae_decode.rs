@@ -1,0 +1,176 @@
+use super::{ActivationPath, MemoryPlan, TermKind};
+use crate::models::wan_vae::WanVaeConfig;
+
+/// Decoding latents with the Wan VAE's causal decoder, one latent frame at a time with its
+/// feature cache (`WanVae::decode_latent`), with gradients to the latent (RGB ReFL) or without
+/// (VELR's pixel labels, the evaluation).
+///
+/// # Shapes
+/// `rows` latents `[z, frames, height, width]`; the first latent frame decodes to one video
+/// frame, every later one to `temporal_factor` frames.
+#[derive(Debug, Clone)]
+pub struct VaeDecode {
+    /// The VAE's shape.
+    pub vae: WanVaeConfig,
+    /// Latent `[z, frames, height, width]` of one row.
+    pub latent: [usize; 4],
+    /// Rows decoded together.
+    pub rows: usize,
+    /// Whether the gradient flows back to the latent (every activation is kept).
+    pub grad: bool,
+    /// The backend's operation path.
+    pub path: ActivationPath,
+    /// Bytes per decoder weight.
+    pub weight_bytes: usize,
+}
+
+/// One resolution of the decoder: its width, how many residual blocks run there, and its
+/// size relative to the latent (`time`, `space` per axis).
+#[derive(Debug, Clone, Copy)]
+struct Stage {
+    channels: usize,
+    resnets: usize,
+    time: usize,
+    space: usize,
+    upsampler: bool,
+}
+
+impl VaeDecode {
+    /// The decoder's stages: the middle block at the latent's resolution, then the up blocks
+    /// (each upsampler doubles the space and, where the encoder halved time, the time).
+    fn stages(&self) -> Vec<Stage> {
+        let base = self.vae.decoder_base_dim.unwrap_or(self.vae.base_dim);
+        let mult = &self.vae.dim_mult;
+        let n = mult.len();
+        let mut stages = vec![Stage {
+            channels: base * mult[n - 1],
+            resnets: 2,
+            time: 1,
+            space: 1,
+            upsampler: false,
+        }];
+        let (mut time, mut space) = (1, 1);
+        for i in 0..n {
+            stages.push(Stage {
+                channels: base * mult[n - 1 - i],
+                resnets: self.vae.num_res_blocks + 1,
+                time,
+                space,
+                upsampler: i + 1 < n,
+            });
+            if i + 1 < n {
+                space *= 2;
+                if self.vae.temperal_downsample[n - 2 - i] {
+                    time *= 2;
+                }
+            }
+        }
+        stages
+    }
+
+    /// Decoder weights: per residual block two 3x3x3 convolutions (and a 1x1x1 shortcut where
+    /// the width changes), the upsamplers' 3x3 convolutions and temporal convolutions, the
+    /// middle attention, the input and output convolutions.
+    pub fn decoder_params(&self) -> f64 {
+        let stages = self.stages();
+        let conv3 = |i: usize, o: usize| (27 * i * o + o) as f64;
+        let mut p = conv3(self.vae.z_dim, stages[0].channels);
+        let c0 = stages[0].channels as f64;
+        p += 4.0 * c0 * c0 + 2.0 * conv3(stages[0].channels, stages[0].channels) * 2.0;
+        let mut c_in = stages[0].channels;
+        for (i, s) in stages.iter().enumerate().skip(1) {
+            for j in 0..s.resnets {
+                let c = if j == 0 { c_in } else { s.channels };
+                p += conv3(c, s.channels) + conv3(s.channels, s.channels);
+                if c != s.channels {
+                    p += (c * s.channels + s.channels) as f64;
+                }
+            }
+            if i + 1 < stages.len() {
+                // upsampler: 3x3 to half the width (the next block starts at it), time conv
+                p += (9 * s.channels * s.channels / 2) as f64
+                    + (3 * s.channels * 2 * s.channels) as f64;
+                c_in = s.channels / 2;
+            }
+        }
+        let last = stages.last().map_or(0, |s| s.channels);
+        p + conv3(last, self.vae.out_channels)
+    }
+
+    /// The decode's terms.
+    pub fn plan(&self) -> MemoryPlan {
+        let mut plan = MemoryPlan::default();
+        let [_, f, h, w] = self.latent;
+        let rows = self.rows as f64;
+        let stages = self.stages();
+        plan.push(
+            "decoder weights",
+            self.decoder_params() * self.weight_bytes as f64,
+            TermKind::Resident,
+            format!("{:.1}M weights", self.decoder_params() / 1e6),
+        );
+        // pixel-frames at a stage over the whole video: the first latent frame stays one frame
+        let pixels =
+            |s: &Stage| ((1 + (f.saturating_sub(1)) * s.time) * h * s.space * w * s.space) as f64;
+        if self.grad {
+            // Per norm + SiLU + causal convolution: the norm's input, the SiLU's input and
+            // sigmoid, the convolution's input with two frames of cache (or zero padding) per
+            // chunk; a residual block has two. An upsampler keeps its temporal convolution's
+            // input (time-doubling ones) and its upsampled output, at the next stage's size.
+            let padding = |s: &Stage| (2 * f * h * s.space * w * s.space) as f64;
+            let mut kept = 0.0;
+            for (i, s) in stages.iter().enumerate() {
+                let c = s.channels as f64;
+                kept += s.resnets as f64 * c * (8.0 * pixels(s) + 2.0 * padding(s));
+                if let Some(next) = stages.get(i + 1).filter(|_| s.upsampler) {
+                    let time_conv = if next.time > s.time {
+                        pixels(s) + padding(s)
+                    } else {
+                        0.0
+                    };
+                    kept += c * (time_conv + pixels(next));
+                }
+            }
+            let last = stages.last().expect("stages");
+            // output head: norm, SiLU (input, sigmoid), the convolution's padded input
+            kept += last.channels as f64 * (4.0 * pixels(last) + padding(last));
+            plan.push(
+                "decoder activations",
+                rows * kept * 4.0,
+                TermKind::Step,
+                format!(
+                    "{} latent frames -> {} video frames of {}x{}, every activation kept",
+                    f,
+                    1 + (f.saturating_sub(1)) * last.time,
+                    h * last.space,
+                    w * last.space
+                ),
+            );
+        } else {
+            // the cache: two frames of every causal convolution's input; the working set: the
+            // widest stage of one latent frame's chunk, a few tensors at once
+            let cache: f64 = stages
+                .iter()
+                .map(|s| {
+                    (2 * s.resnets + 1) as f64
+                        * 2.0
+                        * s.channels as f64
+                        * (h * s.space * w * s.space) as f64
+                })
+                .sum();
+            let working = stages
+                .iter()
+                .map(|s| {
+                    6.0 * s.channels as f64 * ((s.time + 2) * h * s.space * w * s.space) as f64
+                })
+                .fold(0.0, f64::max);
+            plan.push(
+                "decoder cache and working set",
+                rows * (cache + working) * 4.0,
+                TermKind::Step,
+                "one latent frame at a time, without gradients".into(),
+            );
+        }
+        plan
+    }
+}

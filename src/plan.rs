@@ -1,0 +1,313 @@
+//! The peak memory of one training step of any method on a Wan2.1-shaped model, planned term
+//! by term before anything is allocated: weights, optimiser state, gradients, saved
+//! activations, the backward's working set (with a checkpointed block's recompute), the
+//! reward's trunk, the reference model, the VAE decode.
+//!
+//! [`PlanConfig::from_train_config`] reads the shapes of a run's TOML (its transformer and VAE
+//! `config.json`, its prompt file); [`PlanConfig::new`] starts from a model config for models
+//! that are not on disk. `examples/plan.rs` is the command line; `docs/guide/memory.md`
+//! explains the terms and `docs/results/memory.md` compares them with measured peaks.
+
+use std::path::Path;
+
+use diffusion_core::{
+    io::tensor_files::TensorFiles,
+    models::wan_vae::WanVaeConfig,
+    ops::lora::LoraConfig,
+    plan::{ActivationPath, DitStep, MemoryPlan, TermKind, Trainable, VaeDecode},
+    train::checkpointing::Checkpointing,
+    WanConfig,
+};
+use refl_trainer::{FrameSelection, TrainError};
+
+use crate::wan::{BackendName, MethodConfig, MethodName, TrainConfig};
+
+/// What one training step of a method holds: the model, the video, the method's batch shape
+/// and the memory choices.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    /// The method whose step is planned.
+    pub method: MethodName,
+    /// The transformer's shape.
+    pub model: WanConfig,
+    /// The VAE's shape (compression, and the decoder for RGB ReFL and VELR's labels).
+    pub vae: WanVaeConfig,
+    /// Video `[frames, height, width]`.
+    pub video: [usize; 3],
+    /// Text tokens per prompt (Wan2.1: 512).
+    pub text_tokens: usize,
+    /// Prompts per step.
+    pub batch: usize,
+    /// Denoising steps with gradients (PRFL, VELR, RGB ReFL).
+    pub window: usize,
+    /// GRPO's rollouts per prompt.
+    pub group: usize,
+    /// Sampling steps of a rollout (GRPO keeps every step's latent).
+    pub steps: usize,
+    /// Low-rank adapters, or every weight trains.
+    pub lora: Option<LoraConfig>,
+    /// Which blocks are checkpointed (the policy's and the process reward's).
+    pub checkpointing: Checkpointing,
+    /// Blocks of the process reward's trunk (PRFL, GRPO's latent reward).
+    pub process_depth: usize,
+    /// Whether a reference model is evaluated for a KL term (PRFL and VELR with `kl_beta > 0`,
+    /// GRPO always).
+    pub kl: bool,
+    /// RGB ReFL decodes every frame with gradients, or only the first latent frame.
+    pub frames: FrameSelection,
+    /// The backend the step runs on (its operation path decides the saved tensors).
+    pub backend: BackendName,
+    /// Bytes per frozen weight (4: f32; 2: bf16/f16).
+    pub frozen_bytes: usize,
+}
+
+impl PlanConfig {
+    /// A PRFL step of one prompt, one step with gradients, LoRA rank 64 on the attention,
+    /// every block checkpointed, a 2-block process reward, on CUDA with f32 weights.
+    pub fn new(method: MethodName, model: WanConfig, video: [usize; 3]) -> Self {
+        Self {
+            method,
+            model,
+            vae: WanVaeConfig::new(),
+            video,
+            text_tokens: 512,
+            batch: 1,
+            window: 1,
+            group: 4,
+            steps: 40,
+            lora: Some(LoraConfig::new(64)),
+            checkpointing: Checkpointing::EveryBlock,
+            process_depth: 2,
+            kl: matches!(method, MethodName::Grpo),
+            frames: FrameSelection::All,
+            backend: BackendName::Cuda,
+            frozen_bytes: 4,
+        }
+    }
+
+    /// The shapes of a run's TOML: the transformer's and VAE's `config.json`, the prompt
+    /// file's text length, the method's batch, window and group.
+    ///
+    /// # Errors
+    /// `ConfigFile` for the TOML; `Core` naming the `config.json` or prompt file that cannot be
+    /// read.
+    pub fn from_train_config(path: &Path) -> Result<Self, TrainError> {
+        let cfg = TrainConfig::read(path)?;
+        let model = WanConfig::load_diffusers(cfg.model.transformer.join("config.json"))?;
+        let vae = WanVaeConfig::load_diffusers(cfg.model.vae.join("config.json"))?;
+        let (_, shape) = TensorFiles::open_file(&cfg.model.prompts)?
+            .info("embeddings")
+            .map(|(d, s)| (d, s.to_vec()))?;
+        let mut plan = Self::new(cfg.method.name(), model, cfg.model.video);
+        plan.vae = vae;
+        plan.text_tokens = shape.get(1).copied().unwrap_or(0);
+        plan.lora = cfg.lora.clone();
+        plan.checkpointing = cfg.model.checkpointing;
+        plan.process_depth = cfg.reward.process.depth;
+        plan.backend = cfg.backend;
+        match &cfg.method {
+            MethodConfig::Prfl(m) => {
+                (plan.batch, plan.window, plan.kl) = (m.batch, m.window, m.kl_beta > 0.0)
+            }
+            MethodConfig::Velr(m) => {
+                (plan.batch, plan.window, plan.kl) = (m.batch, m.window, m.kl_beta > 0.0)
+            }
+            MethodConfig::Grpo(m) => {
+                (plan.batch, plan.group, plan.steps) = (m.prompts, m.group, m.steps)
+            }
+            MethodConfig::RgbRefl(m) => {
+                (plan.batch, plan.window, plan.frames) = (m.batch, m.window, m.frames.clone())
+            }
+            MethodConfig::Sft(m) => plan.batch = m.batch,
+        }
+        Ok(plan)
+    }
+
+    /// Latent `[channels, frames, height, width]` of the video.
+    pub fn latent_shape(&self) -> [usize; 4] {
+        let [f, h, w] = self.video;
+        let (t, s) = (self.vae.temporal_factor(), self.vae.spatial_factor());
+        [self.vae.z_dim, (f.saturating_sub(1)) / t + 1, h / s, w / s]
+    }
+
+    /// Video tokens per row (the latent over the transformer's patches).
+    pub fn tokens(&self) -> usize {
+        let [_, f, h, w] = self.latent_shape();
+        let [pt, ph, pw] = self.model.patch_size;
+        (f / pt) * (h / ph) * (w / pw)
+    }
+
+    fn path(&self) -> ActivationPath {
+        match self.backend {
+            BackendName::Cpu => ActivationPath::CpuKernels,
+            BackendName::Wgpu | BackendName::Cuda => ActivationPath::TensorOps,
+        }
+    }
+
+    /// The policy's forward + backward: `rows` rows with gradients alive at once.
+    fn policy(&self, rows: usize) -> DitStep {
+        let trainable = match &self.lora {
+            Some(l) => Trainable::Lora(l.clone()),
+            None => Trainable::All,
+        };
+        let mut step = DitStep::new(
+            self.model.clone(),
+            self.tokens(),
+            self.text_tokens,
+            rows,
+            trainable,
+            self.path(),
+        );
+        step.checkpointing = self.checkpointing;
+        step.weight_bytes = if self.lora.is_some() {
+            self.frozen_bytes
+        } else {
+            4
+        };
+        step
+    }
+
+    /// The planned peak of one step, term by term.
+    pub fn plan(&self) -> MemoryPlan {
+        let mut plan = MemoryPlan::default();
+        let rows = match self.method {
+            MethodName::Grpo => self.batch * self.group,
+            MethodName::Sft => self.batch,
+            _ => self.batch * self.window,
+        };
+        let policy = self.policy(rows);
+        let full = self.lora.is_none();
+        let policy_plan = policy.plan();
+        let mut policy_step = policy_plan.clone();
+        policy_step.terms.retain(|t| t.kind == TermKind::Step);
+        let mut resident = policy_plan;
+        resident.terms.retain(|t| t.kind == TermKind::Resident);
+        plan.extend("policy", resident);
+        // a frozen copy of the initial weights: shared with the policy's frozen base under
+        // LoRA, a copy when every weight trains
+        let reference_copy = |plan: &mut MemoryPlan, what: &str, step: &DitStep| {
+            if full {
+                plan.push(
+                    format!("{what}: weights"),
+                    step.num_params() * self.frozen_bytes as f64,
+                    TermKind::Resident,
+                    "the initial weights (the policy's train)".into(),
+                );
+            }
+        };
+        let mut trunk = self.policy(match self.method {
+            MethodName::Grpo => rows,
+            _ => self.batch,
+        });
+        trunk.blocks = self.process_depth.min(self.model.num_layers);
+        trunk.trainable = Trainable::Frozen;
+        if matches!(self.method, MethodName::Prfl | MethodName::Grpo) {
+            reference_copy(&mut plan, "process reward", &trunk);
+        }
+        if self.kl {
+            reference_copy(&mut plan, "reference", &policy);
+        }
+        // the step's moments, each with what is alive then; the peak is the largest
+        let saved = || {
+            let mut p = MemoryPlan::default();
+            p.push(
+                "policy: saved activations",
+                policy.saved_activations(),
+                TermKind::Step,
+                "every block's, the policy's backward not started".into(),
+            );
+            p
+        };
+        let mut moments = vec![("the policy's backward", {
+            let mut p = MemoryPlan::default();
+            p.extend("policy", policy_step);
+            p
+        })];
+        if self.kl {
+            let mut p = saved();
+            p.push(
+                "reference: forward",
+                self.no_grad_forward(rows),
+                TermKind::Step,
+                "one block at a time, without gradients".into(),
+            );
+            moments.push(("the reference model's forward", p));
+        }
+        let [c, f, h, w] = self.latent_shape();
+        match self.method {
+            MethodName::Prfl => {
+                // the gradient flows through the reward's trunk into the policy's output
+                let mut p = saved();
+                let mut terms = trunk.plan();
+                terms.terms.retain(|t| t.kind == TermKind::Step);
+                p.extend("process reward", terms);
+                moments.push(("the process reward's backward", p));
+            }
+            MethodName::Grpo => {
+                let mut p = MemoryPlan::default();
+                p.push(
+                    "process reward: forward",
+                    self.no_grad_forward(trunk.rows),
+                    TermKind::Step,
+                    "scores the rollouts without gradients".into(),
+                );
+                moments.push(("the rollouts' scoring", p));
+            }
+            MethodName::RgbRefl | MethodName::Velr => {
+                let rgb = self.method == MethodName::RgbRefl;
+                let frames = match (rgb, &self.frames) {
+                    (true, FrameSelection::First) => 1,
+                    _ => f,
+                };
+                let decode = VaeDecode {
+                    vae: self.vae.clone(),
+                    latent: [c, frames, h, w],
+                    rows: self.batch,
+                    grad: rgb,
+                    path: self.path(),
+                    weight_bytes: self.frozen_bytes,
+                };
+                let decode = decode.plan();
+                let mut weights = decode.clone();
+                weights.terms.retain(|t| t.kind == TermKind::Resident);
+                plan.extend("VAE", weights);
+                let mut work = decode;
+                work.terms.retain(|t| t.kind == TermKind::Step);
+                // RGB ReFL decodes with gradients after the policy's forward; VELR decodes
+                // its labels without a graph alive
+                let (name, mut p) = if rgb {
+                    ("the decode's backward", saved())
+                } else {
+                    ("the labels' decode", MemoryPlan::default())
+                };
+                p.extend("VAE", work);
+                moments.push((name, p));
+            }
+            MethodName::Sft => {}
+        }
+        let (moment, peak) = moments
+            .into_iter()
+            .max_by(|a, b| a.1.total().total_cmp(&b.1.total()))
+            .expect("the policy's backward");
+        plan.terms.extend(peak.terms);
+        plan.moment = moment.to_string();
+        let [c, f, h, w] = self.latent_shape();
+        if self.method == MethodName::Grpo {
+            let n = self.steps + 1;
+            plan.push(
+                "rollouts",
+                (rows * c * f * h * w * 4 * n) as f64,
+                TermKind::Step,
+                format!("{rows} trajectories of {n} latents [{c}, {f}, {h}, {w}]"),
+            );
+        }
+        plan
+    }
+
+    /// The working set of a forward without gradients: a block's widest tensors.
+    fn no_grad_forward(&self, rows: usize) -> f64 {
+        let d = self.model.dim() as f64;
+        let f = self.model.ffn_dim as f64;
+        (rows * self.tokens()) as f64 * (4.0 * d + 2.0 * f) * 4.0
+    }
+}

@@ -311,3 +311,61 @@ impl PlanConfig {
         (rows * self.tokens()) as f64 * (4.0 * d + 2.0 * f) * 4.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_video_sizes_give_the_published_token_counts() {
+        let p = PlanConfig::new(MethodName::Prfl, WanConfig::wan21_1_3b(), [81, 480, 832]);
+        assert_eq!(p.latent_shape(), [16, 21, 60, 104]);
+        assert_eq!(p.tokens(), 32_760);
+        let p = PlanConfig::new(MethodName::Prfl, WanConfig::wan21_14b(), [81, 720, 1280]);
+        assert_eq!(p.tokens(), 75_600);
+    }
+
+    #[test]
+    fn a_shipped_config_plans_every_method() {
+        for method in MethodName::ALL {
+            let path = format!("examples/configs/tiny-wan-{method}.toml");
+            let p = PlanConfig::from_train_config(Path::new(&path)).unwrap();
+            assert_eq!(p.method, method);
+            assert_eq!(p.video, [5, 32, 32]);
+            let plan = p.plan();
+            assert!(plan.total() > 0.0 && !plan.moment.is_empty(), "{method}");
+            assert!(plan
+                .terms
+                .iter()
+                .any(|t| t.name.starts_with("policy: weights")));
+        }
+        // bad paths name the file
+        let err = PlanConfig::from_train_config(Path::new("missing.toml")).unwrap_err();
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn methods_add_their_own_terms() {
+        let model = WanConfig::wan21_1_3b();
+        let plan = |m| PlanConfig::new(m, model.clone(), [81, 480, 832]).plan();
+        let (sft, grpo, rgb) = (
+            plan(MethodName::Sft),
+            plan(MethodName::Grpo),
+            plan(MethodName::RgbRefl),
+        );
+        // GRPO: four rollouts with gradients and the trajectories; RGB ReFL: the decoder's
+        // activations dwarf the transformer's
+        assert!(grpo.total() > 2.0 * sft.total());
+        assert!(grpo.terms.iter().any(|t| t.name == "rollouts"));
+        assert!(rgb
+            .terms
+            .iter()
+            .any(|t| t.name == "VAE: decoder activations"));
+        assert!(rgb.total() > 10.0 * sft.total());
+        // half-precision frozen weights halve the base's bytes
+        let mut half = PlanConfig::new(MethodName::Sft, model.clone(), [81, 480, 832]);
+        half.frozen_bytes = 2;
+        let weights = |p: &MemoryPlan| p.terms[0].bytes;
+        assert!(weights(&half.plan()) < 0.55 * weights(&sft));
+    }
+}

@@ -4,7 +4,7 @@ use super::{MemoryPlan, TermKind};
 use crate::{
     backend::Flex,
     models::wan::checkpoint::ffn_chunk,
-    ops::attention::recompute::query_chunk,
+    ops::attention::{cpu_scratch_bytes, recompute::query_chunk},
     ops::dispatch::is,
     ops::lora::{LoraConfig, LoraTarget},
     train::checkpointing::Checkpointing,
@@ -77,6 +77,8 @@ pub struct DitStep {
     pub activation_bytes: usize,
     /// Optimiser states per trainable weight (2 for AdamW's moments), kept in f32.
     pub optimizer_states: usize,
+    /// Worker threads of the CPU kernels (each keeps a tile of attention scores).
+    pub cpu_threads: usize,
 }
 
 /// Floats kept per row by one block: per video token and per text token.
@@ -108,6 +110,7 @@ impl DitStep {
             weight_bytes: 4,
             activation_bytes: 4,
             optimizer_states: 2,
+            cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -329,12 +332,14 @@ impl DitStep {
         // (a checkpointed block's feed-forward hidden lives one chunk of tokens at a time)
         let chunk = ffn_chunk(None, self.rows, self.tokens, self.model.ffn_dim) as f64;
         let transients = |ckpt: bool| rows * (4.0 * d * l + f * if ckpt { chunk } else { l }) * a;
-        // the tensor path's attention: one chunk of queries' scores at a time (the
+        // the attention's scores: on the tensor path one chunk of queries' at a time (the
         // probabilities and their gradients are updated in place; `ops::attention::recompute`);
-        // the CPU kernels work in small tiles
+        // the CPU kernels keep two tiles per worker thread
         let heads = self.model.num_attention_heads;
         let scores = match self.path {
-            ActivationPath::CpuKernels => 0.0,
+            ActivationPath::CpuKernels => {
+                (self.cpu_threads * cpu_scratch_bytes(self.tokens, self.tokens)) as f64
+            }
             ActivationPath::TensorOps => {
                 let chunk = query_chunk(self.rows, heads, self.tokens).min(self.tokens);
                 (self.rows * heads * chunk * self.tokens) as f64 * a
@@ -380,7 +385,10 @@ impl DitStep {
         );
         let mut detail = "backward transients".to_string();
         if scores > 0.0 {
-            detail.push_str(" + one query chunk's attention scores");
+            detail.push_str(match self.path {
+                ActivationPath::CpuKernels => " + the attention kernels' per-thread tiles",
+                ActivationPath::TensorOps => " + one query chunk's attention scores",
+            });
         }
         if self.checkpointing.selects(at) {
             detail.push_str(&format!(
@@ -390,5 +398,86 @@ impl DitStep {
         }
         plan.push("backward working set", working, TermKind::Step, detail);
         plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(trainable: Trainable, path: ActivationPath) -> DitStep {
+        DitStep::new(WanConfig::tiny(), 32, 5, 2, trainable, path)
+    }
+
+    #[test]
+    fn parameters_by_hand() {
+        let step = tiny(Trainable::All, ActivationPath::CpuKernels);
+        assert_eq!(step.num_params(), WanConfig::tiny().num_params() as f64);
+        // tiny: width 24, feed-forward 48; a block: 8 linears 24x24 + biases, 2 RMS gains
+        // each, the cross-attention layer norm, the two feed-forward linears, the table
+        let block =
+            2 * (4 * (24 * 24 + 24) + 2 * 24) + 2 * 24 + (24 * 48 + 48) + (48 * 24 + 24) + 6 * 24;
+        assert_eq!(step.block_params(), block as f64);
+        let trunk = DitStep {
+            blocks: 1,
+            ..step.clone()
+        };
+        let head = (24 * 4 * 4 + 4 * 4 + 2 * 24) as f64; // proj_out to 4 x (1x2x2) + table
+        assert_eq!(trunk.num_params(), step.num_params() - block as f64 - head);
+        // LoRA rank 2 on both attentions: 8 linears of r (24 + 24)
+        let lora = LoraConfig::new(2)
+            .with_targets(vec![LoraTarget::SelfAttention, LoraTarget::CrossAttention]);
+        let adapted = tiny(Trainable::Lora(lora), ActivationPath::CpuKernels);
+        assert_eq!(adapted.trainable_params(), (2 * 8 * 2 * 48) as f64);
+        assert_eq!(
+            tiny(Trainable::Frozen, ActivationPath::TensorOps).trainable_params(),
+            0.0
+        );
+    }
+
+    #[test]
+    fn saved_activations_by_hand() {
+        // CPU kernels, every weight trains: per video token 21 widths + 2 hidden + 2 heads'
+        // log-sum-exp; per text token q-style keys (3 widths) and values
+        let step = tiny(Trainable::All, ActivationPath::CpuKernels);
+        let (d, f, h, l, s, rows) = (24.0, 48.0, 2.0, 32.0, 5.0, 2.0);
+        let block = rows * (l * (21.0 * d + 2.0 * f + 2.0 * h) + s * 4.0 * d);
+        let edges = rows * ((d + 3.0 * d) * l + 2.0 * d * s);
+        assert_eq!(step.saved_activations(), 4.0 * (2.0 * block + edges));
+        let checkpointed = DitStep {
+            checkpointing: Checkpointing::EveryBlock,
+            ..step.clone()
+        };
+        assert_eq!(
+            checkpointed.saved_activations(),
+            4.0 * (2.0 * rows * d * l + edges)
+        );
+        // the tensor path keeps more per block (layer-norm and GELU intermediates)
+        let ops = tiny(Trainable::All, ActivationPath::TensorOps);
+        assert!(ops.saved_activations() > step.saved_activations());
+        // the plan's step terms at its peak never exceed what is alive at the backward's start
+        // plus every gradient and the largest working set
+        let plan = step.plan();
+        assert!(plan.bytes(TermKind::Step) > step.saved_activations());
+        assert_eq!(
+            plan.bytes(TermKind::Resident),
+            3.0 * 4.0 * step.num_params()
+        );
+    }
+
+    #[test]
+    fn checkpointing_lowers_the_planned_peak() {
+        let mut step = DitStep::new(
+            WanConfig::wan21_1_3b(),
+            32_760,
+            512,
+            1,
+            Trainable::Frozen,
+            ActivationPath::TensorOps,
+        );
+        let plain = step.plan().bytes(TermKind::Step);
+        step.checkpointing = Checkpointing::EveryBlock;
+        let checkpointed = step.plan().bytes(TermKind::Step);
+        assert!(checkpointed < plain / 4.0, "{checkpointed} vs {plain}");
     }
 }

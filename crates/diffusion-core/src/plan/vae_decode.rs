@@ -68,33 +68,34 @@ impl VaeDecode {
         stages
     }
 
-    /// Decoder weights: per residual block two 3x3x3 convolutions (and a 1x1x1 shortcut where
-    /// the width changes), the upsamplers' 3x3 convolutions and temporal convolutions, the
-    /// middle attention, the input and output convolutions.
+    /// Decoder weights: per residual block two 3x3x3 convolutions, two RMS gains (and a 1x1x1
+    /// shortcut where the width changes), the middle attention (gain, q/k/v and output 1x1
+    /// convolutions), the upsamplers' 3x3 convolutions to half the width and temporal
+    /// convolutions to twice it, the input and output convolutions and the output gain.
     pub fn decoder_params(&self) -> f64 {
         let stages = self.stages();
-        let conv3 = |i: usize, o: usize| (27 * i * o + o) as f64;
-        let mut p = conv3(self.vae.z_dim, stages[0].channels);
-        let c0 = stages[0].channels as f64;
-        p += 4.0 * c0 * c0 + 2.0 * conv3(stages[0].channels, stages[0].channels) * 2.0;
-        let mut c_in = stages[0].channels;
+        let conv3 = |i: usize, o: usize| 27 * i * o + o;
+        let resnet = |i: usize, o: usize| {
+            conv3(i, o) + conv3(o, o) + i + o + if i != o { i * o + o } else { 0 }
+        };
+        let c0 = stages[0].channels;
+        let mut p = conv3(self.vae.z_dim, c0);
+        p += 2 * resnet(c0, c0) + c0 + (3 * c0 * c0 + 3 * c0) + (c0 * c0 + c0);
+        let mut c_in = c0;
         for (i, s) in stages.iter().enumerate().skip(1) {
-            for j in 0..s.resnets {
-                let c = if j == 0 { c_in } else { s.channels };
-                p += conv3(c, s.channels) + conv3(s.channels, s.channels);
-                if c != s.channels {
-                    p += (c * s.channels + s.channels) as f64;
+            let c = s.channels;
+            p += resnet(c_in, c) + (s.resnets - 1) * resnet(c, c);
+            c_in = c;
+            if let Some(next) = stages.get(i + 1).filter(|_| s.upsampler) {
+                p += 9 * c * (c / 2) + c / 2;
+                if next.time > s.time {
+                    p += 3 * c * 2 * c + 2 * c;
                 }
-            }
-            if i + 1 < stages.len() {
-                // upsampler: 3x3 to half the width (the next block starts at it), time conv
-                p += (9 * s.channels * s.channels / 2) as f64
-                    + (3 * s.channels * 2 * s.channels) as f64;
-                c_in = s.channels / 2;
+                c_in = c / 2;
             }
         }
         let last = stages.last().map_or(0, |s| s.channels);
-        p + conv3(last, self.vae.out_channels)
+        (p + last + conv3(last, self.vae.out_channels)) as f64
     }
 
     /// The decode's terms.
@@ -148,7 +149,9 @@ impl VaeDecode {
             );
         } else {
             // the cache: two frames of every causal convolution's input; the working set: the
-            // widest stage of one latent frame's chunk, a few tensors at once
+            // widest stage of one latent frame's chunk: a residual block's input and shortcut,
+            // the norm's and SiLU's outputs and sigmoid, the padded convolution input, its
+            // channels-last copy and the convolution's output
             let cache: f64 = stages
                 .iter()
                 .map(|s| {
@@ -161,7 +164,7 @@ impl VaeDecode {
             let working = stages
                 .iter()
                 .map(|s| {
-                    6.0 * s.channels as f64 * ((s.time + 2) * h * s.space * w * s.space) as f64
+                    8.0 * s.channels as f64 * ((s.time + 2) * h * s.space * w * s.space) as f64
                 })
                 .fold(0.0, f64::max);
             plan.push(
@@ -172,5 +175,55 @@ impl VaeDecode {
             );
         }
         plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::DefaultBackend;
+    use burn::module::Module;
+
+    #[test]
+    fn decoder_weights_are_counted_exactly() {
+        let cfg = WanVaeConfig::new().with_base_dim(8);
+        let vae = cfg.init::<DefaultBackend>(&Default::default()).unwrap();
+        let plan = VaeDecode {
+            vae: cfg,
+            latent: [16, 2, 4, 4],
+            rows: 1,
+            grad: true,
+            path: ActivationPath::CpuKernels,
+            weight_bytes: 4,
+        };
+        assert_eq!(plan.decoder_params(), vae.decoder.num_params() as f64);
+    }
+
+    #[test]
+    fn stages_of_the_wan_decoder() {
+        let plan = VaeDecode {
+            vae: WanVaeConfig::new(),
+            latent: [16, 21, 60, 104],
+            rows: 1,
+            grad: false,
+            path: ActivationPath::TensorOps,
+            weight_bytes: 4,
+        };
+        let s: Vec<_> = plan
+            .stages()
+            .iter()
+            .map(|s| (s.channels, s.resnets, s.time, s.space))
+            .collect();
+        // middle block; up blocks at 1/8, 1/4, 1/2 and full size, time doubled twice
+        assert_eq!(
+            s,
+            [
+                (384, 2, 1, 1),
+                (384, 3, 1, 1),
+                (384, 3, 2, 2),
+                (192, 3, 4, 4),
+                (96, 3, 4, 8)
+            ]
+        );
     }
 }

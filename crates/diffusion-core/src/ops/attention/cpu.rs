@@ -1,9 +1,11 @@
 //! Attention kernels for the CPU backend (flex, f32) in the `[B, L, H, Dh]` layout of the
 //! projections, so no head transpose is materialised. Each (batch, head) pair is one rayon task:
-//! its scores `[L, S]` come from one strided matrix product (gemm), the row softmax uses a
-//! vectorisable `exp`, and the result is gathered back into the token-major layout. The backward
-//! recomputes the probabilities from the saved row log-sum-exp (module docs of
-//! [`super`]); at most one `[L, S]` pair of buffers per worker thread is alive at a time.
+//! it walks the queries in tiles of `TILE_VALUES / S` rows, whose scores `[tile, S]` come from
+//! one strided matrix product (gemm); the row softmax uses a vectorisable `exp`, and the result
+//! is gathered back into the token-major layout. The backward recomputes the probabilities from
+//! the saved row log-sum-exp (module docs of [`super`]), tile by tile, accumulating the key and
+//! value gradients; one `[tile, S]` pair of buffers per worker thread (8 MiB) is all the
+//! kernels hold beyond their inputs and outputs, at any number of tokens.
 
 use std::cell::Cell;
 
@@ -83,13 +85,33 @@ impl View {
     }
 
     /// One past the last element (rows and cols are at least 1).
+    /// Rows `start..start + n` of the view.
+    fn rows(self, start: usize, n: usize) -> Self {
+        Self {
+            offset: self.offset + start * self.rs,
+            rows: n,
+            ..self
+        }
+    }
+
     fn end(&self) -> usize {
         self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
     }
 }
 
 /// `dst = scale * lhs rhs` on one thread.
-fn matmul(dst: &mut [f32], d: View, lhs: &[f32], a: View, rhs: &[f32], b: View, scale: f32) {
+/// `dst = scale lhs rhs`, or `dst += scale lhs rhs` when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    d: View,
+    lhs: &[f32],
+    a: View,
+    rhs: &[f32],
+    b: View,
+    scale: f32,
+    accumulate: bool,
+) {
     assert!(a.rows == d.rows && b.cols == d.cols && a.cols == b.rows && a.cols > 0);
     assert!(d.end() <= dst.len() && a.end() <= lhs.len() && b.end() <= rhs.len());
     // SAFETY: gemm reads `lhs` and `rhs` and writes `dst` only at the elements of the three
@@ -103,14 +125,14 @@ fn matmul(dst: &mut [f32], d: View, lhs: &[f32], a: View, rhs: &[f32], b: View, 
             dst.as_mut_ptr().add(d.offset),
             d.cs as isize,
             d.rs as isize,
-            false,
+            accumulate,
             lhs.as_ptr().add(a.offset),
             a.cs as isize,
             a.rs as isize,
             rhs.as_ptr().add(b.offset),
             b.cs as isize,
             b.rs as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             scale,
             false,
             false,
@@ -159,8 +181,23 @@ fn exp_shifted_portable(row: &mut [f32], shift: f32) -> f32 {
     sum
 }
 
+/// Score values one tile of queries holds (per thread and buffer): tiles of
+/// `TILE_VALUES / S` queries (at least 16) keep the kernels' memory linear in the tokens.
+const TILE_VALUES: usize = 1 << 20;
+
+/// Bytes of one worker thread's two scratch buffers for `l` queries and `s` keys (kept by the
+/// thread between calls).
+pub(super) fn scratch_bytes(l: usize, s: usize) -> usize {
+    2 * tile_rows(l, s) * s * std::mem::size_of::<f32>()
+}
+
+/// Queries per tile for `s` keys.
+fn tile_rows(l: usize, s: usize) -> usize {
+    (TILE_VALUES / s.max(1)).max(16).min(l.max(1))
+}
+
 thread_local! {
-    /// Per-thread `[L, S]` buffers reused across calls: the probabilities and their gradient.
+    /// Per-thread `[tile, S]` buffers reused across calls: the probabilities and their gradient.
     static SCRATCH: [Cell<Vec<f32>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
 }
 
@@ -225,24 +262,32 @@ pub(super) fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
 
 /// Output `[b, l, h, dh]` and row log-sum-exp `[b, h, l]` of `softmax(q kᵀ / sqrt(dh)) v`.
 pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
+    forward_tiled(q, k, v, d, tile_rows(d.l, d.s))
+}
+
+/// [`forward`] over tiles of `tile` queries.
+fn forward_tiled(q: &[f32], k: &[f32], v: &[f32], d: Dims, tile: usize) -> (Vec<f32>, Vec<f32>) {
     let heads: Vec<(Vec<f32>, Vec<f32>)> = (0..d.b * d.h)
         .into_par_iter()
         .map(|bh| {
             let (qv, kv) = (d.head(bh, d.l), d.head(bh, d.s));
-            let mut p = scratch(0, d.l * d.s);
-            matmul(&mut p, View::dense(d.l, d.s), q, qv, k, kv.t(), d.scale());
-            let lse = p
-                .chunks_exact_mut(d.s)
-                .map(|row| {
+            let mut p = scratch(0, tile * d.s);
+            let mut out = vec![0.0; d.l * d.dh];
+            let mut lse = Vec::with_capacity(d.l);
+            for start in (0..d.l).step_by(tile) {
+                let n = tile.min(d.l - start);
+                let scores = View::dense(n, d.s);
+                let qt = qv.rows(start, n);
+                matmul(&mut p, scores, q, qt, k, kv.t(), d.scale(), false);
+                lse.extend(p[..n * d.s].chunks_exact_mut(d.s).map(|row| {
                     let m = max(row);
                     let sum = exp_shifted(row, m);
                     row.iter_mut().for_each(|x| *x /= sum);
                     m + sum.ln()
-                })
-                .collect();
-            let mut out = vec![0.0; d.l * d.dh];
-            let dense = View::dense(d.l, d.s);
-            matmul(&mut out, View::dense(d.l, d.dh), &p, dense, v, kv, 1.0);
+                }));
+                let rows = View::dense(d.l, d.dh).rows(start, n);
+                matmul(&mut out, rows, &p, scores, v, kv, 1.0, false);
+            }
             (out, lse)
         })
         .collect();
@@ -257,52 +302,56 @@ pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims) -> (Vec<f32>, Ve
 
 /// Gradients `(dq, dk, dv)` in the layouts of `q`, `k`, `v`, from the forward's inputs, output
 /// `out`, row log-sum-exp `lse` and the output gradient `d_out`.
-pub(super) fn backward(
+pub(super) fn backward(inputs: [&[f32]; 6], d: Dims) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    backward_tiled(inputs, d, tile_rows(d.l, d.s))
+}
+
+/// [`backward`] over tiles of `tile` queries.
+fn backward_tiled(
     [q, k, v, out, lse, d_out]: [&[f32]; 6],
     d: Dims,
+    tile: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     type Grads = (Vec<f32>, Vec<f32>, Vec<f32>);
     let heads: Vec<Grads> = (0..d.b * d.h)
         .into_par_iter()
         .map(|bh| {
             let (qv, kv) = (d.head(bh, d.l), d.head(bh, d.s));
-            let scores = View::dense(d.l, d.s);
-            let mut p = scratch(0, d.l * d.s);
-            matmul(&mut p, scores, q, qv, k, kv.t(), d.scale());
+            let (mut p, mut ds) = (scratch(0, tile * d.s), scratch(1, tile * d.s));
             let lse = &lse[bh * d.l..(bh + 1) * d.l];
-            for (row, &m) in p.chunks_exact_mut(d.s).zip(lse) {
-                exp_shifted(row, m);
-            }
-            let mut dv = vec![0.0; d.s * d.dh];
-            matmul(
-                &mut dv,
-                View::dense(d.s, d.dh),
-                &p,
-                scores.t(),
-                d_out,
-                qv,
-                1.0,
-            );
-            // dP = dO vᵀ, then dS = scale P ∘ (dP - rowsum(dO ∘ O)) in place
-            let mut ds = scratch(1, d.l * d.s);
-            matmul(&mut ds, scores, d_out, qv, v, kv.t(), 1.0);
             let scale = d.scale();
-            for (i, (ds_row, p_row)) in ds
-                .chunks_exact_mut(d.s)
-                .zip(p.chunks_exact(d.s))
-                .enumerate()
-            {
-                let at = qv.offset + i * qv.rs;
-                let (g, o) = (&d_out[at..at + d.dh], &out[at..at + d.dh]);
-                let row: f32 = g.iter().zip(o).map(|(g, o)| g * o).sum();
-                for (x, &p) in ds_row.iter_mut().zip(p_row) {
-                    *x = p * (*x - row) * scale;
-                }
-            }
             let mut dq = vec![0.0; d.l * d.dh];
-            matmul(&mut dq, View::dense(d.l, d.dh), &ds, scores, k, kv, 1.0);
             let mut dk = vec![0.0; d.s * d.dh];
-            matmul(&mut dk, View::dense(d.s, d.dh), &ds, scores.t(), q, qv, 1.0);
+            let mut dv = vec![0.0; d.s * d.dh];
+            let keys = View::dense(d.s, d.dh);
+            for (t, start) in (0..d.l).step_by(tile).enumerate() {
+                let n = tile.min(d.l - start);
+                let scores = View::dense(n, d.s);
+                let (qt, acc) = (qv.rows(start, n), t > 0);
+                matmul(&mut p, scores, q, qt, k, kv.t(), scale, false);
+                for (row, &m) in p.chunks_exact_mut(d.s).zip(&lse[start..start + n]) {
+                    exp_shifted(row, m);
+                }
+                matmul(&mut dv, keys, &p, scores.t(), d_out, qt, 1.0, acc);
+                // dP = dO vᵀ, then dS = scale P ∘ (dP - rowsum(dO ∘ O)) in place
+                matmul(&mut ds, scores, d_out, qt, v, kv.t(), 1.0, false);
+                for (i, (ds_row, p_row)) in ds
+                    .chunks_exact_mut(d.s)
+                    .zip(p.chunks_exact(d.s))
+                    .take(n)
+                    .enumerate()
+                {
+                    let at = qt.offset + i * qt.rs;
+                    let (g, o) = (&d_out[at..at + d.dh], &out[at..at + d.dh]);
+                    let row: f32 = g.iter().zip(o).map(|(g, o)| g * o).sum();
+                    for (x, &p) in ds_row.iter_mut().zip(p_row) {
+                        *x = p * (*x - row) * scale;
+                    }
+                }
+                let rows = View::dense(d.l, d.dh).rows(start, n);
+                matmul(&mut dq, rows, &ds, scores, k, kv, 1.0, false);
+                matmul(&mut dk, keys, &ds, scores.t(), q, qt, 1.0, acc);
+            }
             (dq, dk, dv)
         })
         .collect();
@@ -333,6 +382,30 @@ mod tests {
             "{out:?}"
         );
         assert!((lse[0] - 2f32.ln()).abs() < 1e-6 && (lse[1] - 4f32.ln()).abs() < 1e-6);
+    }
+
+    /// Tiles of 3 queries (the last one shorter) give the one-tile results.
+    #[test]
+    fn tiles_give_the_whole_result() {
+        let d = Dims::of(&[2, 8, 3, 4], &[2, 5, 3, 4], &[2, 5, 3, 4]).unwrap();
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 * 0.37 + seed).sin())).collect()
+        };
+        let (q, k, v) = (values(192, 0.1), values(120, 0.7), values(120, 1.3));
+        let g = values(192, 2.1);
+        let (out, lse) = forward_tiled(&q, &k, &v, d, 8);
+        let (out3, lse3) = forward_tiled(&q, &k, &v, d, 3);
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        assert!(close(&out, &out3) && close(&lse, &lse3));
+        let whole = backward_tiled([&q, &k, &v, &out, &lse, &g], d, 8);
+        let tiled = backward_tiled([&q, &k, &v, &out, &lse, &g], d, 3);
+        assert!(
+            close(&whole.0, &tiled.0) && close(&whole.1, &tiled.1) && close(&whole.2, &tiled.2)
+        );
+        assert!(
+            whole.1.iter().any(|x| x.abs() > 1e-3),
+            "non-trivial key gradients"
+        );
     }
 
     #[test]

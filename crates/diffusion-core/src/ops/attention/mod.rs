@@ -42,6 +42,12 @@ use crate::{
     ops::dispatch::{cast, is},
 };
 
+/// Bytes the CPU kernels keep per worker thread between calls for `queries` queries and `keys`
+/// keys: two buffers of one tile of scores (at most 8 MiB).
+pub fn cpu_scratch_bytes(queries: usize, keys: usize) -> usize {
+    cpu::scratch_bytes(queries, keys)
+}
+
 /// Scaled dot-product attention `softmax(Q Kᵀ / sqrt(Dh)) V` without mask or bias, in the
 /// token-major layout of the projections; the implementation depends on the backend (module
 /// docs). All of them agree with burn's `attention` in value and gradient (tested).

@@ -77,6 +77,19 @@ struct Args {
     /// Element type of the frozen weights (the base under LoRA, the reference, the rewards).
     #[arg(long, value_enum, default_value = "f32")]
     frozen: Dtype,
+    /// Element type of the activations: f32 is what the library computes in; bf16 plans a
+    /// half-precision forward the library does not run yet.
+    #[arg(long, value_enum, default_value = "f32")]
+    activations: Dtype,
+}
+
+impl Dtype {
+    fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
 }
 
 fn backend(s: &str) -> Result<BackendName, String> {
@@ -128,10 +141,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     });
                     p.checkpointing = args.checkpointing;
                     p.backend = args.backend;
-                    p.frozen_bytes = match args.frozen {
-                        Dtype::F32 => 4,
-                        Dtype::Bf16 => 2,
-                    };
+                    p.frozen_bytes = args.frozen.bytes();
+                    p.activation_bytes = args.activations.bytes();
                     p
                 })
                 .collect()
@@ -142,7 +153,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &plans {
         let plan = p.plan();
         println!(
-            "## {}: {:?} video, {} tokens, batch {}, {}, checkpointing {}, {:?} path\n",
+            "## {}: {:?} video, {} tokens, batch {}, {}, checkpointing {}, {:?} path, {} B frozen weights, {} B activations\n",
             p.method,
             p.video,
             p.tokens(),
@@ -155,6 +166,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 )),
             p.checkpointing,
             p.backend,
+            p.frozen_bytes,
+            p.activation_bytes,
         );
         println!("{plan}\n");
         summary.push((p.method, plan.total()));

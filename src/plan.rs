@@ -59,6 +59,9 @@ pub struct PlanConfig {
     pub backend: BackendName,
     /// Bytes per frozen weight (4: f32; 2: bf16/f16).
     pub frozen_bytes: usize,
+    /// Bytes per activation (4: f32, what the library computes in today; 2: what a bf16
+    /// forward would keep).
+    pub activation_bytes: usize,
 }
 
 impl PlanConfig {
@@ -82,6 +85,7 @@ impl PlanConfig {
             frames: FrameSelection::All,
             backend: BackendName::Cuda,
             frozen_bytes: 4,
+            activation_bytes: 4,
         }
     }
 
@@ -164,6 +168,7 @@ impl PlanConfig {
         } else {
             4
         };
+        step.activation_bytes = self.activation_bytes;
         step
     }
 
@@ -266,6 +271,7 @@ impl PlanConfig {
                     grad: rgb,
                     path: self.path(),
                     weight_bytes: self.frozen_bytes,
+                    activation_bytes: self.activation_bytes,
                 };
                 let decode = decode.plan();
                 let mut weights = decode.clone();
@@ -296,7 +302,7 @@ impl PlanConfig {
             let n = self.steps + 1;
             plan.push(
                 "rollouts",
-                (rows * c * f * h * w * 4 * n) as f64,
+                (rows * c * f * h * w * self.activation_bytes * n) as f64,
                 TermKind::Step,
                 format!("{rows} trajectories of {n} latents [{c}, {f}, {h}, {w}]"),
             );
@@ -308,7 +314,7 @@ impl PlanConfig {
     fn no_grad_forward(&self, rows: usize) -> f64 {
         let d = self.model.dim() as f64;
         let f = self.model.ffn_dim as f64;
-        (rows * self.tokens()) as f64 * (4.0 * d + 2.0 * f) * 4.0
+        (rows * self.tokens()) as f64 * (4.0 * d + 2.0 * f) * self.activation_bytes as f64
     }
 }
 

@@ -220,6 +220,7 @@ fn planned(args: &Args, case: &Case, path: ActivationPath) -> (f64, String) {
                 grad: *grad,
                 path,
                 weight_bytes: 4,
+                activation_bytes: 4,
             };
             (
                 plan.plan().bytes(TermKind::Step),

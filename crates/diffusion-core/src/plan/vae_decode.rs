@@ -22,6 +22,8 @@ pub struct VaeDecode {
     pub path: ActivationPath,
     /// Bytes per decoder weight.
     pub weight_bytes: usize,
+    /// Bytes per activation.
+    pub activation_bytes: usize,
 }
 
 /// One resolution of the decoder: its width, how many residual blocks run there, and its
@@ -137,7 +139,7 @@ impl VaeDecode {
             kept += last.channels as f64 * (4.0 * pixels(last) + padding(last));
             plan.push(
                 "decoder activations",
-                rows * kept * 4.0,
+                rows * kept * self.activation_bytes as f64,
                 TermKind::Step,
                 format!(
                     "{} latent frames -> {} video frames of {}x{}, every activation kept",
@@ -169,7 +171,7 @@ impl VaeDecode {
                 .fold(0.0, f64::max);
             plan.push(
                 "decoder cache and working set",
-                rows * (cache + working) * 4.0,
+                rows * (cache + working) * self.activation_bytes as f64,
                 TermKind::Step,
                 "one latent frame at a time, without gradients".into(),
             );
@@ -195,6 +197,7 @@ mod tests {
             grad: true,
             path: ActivationPath::CpuKernels,
             weight_bytes: 4,
+            activation_bytes: 4,
         };
         assert_eq!(plan.decoder_params(), vae.decoder.num_params() as f64);
     }
@@ -208,6 +211,7 @@ mod tests {
             grad: false,
             path: ActivationPath::TensorOps,
             weight_bytes: 4,
+            activation_bytes: 4,
         };
         let s: Vec<_> = plan
             .stages()

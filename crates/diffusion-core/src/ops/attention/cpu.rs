@@ -389,7 +389,7 @@ mod tests {
     fn tiles_give_the_whole_result() {
         let d = Dims::of(&[2, 8, 3, 4], &[2, 5, 3, 4], &[2, 5, 3, 4]).unwrap();
         let values = |n: usize, seed: f32| -> Vec<f32> {
-            (0..n).map(|i| ((i as f32 * 0.37 + seed).sin())).collect()
+            (0..n).map(|i| (i as f32 * 0.37 + seed).sin()).collect()
         };
         let (q, k, v) = (values(192, 0.1), values(120, 0.7), values(120, 1.3));
         let g = values(192, 2.1);

@@ -21,6 +21,7 @@ use latent_refl::{
         WanConfig,
     },
     plan::PlanConfig,
+    refl_trainer::FrameSelection,
     wan::{BackendName, MethodName},
 };
 
@@ -33,6 +34,15 @@ enum Model {
     /// Wan2.1-T2V-14B (width 5120, 40 blocks).
     #[value(name = "wan2.1-14b")]
     Wan14b,
+}
+
+/// Frames RGB ReFL decodes with gradients.
+#[derive(Clone, Copy, ValueEnum)]
+enum Frames {
+    /// Every frame.
+    All,
+    /// The first latent frame only.
+    First,
 }
 
 /// Element type of the frozen weights.
@@ -77,6 +87,9 @@ struct Args {
     /// Element type of the frozen weights (the base under LoRA, the reference, the rewards).
     #[arg(long, value_enum, default_value = "f32")]
     frozen: Dtype,
+    /// RGB ReFL decodes every frame with gradients, or only the first latent frame.
+    #[arg(long, value_enum, default_value = "all")]
+    frames: Frames,
     /// Element type of the activations: f32 is what the library computes in; bf16 plans a
     /// half-precision forward the library does not run yet.
     #[arg(long, value_enum, default_value = "f32")]
@@ -143,6 +156,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     p.backend = args.backend;
                     p.frozen_bytes = args.frozen.bytes();
                     p.activation_bytes = args.activations.bytes();
+                    p.frames = match args.frames {
+                        Frames::All => FrameSelection::All,
+                        Frames::First => FrameSelection::First,
+                    };
                     p
                 })
                 .collect()

@@ -149,6 +149,21 @@ impl VaeDecode {
                     w * last.space
                 ),
             );
+            // the backward's widest transient: a 3x3x3 convolution's input gradient goes
+            // through a column buffer of 27 values per input channel and position of one chunk
+            let columns = stages
+                .iter()
+                .map(|s| {
+                    let frames = if f > 1 { s.time } else { 1 };
+                    27.0 * s.channels as f64 * (frames * h * s.space * w * s.space) as f64
+                })
+                .fold(0.0, f64::max);
+            plan.push(
+                "decoder backward working set",
+                rows * columns * self.activation_bytes as f64,
+                TermKind::Step,
+                "the widest convolution's column buffer for one latent frame".into(),
+            );
         } else {
             // the cache: two frames of every causal convolution's input; the working set: the
             // widest stage of one latent frame's chunk: a residual block's input and shortcut,

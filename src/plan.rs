@@ -196,7 +196,7 @@ impl PlanConfig {
                     format!("{what}: weights"),
                     step.num_params() * self.frozen_bytes as f64,
                     TermKind::Resident,
-                    "the initial weights (the policy's train)".into(),
+                    "a frozen copy of the initial weights (every policy weight trains)".into(),
                 );
             }
         };
@@ -291,13 +291,13 @@ impl PlanConfig {
             }
             MethodName::Sft => {}
         }
-        let (moment, peak) = moments
+        if let Some((moment, peak)) = moments
             .into_iter()
             .max_by(|a, b| a.1.total().total_cmp(&b.1.total()))
-            .expect("the policy's backward");
-        plan.terms.extend(peak.terms);
-        plan.moment = moment.to_string();
-        let [c, f, h, w] = self.latent_shape();
+        {
+            plan.terms.extend(peak.terms);
+            plan.moment = moment.to_string();
+        }
         if self.method == MethodName::Grpo {
             let n = self.steps + 1;
             plan.push(

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release -p diffusion-core --example plan_check
-//! cargo run --release -p diffusion-core --features wgpu --example plan_check -- --dims 64,128 --tokens 1024,2048
+//! cargo run --release -p diffusion-core --features wgpu --example plan_check -- --dims 128 --tokens 2048 --grids dit
 //! ```
 
 use std::process::Command;
@@ -64,10 +64,22 @@ struct Args {
     /// Latent sizes `FxHxW` of the decode grid.
     #[arg(long, value_delimiter = ',', default_values_t = ["3x8x8".to_string(), "5x16x16".to_string()])]
     latents: Vec<String>,
+    /// Which grids to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Grid::Dit, Grid::Vae])]
+    grids: Vec<Grid>,
     /// Measure only this case of the grid and print its peak in bytes (the parent process
     /// runs every case this way).
     #[arg(long, hide = true)]
     only: Option<usize>,
+}
+
+/// A grid of configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Grid {
+    /// Transformer forward + backward.
+    Dit,
+    /// VAE decodes.
+    Vae,
 }
 
 /// One configuration of the grid.
@@ -91,7 +103,12 @@ fn cases(args: &Args) -> Result<Vec<Case>, String> {
     let lora = LoraConfig::new(args.rank)
         .with_targets(vec![LoraTarget::SelfAttention, LoraTarget::CrossAttention]);
     let mut cases = Vec::new();
-    for &dim in &args.dims {
+    let dims = if args.grids.contains(&Grid::Dit) {
+        &args.dims[..]
+    } else {
+        &[]
+    };
+    for &dim in dims {
         for &ffn in &args.ffn {
             for &tokens in &args.tokens {
                 if tokens % 64 != 0 || dim % 64 != 0 {
@@ -111,7 +128,12 @@ fn cases(args: &Args) -> Result<Vec<Case>, String> {
             }
         }
     }
-    for &base in &args.vae_dims {
+    let vae_dims = if args.grids.contains(&Grid::Vae) {
+        &args.vae_dims[..]
+    } else {
+        &[]
+    };
+    for &base in vae_dims {
         for latent in &args.latents {
             let latent = parse_latent(latent)?;
             for grad in [true, false] {

@@ -154,27 +154,29 @@ impl DitStep {
         // an RMS-normed projection: the projection (kept by the square), the normalised value
         // when the norm's gain trains, the result (kept by the attention)
         let qk = 2.0 + on(full);
-        // the gated residual keeps the branch
-        let gated = 1.0;
         // the attention's output, reshaped for the output projection: a copy on the tensor
         // path, kept when the projection trains
         let out_copy = |trained: bool| on(!cpu && trained);
         // in widths d
-        let widths = modulate                       // self-attention: modulation
-            + on(self_attn)                         // its output, input of q, k, v
-            + 2.0 * qk                              // q and k
-            + 1.0                                   // v
-            + 1.0 + out_copy(self_attn)             // attention output
-            + gated                                 // gated residual
-            + 1.0 + on(full)                        // cross-attention layer norm
-            + on(cross)                             // its output, input of q
-            + qk                                    // q
-            + 1.0 + out_copy(cross)                 // attention output
-            + modulate                              // feed-forward: modulation
-            + on(ffn)                               // its output, input of the up projection
-            + gated; // gated residual
-                     // GELU: its input (tensor path: also tanh and 1 + tanh); its output, input of the
-                     // down projection
+        let widths: f64 = [
+            modulate,                  // self-attention: modulation
+            on(self_attn),             // its output, input of q, k, v
+            2.0 * qk,                  // q and k
+            1.0,                       // v
+            1.0 + out_copy(self_attn), // attention output
+            1.0,                       // the gated residual's branch
+            1.0 + on(full),            // cross-attention layer norm
+            on(cross),                 // its output, input of q
+            qk,                        // q
+            1.0 + out_copy(cross),     // attention output
+            modulate,                  // feed-forward: modulation
+            on(ffn),                   // its output, input of the up projection
+            1.0,                       // the gated residual's branch
+        ]
+        .iter()
+        .sum();
+        // GELU: its input (tensor path: also tanh and 1 + tanh); its output, input of the
+        // down projection
         let hidden = if cpu { 1.0 } else { 3.0 } + on(ffn);
         // adapters' rank-r intermediates: q, k, v, out of each adapted attention, both
         // feed-forward projections

@@ -297,13 +297,13 @@ impl DitStep {
             params * self.weight_bytes as f64 + if base_trains { 0.0 } else { trainable * 4.0 },
             TermKind::Resident,
             format!(
-                "{:.3}B weights x {} B{}",
-                params / 1e9,
+                "{} weights x {} B{}",
+                count(params),
                 self.weight_bytes,
                 if base_trains || trainable == 0.0 {
                     String::new()
                 } else {
-                    format!(" + {:.1}M adapter weights x 4 B", trainable / 1e6)
+                    format!(" + {} adapter weights x 4 B", count(trainable))
                 }
             ),
         );
@@ -312,9 +312,9 @@ impl DitStep {
             trainable * 4.0 * self.optimizer_states as f64,
             TermKind::Resident,
             format!(
-                "{} f32 states x {:.1}M trainable",
+                "{} f32 states x {} trainable",
                 self.optimizer_states,
-                trainable / 1e6
+                count(trainable)
             ),
         );
         // The backward walks the blocks from the last: when it reaches block i, blocks 0..=i
@@ -400,6 +400,15 @@ impl DitStep {
         }
         plan.push("backward working set", working, TermKind::Step, detail);
         plan
+    }
+}
+
+/// `1.419B`, `47.2M`, `3.1k`.
+fn count(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.3}B", n / 1e9),
+        n if n >= 1e6 => format!("{:.1}M", n / 1e6),
+        n => format!("{:.1}k", n / 1e3),
     }
 }
 

@@ -67,30 +67,36 @@ impl MemoryPlan {
     }
 }
 
-/// A Markdown table: term, GiB, share of the total, detail; then the total.
+/// A Markdown table: term, size (GiB, or MiB below 1 GiB), share of the total, detail; then
+/// the total.
 impl fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total = self.total();
+        let (unit, scale) = if total < (1u64 << 30) as f64 {
+            ("MiB", (1u64 << 20) as f64)
+        } else {
+            ("GiB", (1u64 << 30) as f64)
+        };
         if !self.moment.is_empty() {
             writeln!(f, "peak: {}\n", self.moment)?;
         }
-        writeln!(f, "| term | GiB | share | detail |\n|---|---|---|---|")?;
+        writeln!(f, "| term | {unit} | share | detail |\n|---|---|---|---|")?;
         for t in &self.terms {
             writeln!(
                 f,
                 "| {} | {:.2} | {:.0}% | {} |",
                 t.name,
-                gib(t.bytes),
+                t.bytes / scale,
                 100.0 * t.bytes / total,
                 t.detail
             )?;
         }
         write!(
             f,
-            "| **total** | **{:.2}** | | resident {:.2} GiB + step {:.2} GiB |",
-            gib(total),
-            gib(self.bytes(TermKind::Resident)),
-            gib(self.bytes(TermKind::Step))
+            "| **total** | **{:.2}** | | resident {:.2} {unit} + step {:.2} {unit} |",
+            total / scale,
+            self.bytes(TermKind::Resident) / scale,
+            self.bytes(TermKind::Step) / scale
         )
     }
 }
@@ -117,6 +123,13 @@ mod tests {
         assert_eq!(a.bytes(TermKind::Resident), 3.0);
         assert_eq!(a.bytes(TermKind::Step), 5.0);
         assert_eq!(a.total(), 8.0);
-        assert!(a.to_string().contains("| **total** | **0.00** |"));
+        assert!(a.to_string().contains("| term | MiB |"));
+        a.push(
+            "more",
+            2.0 * (1u64 << 30) as f64,
+            TermKind::Step,
+            String::new(),
+        );
+        assert!(a.to_string().contains("| more | 2.00 | 100% |"), "{a}");
     }
 }

@@ -21,7 +21,9 @@
 //!
 //! Gradients agree with the non-checkpointed block to f32 round-off (tested on every backend the
 //! tests are built for). The self-attention's forward and backward run over chunks of
-//! [`recompute::query_chunk`] queries, so the recomputed block never holds the full `[B, H, L, L]` scores.
+//! [`recompute::query_chunk`] queries, so the recomputed block never holds the full
+//! `[B, H, L, L]` scores, and the feed-forward's over chunks of [`ffn_chunk`] tokens, so its
+//! `[B, L, ffn_dim]` hidden never lives whole.
 
 use burn::{
     backend::Autodiff,

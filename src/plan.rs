@@ -269,7 +269,6 @@ impl PlanConfig {
                     latent: [c, frames, h, w],
                     rows: self.batch,
                     grad: rgb,
-                    path: self.path(),
                     weight_bytes: self.frozen_bytes,
                     activation_bytes: self.activation_bytes,
                 };

@@ -240,7 +240,6 @@ fn planned(args: &Args, case: &Case, path: ActivationPath) -> (f64, String) {
                 vae: cfg,
                 rows: args.rows,
                 grad: *grad,
-                path,
                 weight_bytes: 4,
                 activation_bytes: 4,
             };

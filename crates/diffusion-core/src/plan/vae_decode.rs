@@ -1,9 +1,10 @@
-use super::{ActivationPath, MemoryPlan, TermKind};
+use super::{MemoryPlan, TermKind};
 use crate::models::wan_vae::WanVaeConfig;
 
 /// Decoding latents with the Wan VAE's causal decoder, one latent frame at a time with its
 /// feature cache (`WanVae::decode_latent`), with gradients to the latent (RGB ReFL) or without
-/// (VELR's pixel labels, the evaluation).
+/// (VELR's pixel labels, the evaluation). The terms are those measured on the CPU backend
+/// (`examples/plan_check.rs`); the GPU backends' convolutions were not measured.
 ///
 /// # Shapes
 /// `rows` latents `[z, frames, height, width]`; the first latent frame decodes to one video
@@ -18,8 +19,6 @@ pub struct VaeDecode {
     pub rows: usize,
     /// Whether the gradient flows back to the latent (every activation is kept).
     pub grad: bool,
-    /// The backend's operation path.
-    pub path: ActivationPath,
     /// Bytes per decoder weight.
     pub weight_bytes: usize,
     /// Bytes per activation.
@@ -210,7 +209,6 @@ mod tests {
             latent: [16, 2, 4, 4],
             rows: 1,
             grad: true,
-            path: ActivationPath::CpuKernels,
             weight_bytes: 4,
             activation_bytes: 4,
         };
@@ -224,7 +222,6 @@ mod tests {
             latent: [16, 21, 60, 104],
             rows: 1,
             grad: false,
-            path: ActivationPath::TensorOps,
             weight_bytes: 4,
             activation_bytes: 4,
         };

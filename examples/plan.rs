@@ -16,7 +16,7 @@ use clap::{Parser, ValueEnum};
 use latent_refl::{
     diffusion_core::{
         ops::lora::{LoraConfig, LoraTarget},
-        plan::gib,
+        plan::{gib, parse_fhw},
         train::checkpointing::Checkpointing,
         WanConfig,
     },
@@ -82,7 +82,7 @@ struct Args {
     #[arg(long, default_value = "every_block")]
     checkpointing: Checkpointing,
     /// The backend whose operation path is planned.
-    #[arg(long, default_value = "cuda", value_parser = backend)]
+    #[arg(long, default_value = "cuda")]
     backend: BackendName,
     /// Element type of the frozen weights (the base under LoRA, the reference, the rewards).
     #[arg(long, value_enum, default_value = "f32")]
@@ -105,27 +105,6 @@ impl Dtype {
     }
 }
 
-fn backend(s: &str) -> Result<BackendName, String> {
-    match s {
-        "cpu" => Ok(BackendName::Cpu),
-        "wgpu" => Ok(BackendName::Wgpu),
-        "cuda" => Ok(BackendName::Cuda),
-        _ => Err(format!("`{s}`: expected cpu, wgpu or cuda")),
-    }
-}
-
-fn video(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split('x')
-        .map(|p| {
-            p.parse()
-                .map_err(|_| format!("--video `{s}`: expected FxHxW"))
-        })
-        .collect::<Result<_, _>>()?;
-    v.try_into()
-        .map_err(|_| format!("--video `{s}`: expected FxHxW"))
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let plans: Vec<PlanConfig> = match (&args.config, args.model) {
@@ -139,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "all" => MethodName::ALL.to_vec(),
                 m => vec![m.parse::<MethodName>()?],
             };
-            let video = video(&args.video)?;
+            let video = parse_fhw(&args.video).map_err(|e| format!("--video {e}"))?;
             methods
                 .into_iter()
                 .map(|method| {

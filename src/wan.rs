@@ -74,6 +74,20 @@ impl BackendName {
     }
 }
 
+impl FromStr for BackendName {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        [Self::Cpu, Self::Wgpu, Self::Cuda]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| TrainError::Config {
+                field: "backend".into(),
+                reason: format!("unknown backend `{s}` (cpu, wgpu, cuda)"),
+            })
+    }
+}
+
 /// A method, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MethodName {

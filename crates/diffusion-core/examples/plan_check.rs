@@ -23,7 +23,7 @@ use diffusion_core::{
     io::probe::{measure, PeakAlloc},
     models::wan_vae::WanVaeConfig,
     ops::lora::{LoraConfig, LoraTarget},
-    plan::{ActivationPath, DitStep, TermKind, Trainable, VaeDecode},
+    plan::{parse_fhw, ActivationPath, DitStep, TermKind, Trainable, VaeDecode},
     train::checkpointing::Checkpointing,
     WanConfig,
 };
@@ -135,7 +135,7 @@ fn cases(args: &Args) -> Result<Vec<Case>, String> {
     };
     for &base in vae_dims {
         for latent in &args.latents {
-            let latent = parse_latent(latent)?;
+            let latent = parse_fhw(latent).map_err(|e| format!("--latents {e}"))?;
             for grad in [true, false] {
                 cases.push(Case::Vae { base, latent, grad });
             }
@@ -301,17 +301,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("\nlargest error: {:.1}%", 100.0 * worst);
     Ok(())
-}
-
-/// `"FxHxW"` -> `[F, H, W]`.
-fn parse_latent(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split('x')
-        .map(|p| {
-            p.parse()
-                .map_err(|_| format!("latent `{s}`: expected FxHxW"))
-        })
-        .collect::<Result<_, _>>()?;
-    v.try_into()
-        .map_err(|_| format!("latent `{s}`: expected FxHxW"))
 }

@@ -81,6 +81,25 @@ pub struct DitStep {
     pub cpu_threads: usize,
 }
 
+/// Bytes the forward keeps: outside the blocks (embeddings, head), and per block, whole or
+/// (checkpointed) its input only.
+#[derive(Debug, Clone, Copy)]
+struct KeptBytes {
+    edges: f64,
+    full_block: f64,
+    input_only: f64,
+}
+
+impl KeptBytes {
+    fn block(&self, checkpointed: bool) -> f64 {
+        if checkpointed {
+            self.input_only
+        } else {
+            self.full_block
+        }
+    }
+}
+
 /// Floats kept per row by one block: per video token and per text token.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct BlockFloats {
@@ -202,28 +221,18 @@ impl DitStep {
     }
 
     fn block_params(&self) -> f64 {
-        let d = self.model.dim();
-        let f = self.model.ffn_dim;
-        let lin = |i: usize, o: usize| i * o + o;
-        let attn = 4 * lin(d, d) + 2 * d;
-        (2 * attn
-            + lin(d, f)
-            + lin(f, d)
-            + 6 * d
-            + if self.model.cross_attn_norm { 2 * d } else { 0 }) as f64
+        self.model.block_params() as f64
     }
 
     /// Weights of the blocks run plus the embeddings (and the head for the whole model).
     pub fn num_params(&self) -> f64 {
-        let all = self.model.num_params() as f64;
-        let blocks = self.model.num_layers as f64 * self.block_params();
-        let d = self.model.dim();
-        let [pt, ph, pw] = self.model.patch_size;
-        let head = (d * self.model.out_channels * pt * ph * pw
-            + self.model.out_channels * pt * ph * pw
-            + 2 * d) as f64;
-        let outside = all - blocks - if self.whole() { 0.0 } else { head };
-        outside + self.blocks as f64 * self.block_params()
+        let skipped = self.model.num_layers - self.blocks.min(self.model.num_layers);
+        let head = if self.whole() {
+            0
+        } else {
+            self.model.head_params()
+        };
+        (self.model.num_params() - skipped * self.model.block_params() - head) as f64
     }
 
     /// Trainable weights of one block.
@@ -263,22 +272,27 @@ impl DitStep {
     /// Bytes the forward keeps for the backward, over every block run (the moment the
     /// backward starts).
     pub fn saved_activations(&self) -> f64 {
+        let kept = self.kept_bytes();
+        kept.edges
+            + (0..self.blocks)
+                .map(|i| kept.block(self.checkpointing.selects(i)))
+                .sum::<f64>()
+    }
+
+    /// What the forward keeps, in bytes: outside the blocks, and per block.
+    fn kept_bytes(&self) -> KeptBytes {
         let a = self.activation_bytes as f64;
         let (rows, l, s) = (self.rows as f64, self.tokens as f64, self.text as f64);
         let d = self.model.dim() as f64;
         let per = self.block_floats();
+        // embeddings: the patch embedding's output and the projected text (kept by the first
+        // block and by every cross-attention); the head: its modulation and projection input
         let head = if self.whole() { 3.0 * d } else { 0.0 };
-        let edges = rows * ((d + head) * l + 2.0 * d * s) * a;
-        edges
-            + (0..self.blocks)
-                .map(|i| {
-                    if self.checkpointing.selects(i) {
-                        rows * d * l * a
-                    } else {
-                        rows * (per.video * l + per.text * s) * a
-                    }
-                })
-                .sum::<f64>()
+        KeptBytes {
+            edges: rows * ((d + head) * l + 2.0 * d * s) * a,
+            full_block: rows * (per.video * l + per.text * s) * a,
+            input_only: rows * d * l * a,
+        }
     }
 
     /// The step's terms (weights and optimiser state are resident; the rest lives during the
@@ -286,7 +300,7 @@ impl DitStep {
     pub fn plan(&self) -> MemoryPlan {
         let mut plan = MemoryPlan::default();
         let a = self.activation_bytes as f64;
-        let (rows, l, s) = (self.rows as f64, self.tokens as f64, self.text as f64);
+        let (rows, l) = (self.rows as f64, self.tokens as f64);
         let d = self.model.dim() as f64;
         let f = self.model.ffn_dim as f64;
         let params = self.num_params();
@@ -323,12 +337,7 @@ impl DitStep {
         let per = self.block_floats();
         let block_grads = self.block_trainable_params() * 4.0;
         let head_grads = (trainable - block_grads / 4.0 * self.blocks as f64).max(0.0) * 4.0;
-        let full_block = rows * (per.video * l + per.text * s) * a;
-        let input_only = rows * d * l * a;
-        // embeddings: the patch embedding's output and the projected text (kept by the first
-        // block and by every cross-attention); the head: its modulation and projection input
-        let head = if self.whole() { 3.0 * d } else { 0.0 };
-        let edges = rows * ((d + head) * l + 2.0 * d * s) * a;
+        let kept_bytes = self.kept_bytes();
         // the backward's transient gradients: the residual stream's, a branch's and the
         // feed-forward hidden's
         // (a checkpointed block's feed-forward hidden lives one chunk of tokens at a time)
@@ -350,10 +359,10 @@ impl DitStep {
 
         let recompute = self.recompute_floats();
         let mut peak = (0.0, 0.0, 0.0, 0usize);
-        let mut kept = edges;
+        let mut kept = kept_bytes.edges;
         for i in 0..self.blocks {
             let ckpt = self.checkpointing.selects(i);
-            kept += if ckpt { input_only } else { full_block };
+            kept += kept_bytes.block(ckpt);
             let grads = head_grads + (self.blocks - i) as f64 * block_grads;
             let working = transients(ckpt) + scores + if ckpt { recompute * rows * a } else { 0.0 };
             if kept + grads + working > peak.0 + peak.1 + peak.2 {

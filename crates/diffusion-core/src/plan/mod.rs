@@ -19,3 +19,30 @@ mod vae_decode;
 pub use dit_step::{ActivationPath, DitStep, Trainable};
 pub use memory_plan::{gib, MemoryPlan, MemoryTerm, TermKind};
 pub use vae_decode::VaeDecode;
+
+/// `"FxHxW"` -> `[F, H, W]`: a video's or latent's frames, height and width as the planner's
+/// command lines write them.
+///
+/// # Errors
+/// A message naming `s` when it is not three `x`-separated counts.
+pub fn parse_fhw(s: &str) -> Result<[usize; 3], String> {
+    let bad = || format!("`{s}`: expected FxHxW");
+    let v: Vec<usize> = s
+        .split('x')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_frames_height_width() {
+        assert_eq!(parse_fhw("81x480x832"), Ok([81, 480, 832]));
+        for bad in ["81x480", "81x480x832x1", "81xax832", ""] {
+            assert!(parse_fhw(bad).unwrap_err().contains(bad), "{bad}");
+        }
+    }
+}

@@ -171,17 +171,32 @@ impl WanConfig {
         let d = self.dim();
         let [pt, ph, pw] = self.patch_size;
         let lin = |i: usize, o: usize| i * o + o;
-        let attn = 4 * lin(d, d) + 2 * d;
-        let block = 2 * attn
-            + lin(d, self.ffn_dim)
-            + lin(self.ffn_dim, d)
-            + 6 * d
-            + if self.cross_attn_norm { 2 * d } else { 0 };
         let patch = self.in_channels * pt * ph * pw * d + d;
         let cond =
             lin(self.freq_dim, d) + lin(d, d) + lin(d, 6 * d) + lin(self.text_dim, d) + lin(d, d);
-        let head = lin(d, self.out_channels * pt * ph * pw) + 2 * d;
-        patch + cond + self.num_layers * block + head
+        patch + cond + self.num_layers * self.block_params() + self.head_params()
+    }
+
+    /// Parameters of one transformer block: two attentions (four biased linears, two RMS
+    /// gains each), the feed-forward's two linears, the modulation table and, with
+    /// `cross_attn_norm`, the cross-attention's affine layer norm.
+    pub fn block_params(&self) -> usize {
+        let d = self.dim();
+        let lin = |i: usize, o: usize| i * o + o;
+        let attn = 4 * lin(d, d) + 2 * d;
+        2 * attn
+            + lin(d, self.ffn_dim)
+            + lin(self.ffn_dim, d)
+            + 6 * d
+            + if self.cross_attn_norm { 2 * d } else { 0 }
+    }
+
+    /// Parameters of the output head: the projection to the patches and its modulation table.
+    pub fn head_params(&self) -> usize {
+        let d = self.dim();
+        let [pt, ph, pw] = self.patch_size;
+        let out = self.out_channels * pt * ph * pw;
+        d * out + out + 2 * d
     }
 
     /// Builds a randomly initialised model.

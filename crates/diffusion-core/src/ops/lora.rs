@@ -9,10 +9,10 @@ use burn::{
     config::Config,
     module::{Module, Param},
     nn::{Dropout, DropoutConfig, Linear},
-    tensor::{backend::Backend, Distribution, Tensor},
+    tensor::{backend::Backend, DType, Distribution, Tensor},
 };
 
-use crate::{error::invalid, ops::linear::linear};
+use crate::{error::invalid, ops::linear::linear, train::precision::to_dtype};
 
 /// Which layers of a transformer block get adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -112,18 +112,28 @@ impl<B: Backend> Lora<B> {
         self.down.val().matmul(self.up.val()).mul_scalar(self.scale)
     }
 
-    /// `scale * dropout(x) A B`.
+    /// `scale * dropout(x) A B`, computed in the adapter's dtype and returned in `x`'s (a
+    /// half-precision base keeps an f32 adapter: [`crate::train::precision`]).
     ///
     /// # Shapes
     /// - `x`: `[rows, in]` -> `[rows, out]`
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let dtype = x.dtype();
+        let x = to_dtype(x, self.dtype());
         let x = match &self.dropout {
             Some(d) => d.forward(x),
             None => x,
         };
-        x.matmul(self.down.val())
+        let y = x
+            .matmul(self.down.val())
             .matmul(self.up.val())
-            .mul_scalar(self.scale)
+            .mul_scalar(self.scale);
+        to_dtype(y, dtype)
+    }
+
+    /// The dtype of the adapter's weights.
+    pub fn dtype(&self) -> DType {
+        self.down.val().dtype()
     }
 }
 
@@ -194,7 +204,10 @@ impl<B: Backend> LoraLinear<B> {
     pub fn merge(mut self) -> Self {
         if let (Some(adapter), false) = (&self.adapter, self.merged) {
             let delta = adapter.delta();
-            self.base.weight = self.base.weight.map(|w| w + delta);
+            self.base.weight = self.base.weight.map(|w| {
+                let dtype = w.dtype();
+                w + to_dtype(delta, dtype)
+            });
             self.merged = true;
         }
         self
@@ -204,7 +217,10 @@ impl<B: Backend> LoraLinear<B> {
     pub fn unmerge(mut self) -> Self {
         if let (Some(adapter), true) = (&self.adapter, self.merged) {
             let delta = adapter.delta();
-            self.base.weight = self.base.weight.map(|w| w - delta);
+            self.base.weight = self.base.weight.map(|w| {
+                let dtype = w.dtype();
+                w - to_dtype(delta, dtype)
+            });
             self.merged = false;
         }
         self

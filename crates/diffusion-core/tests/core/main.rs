@@ -6,5 +6,6 @@ mod common;
 mod folders;
 mod lora;
 mod parity;
+mod precision;
 mod properties;
 mod wan_vae;

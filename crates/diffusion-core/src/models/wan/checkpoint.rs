@@ -46,6 +46,7 @@ use crate::ops::{
     lora::LoraLinear,
     rotary::rotate,
 };
+use crate::train::precision::to_dtype;
 
 /// `block.forward(x, text, modulation, rope)` as one autodiff node that keeps only its inputs
 /// (module docs) on the built-in autodiff backends; other backends run the block as it is.
@@ -314,6 +315,9 @@ fn linear_backward<I: Backend>(
     match layer.active_adapter() {
         None => dx,
         Some(adapter) => {
+            // in the adapter's dtype (f32 on a half-precision base)
+            let dtype = dx.dtype();
+            let [x, dy] = [x, dy].map(|t| to_dtype(t, adapter.dtype()));
             let (down, up, s) = (adapter.down.val(), adapter.up.val(), adapter.scale());
             // [N, rank]
             let dy_up = dy.clone().matmul(up.transpose()).mul_scalar(s);
@@ -325,7 +329,7 @@ fn linear_backward<I: Backend>(
                     .mul_scalar(s)
             });
             put(grads, nodes.down, || x.transpose().matmul(dy_up.clone()));
-            dx + dy_up.matmul(down.transpose())
+            dx + to_dtype(dy_up.matmul(down.transpose()), dtype)
         }
     }
 }

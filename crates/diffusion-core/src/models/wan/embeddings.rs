@@ -4,7 +4,7 @@ use burn::{
     tensor::{activation::silu, backend::Backend, Tensor},
 };
 
-use crate::{ops::activation::gelu_tanh, ops::linear::linear};
+use crate::{ops::activation::gelu_tanh, ops::linear::linear, train::precision::to_dtype};
 
 /// Sinusoidal timestep features, `[cos(t w_i), sin(t w_i)]` with `w_i = 10000^(-i / half)`
 /// (diffusers `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`).
@@ -57,6 +57,7 @@ impl<B: Backend> WanConditionEmbedder<B> {
     /// - `t`: `[B]` -> (`temb`: `[B, D]`, `proj`: `[B, 6, D]`)
     pub fn time(&self, t: Tensor<B, 1>) -> (Tensor<B, 2>, Tensor<B, 3>) {
         let feats = timestep_sinusoid(t, self.freq_dim);
+        let feats = to_dtype(feats, self.time_linear_1.weight.val().dtype());
         let temb = self
             .time_linear_2
             .forward(silu(self.time_linear_1.forward(feats)));
@@ -70,6 +71,7 @@ impl<B: Backend> WanConditionEmbedder<B> {
     /// # Shapes
     /// - `text`: `[B, L, text_dim]` -> `[B, L, D]`
     pub fn text(&self, text: Tensor<B, 3>) -> Tensor<B, 3> {
+        let text = to_dtype(text, self.text_linear_1.weight.val().dtype());
         let hidden = gelu_tanh(linear(&self.text_linear_1, text));
         linear(&self.text_linear_2, hidden)
     }

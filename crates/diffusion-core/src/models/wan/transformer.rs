@@ -1,7 +1,7 @@
 use burn::{
     module::{Module, Param},
     nn::{Linear, LinearConfig},
-    tensor::{backend::Backend, Distribution, Tensor},
+    tensor::{backend::Backend, DType, Distribution, Tensor},
 };
 
 use super::{checkpoint, RopeTable, WanBlock, WanConditionEmbedder, WanConfig};
@@ -11,6 +11,7 @@ use crate::{
     ops::linear::linear,
     ops::modulation::modulate,
     train::checkpointing::Checkpointing,
+    train::precision::{cast_frozen, to_dtype, trainable_outside_adapters, Precision},
 };
 
 /// The Wan2.1 text-to-video diffusion transformer.
@@ -122,6 +123,36 @@ impl<B: Backend> WanTransformer<B> {
         Ok(self)
     }
 
+    /// Stores the frozen weights in `precision` and computes in it ([`crate::train::precision`]):
+    /// the inputs are cast on entry, the outputs of [`WanTransformer::forward`] and
+    /// [`WanTransformer::forward_trunk`] come back in f32, and LoRA adapters (trainable, f32)
+    /// compute in their own dtype.
+    ///
+    /// # Errors
+    /// `Invalid` naming `precision` when a weight outside the LoRA adapters trains (full
+    /// fine-tuning keeps f32), or when the backend does not support the dtype on `device`.
+    pub fn with_frozen_precision(self, precision: Precision, device: &B::Device) -> Result<Self> {
+        if precision == Precision::F32 {
+            return Ok(self);
+        }
+        precision.check::<B>(device, "precision")?;
+        if let Some(path) = trainable_outside_adapters(&self) {
+            return Err(crate::error::invalid(
+                "precision",
+                format!(
+                    "{precision} needs every trainable weight in a LoRA adapter; `{path}` trains \
+                     (train adapters, or keep f32)"
+                ),
+            ));
+        }
+        Ok(cast_frozen(self, precision))
+    }
+
+    /// The dtype the model computes in: that of its (frozen) weights.
+    pub fn compute_dtype(&self) -> DType {
+        self.patch_embedding.weight.val().dtype()
+    }
+
     /// Which blocks are checkpointed.
     pub fn checkpointing(&self) -> Checkpointing {
         self.checkpointing
@@ -184,13 +215,18 @@ impl<B: Backend> WanTransformer<B> {
         // -> [B, F', H' W', C, p_t p_h p_w], the Conv3d's flattening order per patch
         let x = x.permute([0, 2, 3, 1, 4]);
         let patches = x.reshape([b, gf * gh * gw, c * pt * ph * pw]);
-        linear(&self.patch_embedding, patches)
+        linear(&self.patch_embedding, to_dtype(patches, self.compute_dtype()))
     }
 
     /// Rotary tables of the latent's patch grid.
     pub fn rope(&self, f: usize, h: usize, w: usize, device: &B::Device) -> RopeTable<B> {
         let head_dim = self.dim() / self.heads;
-        RopeTable::new(head_dim, self.grid(f, h, w), 10000.0, device)
+        let table = RopeTable::new(head_dim, self.grid(f, h, w), 10000.0, device);
+        let dtype = self.compute_dtype();
+        RopeTable {
+            cos: to_dtype(table.cos, dtype),
+            sin: to_dtype(table.sin, dtype),
+        }
     }
 
     /// Hidden tokens after the first `depth` blocks (all blocks if `depth >= num_layers`), with
@@ -198,8 +234,20 @@ impl<B: Backend> WanTransformer<B> {
     ///
     /// # Shapes
     /// - `x`: `[B, C, F, H, W]`, `timestep`: `[B]`, `text`: `[B, S, text_dim]`
-    /// - output: (`tokens`: `[B, L, D]`, `temb`: `[B, D]`)
+    /// - output: (`tokens`: `[B, L, D]`, `temb`: `[B, D]`), f32
     pub fn forward_trunk(
+        &self,
+        x: Tensor<B, 5>,
+        timestep: Tensor<B, 1>,
+        text: Tensor<B, 3>,
+        depth: usize,
+    ) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let (tokens, temb) = self.trunk(x, timestep, text, depth);
+        (to_dtype(tokens, DType::F32), to_dtype(temb, DType::F32))
+    }
+
+    /// [`WanTransformer::forward_trunk`] in the compute dtype.
+    fn trunk(
         &self,
         x: Tensor<B, 5>,
         timestep: Tensor<B, 1>,
@@ -233,7 +281,7 @@ impl<B: Backend> WanTransformer<B> {
     /// # Shapes
     /// - `x`: `[B, C_in, F, H, W]` with `F, H, W` divisible by the patch size
     /// - `timestep`: `[B]`, `text`: `[B, S, text_dim]`
-    /// - output: `[B, C_out, F, H, W]`
+    /// - output: `[B, C_out, F, H, W]`, f32
     pub fn forward(
         &self,
         x: Tensor<B, 5>,
@@ -241,12 +289,12 @@ impl<B: Backend> WanTransformer<B> {
         text: Tensor<B, 3>,
     ) -> Tensor<B, 5> {
         let [b, _, f, h, w] = x.dims();
-        let (tokens, temb) = self.forward_trunk(x, timestep, text, self.blocks.len());
+        let (tokens, temb) = self.trunk(x, timestep, text, self.blocks.len());
         let d = self.dim();
         // [1, 2, D] + [B, 1, D] -> shift, scale
         let ss = (self.scale_shift_table.val() + temb.reshape([b, 1, d])).chunk(2, 1);
         let tokens = modulate(tokens, ss[0].clone(), ss[1].clone(), self.eps);
-        let out = linear(&self.proj_out, tokens);
+        let out = to_dtype(linear(&self.proj_out, tokens), DType::F32);
         let [pt, ph, pw] = self.patch;
         let [gf, gh, gw] = self.grid(f, h, w);
         let c = self.out_channels;

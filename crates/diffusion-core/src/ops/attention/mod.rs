@@ -21,7 +21,8 @@
 //!   memory stays linear in the tokens ([`autodiff_attention`], [`recompute`]).
 //!
 //! [`attention`] picks the implementation at run time from its backend's type
-//! ([`crate::ops::dispatch`]). Any other backend, and wgpu or cuda without autodiff, takes burn's
+//! ([`crate::ops::dispatch`]); half-precision inputs are computed in f32 and the output returned
+//! in their dtype (under autodiff on the CPU backend through [`autodiff_attention`]). Any other backend, and wgpu or cuda without autodiff, takes burn's
 //! `attention`.
 
 mod autodiff;
@@ -40,6 +41,7 @@ use cpu::Dims;
 use crate::{
     backend::Flex,
     ops::dispatch::{cast, is},
+    train::precision::to_dtype,
 };
 
 /// Bytes the CPU kernels keep per worker thread between calls for `queries` queries and `keys`
@@ -55,13 +57,14 @@ pub fn cpu_scratch_bytes(queries: usize, keys: usize) -> usize {
 /// # Shapes
 /// - `q`: `[B, L, H, Dh]`, `k`, `v`: `[B, S, H, Dh]` -> `[B, L, H, Dh]`
 pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    let cpu = Dims::of(&q.dims(), &k.dims(), &v.dims()).filter(|_| q.dtype() == DType::F32);
-    if let Some(d) = cpu {
-        if is::<B, Autodiff<Flex>>() {
+    let dtype = q.dtype();
+    if let Some(d) = Dims::of(&q.dims(), &k.dims(), &v.dims()) {
+        if is::<B, Autodiff<Flex>>() && dtype == DType::F32 {
             return cast(flex::autodiff_attention(cast(q), cast(k), cast(v), d));
         }
         if is::<B, Flex>() {
-            return cast(flex::attention(cast(q), cast(k), cast(v), d));
+            let [q, k, v] = [q, k, v].map(|t| cast(to_dtype(t, DType::F32)));
+            return to_dtype(cast(flex::attention(q, k, v, d)), dtype);
         }
     }
     let heads_first = |t: Tensor<B, 4>| t.swap_dims(1, 2);

@@ -3,7 +3,9 @@
 //! block checkpointing ([`crate::models::wan::checkpoint`]). On the CPU backend (f32) the
 //! kernels of [`super::cpu`]; on any other backend tensor operations over chunks of `chunk`
 //! queries, so that at most `[B, H, chunk, S]` scores live at once ([`query_chunk`] sizes the
-//! chunks from a budget).
+//! chunks from a budget). Half-precision inputs are computed in f32 (the CPU kernels take them
+//! upcast; the tensor operations upcast the keys and values and one chunk of queries at a time)
+//! and the results come back in the inputs' dtype; the log-sum-exp is always f32.
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 
@@ -13,6 +15,7 @@ use crate::{
     ops::cpu_math::values,
     ops::dispatch::{cast, is},
     ops::flex_node::{contiguous, tensor},
+    train::precision::to_dtype,
 };
 
 /// Score values one chunk of queries may hold at once (`[B, H, chunk, S]`, 128 MiB in f32).
@@ -34,26 +37,29 @@ pub fn forward<B: Backend>(
     v: Tensor<B, 4>,
     chunk: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    let dtype = q.dtype();
     if let Some(d) = flex_dims::<B>(&q, &k, &v) {
-        let [q, k, v] = [q, k, v].map(|t| contiguous::<4>(cast(t)));
+        let [q, k, v] = [q, k, v].map(|t| contiguous::<4>(cast(f32(t))));
         let (out, lse) = cpu::forward(values(&q), values(&k), values(&v), d);
         let out = tensor::<4>(cpu::tensor(out, [d.b, d.l, d.h, d.dh]));
         let lse = tensor::<4>(cpu::tensor(lse, [d.b, d.h, d.l, 1])).reshape([d.b, d.h, d.l]);
-        return (cast(out), cast(lse));
+        return (to_dtype(cast(out), dtype), cast(lse));
     }
     let [b, l, h, dh] = q.dims();
     let scale = (dh as f64).powf(-0.5);
-    let [q, k, v] = [q, k, v].map(|t| t.swap_dims(1, 2));
+    let q = q.swap_dims(1, 2);
+    let [k, v] = [k, v].map(|t| f32(t.swap_dims(1, 2)));
     let kt = k.swap_dims(2, 3);
     let (outs, lses): (Vec<_>, Vec<_>) = (0..l)
         .step_by(chunk.max(1))
         .map(|start| {
-            let qc = q.clone().narrow(2, start, chunk.max(1).min(l - start));
+            let qc = f32(q.clone().narrow(2, start, chunk.max(1).min(l - start)));
             let scores = qc.matmul(kt.clone()).mul_scalar(scale);
             let max = scores.clone().max_dim(3);
             let exp = (scores - max.clone()).exp();
             let sum = exp.clone().sum_dim(3);
-            (exp.matmul(v.clone()) / sum.clone(), max + sum.log())
+            let out = exp.matmul(v.clone()) / sum.clone();
+            (to_dtype(out, dtype), max + sum.log())
         })
         .unzip();
     let out = Tensor::cat(outs, 2).swap_dims(1, 2);
@@ -73,33 +79,36 @@ pub fn backward<B: Backend>(
     d_out: Tensor<B, 4>,
     chunk: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let dtype = q.dtype();
     if let Some(d) = flex_dims::<B>(&q, &k, &v) {
-        let [q, k, v, out, d_out] = [q, k, v, out, d_out].map(|t| contiguous::<4>(cast(t)));
+        let [q, k, v, out, d_out] =
+            [q, k, v, out, d_out].map(|t| contiguous::<4>(cast(f32(t))));
         let lse = contiguous::<3>(cast(lse));
         let inputs = [&q, &k, &v, &out, &lse, &d_out].map(values);
         let (dq, dk, dv) = cpu::backward(inputs, d);
-        let back = |g, n| cast(tensor::<4>(cpu::tensor(g, [d.b, n, d.h, d.dh])));
+        let back = |g, n| to_dtype(cast(tensor::<4>(cpu::tensor(g, [d.b, n, d.h, d.dh]))), dtype);
         return (back(dq, d.l), back(dk, d.s), back(dv, d.s));
     }
     let [_, l, _, dh] = q.dims();
     let scale = (dh as f64).powf(-0.5);
-    let [q, k, v, out, d_out] = [q, k, v, out, d_out].map(|t| t.swap_dims(1, 2));
+    let [q, out, d_out] = [q, out, d_out].map(|t| t.swap_dims(1, 2));
+    let [k, v] = [k, v].map(|t| f32(t.swap_dims(1, 2)));
     let lse = lse.unsqueeze_dim::<4>(3);
-    let delta = (d_out.clone() * out).sum_dim(3);
     let (kt, vt) = (k.clone().swap_dims(2, 3), v.clone().swap_dims(2, 3));
     let (mut dk, mut dv) = (k.zeros_like(), v.zeros_like());
     let mut dqs = Vec::new();
     for start in (0..l).step_by(chunk.max(1)) {
         let n = chunk.max(1).min(l - start);
-        let part = |t: &Tensor<B, 4>| t.clone().narrow(2, start, n);
+        let part = |t: &Tensor<B, 4>| f32(t.clone().narrow(2, start, n));
         let (qc, doc) = (part(&q), part(&d_out));
+        let delta = (doc.clone() * part(&out)).sum_dim(3);
         let probs = (qc.clone().matmul(kt.clone()).mul_scalar(scale) - part(&lse)).exp();
         dv = dv + probs.clone().swap_dims(2, 3).matmul(doc.clone());
-        let ds = (probs * (doc.matmul(vt.clone()) - part(&delta))).mul_scalar(scale);
-        dqs.push(ds.clone().matmul(k.clone()));
+        let ds = (probs * (doc.matmul(vt.clone()) - delta)).mul_scalar(scale);
+        dqs.push(to_dtype(ds.clone().matmul(k.clone()), dtype));
         dk = dk + ds.swap_dims(2, 3).matmul(qc);
     }
-    let heads_last = |t: Tensor<B, 4>| t.swap_dims(1, 2);
+    let heads_last = |t: Tensor<B, 4>| to_dtype(t.swap_dims(1, 2), dtype);
     (
         heads_last(Tensor::cat(dqs, 2)),
         heads_last(dk),
@@ -107,12 +116,16 @@ pub fn backward<B: Backend>(
     )
 }
 
-/// The sizes for the CPU kernels when `B` is the CPU backend and the inputs are f32.
+/// The sizes for the CPU kernels when `B` is the CPU backend.
 fn flex_dims<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>) -> Option<Dims> {
-    let f32 = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
-    (is::<B, Flex>() && f32)
+    is::<B, Flex>()
         .then(|| Dims::of(&q.dims(), &k.dims(), &v.dims()))
         .flatten()
+}
+
+/// `t` in f32.
+fn f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    to_dtype(t, DType::F32)
 }
 
 #[cfg(test)]

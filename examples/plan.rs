@@ -17,7 +17,7 @@ use latent_refl::{
     diffusion_core::{
         ops::lora::{LoraConfig, LoraTarget},
         plan::{gib, parse_fhw},
-        train::checkpointing::Checkpointing,
+        train::{checkpointing::Checkpointing, precision::Precision},
         WanConfig,
     },
     plan::PlanConfig,
@@ -43,15 +43,6 @@ enum Frames {
     All,
     /// The first latent frame only.
     First,
-}
-
-/// Element type of the frozen weights.
-#[derive(Clone, Copy, ValueEnum)]
-enum Dtype {
-    /// 4 bytes.
-    F32,
-    /// 2 bytes (bf16 or f16).
-    Bf16,
 }
 
 /// Plans the peak memory of one training step.
@@ -84,25 +75,13 @@ struct Args {
     /// The backend whose operation path is planned.
     #[arg(long, default_value = "cuda")]
     backend: BackendName,
-    /// Element type of the frozen weights (the base under LoRA, the reference, the rewards).
-    #[arg(long, value_enum, default_value = "f32")]
-    frozen: Dtype,
+    /// Precision of the frozen weights and what is computed from them (`f32`, `bf16`, `f16`):
+    /// the base under LoRA, the reference, the process reward's trunk.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// RGB ReFL decodes every frame with gradients, or only the first latent frame.
     #[arg(long, value_enum, default_value = "all")]
     frames: Frames,
-    /// Element type of the activations: f32 is what the library computes in; bf16 plans a
-    /// half-precision forward the library does not run yet.
-    #[arg(long, value_enum, default_value = "f32")]
-    activations: Dtype,
-}
-
-impl Dtype {
-    fn bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::Bf16 => 2,
-        }
-    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -133,8 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     });
                     p.checkpointing = args.checkpointing;
                     p.backend = args.backend;
-                    p.frozen_bytes = args.frozen.bytes();
-                    p.activation_bytes = args.activations.bytes();
+                    p.precision = args.precision;
                     p.frames = match args.frames {
                         Frames::All => FrameSelection::All,
                         Frames::First => FrameSelection::First,
@@ -149,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &plans {
         let plan = p.plan();
         println!(
-            "## {}: {:?} video, {} tokens, batch {}, {}, checkpointing {}, {:?} path, {} B frozen weights, {} B activations\n",
+            "## {}: {:?} video, {} tokens, batch {}, {}, checkpointing {}, {:?} path, {} frozen weights\n",
             p.method,
             p.video,
             p.tokens(),
@@ -162,8 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 )),
             p.checkpointing,
             p.backend,
-            p.frozen_bytes,
-            p.activation_bytes,
+            p.precision,
         );
         println!("{plan}\n");
         summary.push((p.method, plan.total()));

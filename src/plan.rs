@@ -15,7 +15,7 @@ use diffusion_core::{
     models::wan_vae::WanVaeConfig,
     ops::lora::LoraConfig,
     plan::{ActivationPath, DitStep, MemoryPlan, TermKind, Trainable, VaeDecode},
-    train::checkpointing::Checkpointing,
+    train::{checkpointing::Checkpointing, precision::Precision},
     WanConfig,
 };
 use refl_trainer::{FrameSelection, TrainError};
@@ -57,11 +57,10 @@ pub struct PlanConfig {
     pub frames: FrameSelection,
     /// The backend the step runs on (its operation path decides the saved tensors).
     pub backend: BackendName,
-    /// Bytes per frozen weight (4: f32; 2: bf16/f16).
-    pub frozen_bytes: usize,
-    /// Bytes per activation (4: f32, what the library computes in today; 2: what a bf16
-    /// forward would keep).
-    pub activation_bytes: usize,
+    /// Precision of the frozen weights and of what is computed from them: the base under
+    /// LoRA (then the policy's activations too), the process reward's trunk. Weights that
+    /// train, the VAE and the latents stay f32.
+    pub precision: Precision,
 }
 
 impl PlanConfig {
@@ -84,8 +83,7 @@ impl PlanConfig {
             kl: matches!(method, MethodName::Grpo),
             frames: FrameSelection::All,
             backend: BackendName::Cuda,
-            frozen_bytes: 4,
-            activation_bytes: 4,
+            precision: Precision::F32,
         }
     }
 
@@ -107,6 +105,7 @@ impl PlanConfig {
         plan.text_tokens = shape.get(1).copied().unwrap_or(0);
         plan.lora = cfg.lora.clone();
         plan.checkpointing = cfg.model.checkpointing;
+        plan.precision = cfg.model.precision;
         plan.process_depth = cfg.reward.process.depth;
         plan.backend = cfg.backend;
         match &cfg.method {
@@ -163,13 +162,18 @@ impl PlanConfig {
             self.path(),
         );
         step.checkpointing = self.checkpointing;
-        step.weight_bytes = if self.lora.is_some() {
-            self.frozen_bytes
-        } else {
-            4
-        };
-        step.activation_bytes = self.activation_bytes;
+        step.weight_bytes = self.policy_bytes();
+        step.activation_bytes = self.policy_bytes();
         step
+    }
+
+    /// Bytes per weight and activation of the policy: the frozen precision under LoRA, f32
+    /// when every weight trains.
+    fn policy_bytes(&self) -> usize {
+        match self.lora {
+            Some(_) => self.precision.bytes(),
+            None => 4,
+        }
     }
 
     /// The planned peak of one step, term by term.
@@ -194,7 +198,7 @@ impl PlanConfig {
             if full {
                 plan.push(
                     format!("{what}: weights"),
-                    step.num_params() * self.frozen_bytes as f64,
+                    step.num_params() * self.precision.bytes() as f64,
                     TermKind::Resident,
                     "a frozen copy of the initial weights (every policy weight trains)".into(),
                 );
@@ -206,6 +210,8 @@ impl PlanConfig {
         });
         trunk.blocks = self.process_depth.min(self.model.num_layers);
         trunk.trainable = Trainable::Frozen;
+        trunk.weight_bytes = self.precision.bytes();
+        trunk.activation_bytes = self.precision.bytes();
         if matches!(self.method, MethodName::Prfl | MethodName::Grpo) {
             reference_copy(&mut plan, "process reward", &trunk);
         }
@@ -232,7 +238,7 @@ impl PlanConfig {
             let mut p = saved();
             p.push(
                 "reference: forward",
-                self.no_grad_forward(rows),
+                self.no_grad_forward(rows, self.policy_bytes()),
                 TermKind::Step,
                 "one block at a time, without gradients".into(),
             );
@@ -252,7 +258,7 @@ impl PlanConfig {
                 let mut p = MemoryPlan::default();
                 p.push(
                     "process reward: forward",
-                    self.no_grad_forward(trunk.rows),
+                    self.no_grad_forward(trunk.rows, self.precision.bytes()),
                     TermKind::Step,
                     "scores the rollouts without gradients".into(),
                 );
@@ -269,8 +275,8 @@ impl PlanConfig {
                     latent: [c, frames, h, w],
                     rows: self.batch,
                     grad: rgb,
-                    weight_bytes: self.frozen_bytes,
-                    activation_bytes: self.activation_bytes,
+                    weight_bytes: 4,
+                    activation_bytes: 4,
                 };
                 let decode = decode.plan();
                 let mut weights = decode.clone();
@@ -301,7 +307,7 @@ impl PlanConfig {
             let n = self.steps + 1;
             plan.push(
                 "rollouts",
-                (rows * c * f * h * w * self.activation_bytes * n) as f64,
+                (rows * c * f * h * w * 4 * n) as f64,
                 TermKind::Step,
                 format!("{rows} trajectories of {n} latents [{c}, {f}, {h}, {w}]"),
             );
@@ -309,11 +315,12 @@ impl PlanConfig {
         plan
     }
 
-    /// The working set of a forward without gradients: a block's widest tensors.
-    fn no_grad_forward(&self, rows: usize) -> f64 {
+    /// The working set of a forward without gradients: a block's widest tensors, of `bytes`
+    /// per value.
+    fn no_grad_forward(&self, rows: usize, bytes: usize) -> f64 {
         let d = self.model.dim() as f64;
         let f = self.model.ffn_dim as f64;
-        (rows * self.tokens()) as f64 * (4.0 * d + 2.0 * f) * self.activation_bytes as f64
+        (rows * self.tokens()) as f64 * (4.0 * d + 2.0 * f) * bytes as f64
     }
 }
 
@@ -369,7 +376,7 @@ mod tests {
         assert!(rgb.total() > 10.0 * sft.total());
         // half-precision frozen weights halve the base's bytes
         let mut half = PlanConfig::new(MethodName::Sft, model.clone(), [81, 480, 832]);
-        half.frozen_bytes = 2;
+        half.precision = Precision::Bf16;
         let weights = |p: &MemoryPlan| p.terms[0].bytes;
         assert!(weights(&half.plan()) < 0.55 * weights(&sft));
     }

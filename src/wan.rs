@@ -26,8 +26,8 @@ use diffusion_core::{
     },
     models::{wan::LORA_WEIGHTS, wan_vae::WanVae},
     ops::lora::LoraConfig,
-    train::{checkpointing::Checkpointing, loss::TimestepSampling},
-    FlowMatchScheduleConfig, WanTransformer,
+    train::{checkpointing::Checkpointing, loss::TimestepSampling, precision::Precision},
+    CoreError, FlowMatchScheduleConfig, WanTransformer,
 };
 use ensemble::Ensemble;
 use grpo::{GrpoConfig, LatentScore};
@@ -186,6 +186,11 @@ pub struct ModelConfig {
     /// `{ every_nth = n }`.
     #[serde(default)]
     pub checkpointing: Checkpointing,
+    /// Precision of the frozen weights and of what is computed from them (`"f32"`, `"bf16"`,
+    /// `"f16"`): the base under LoRA and the process reward's trunk. Weights that train, the
+    /// optimiser state, the loss and the VAE stay f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn eval_steps() -> usize {
@@ -389,6 +394,7 @@ impl TrainConfig {
                 heldout: 2,
                 eval_steps: 8,
                 checkpointing: Checkpointing::EveryBlock,
+                precision: Precision::F32,
             },
             lora: Some(LoraConfig::new(4)),
             reward: RewardConfig {
@@ -452,17 +458,25 @@ impl TrainConfig {
                 .init()?,
             latent_shape,
         };
+        let precision = self.model.precision;
+        let half = |e: CoreError| config_error("model.precision", e.to_string());
         let policy = match &self.lora {
-            Some(lora) => base.clone().with_lora(lora, device)?,
+            Some(lora) => base
+                .clone()
+                .with_lora(lora, device)?
+                .with_frozen_precision(precision, device)
+                .map_err(half)?,
             None => base.clone(),
         };
         let process = || -> Result<_, SetupError> {
             let prm = self.reward.process.init(&base, device)?;
-            let prm = match &self.reward.process_weights {
+            let mut prm = match &self.reward.process_weights {
                 Some(path) => load_record(prm, path, device)?,
                 None => prm,
-            };
-            Ok(prm.no_grad())
+            }
+            .no_grad();
+            prm.trunk = prm.trunk.with_frozen_precision(precision, device).map_err(half)?;
+            Ok(prm)
         };
         let sft = |needed: bool| -> Result<Option<SftData<B>>, SetupError> {
             match (&self.data, needed) {

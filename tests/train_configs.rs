@@ -106,3 +106,46 @@ fn bad_configs_name_the_file_or_field() {
         Err(SetupError::Train(TrainError::Config { field, .. })) if field == "model.heldout"
     ));
 }
+
+/// Half-precision frozen weights (bf16, or f16 where the backend lacks bf16) follow the f32
+/// run's loss curve step by step; a backend with neither refuses the config naming the field.
+#[test]
+fn half_precision_follows_the_f32_loss_curve() {
+    use latent_refl::diffusion_core::train::precision::Precision;
+    let dev = Default::default();
+    let half = [Precision::Bf16, Precision::F16]
+        .into_iter()
+        .find(|p| p.check::<DefaultBackend>(&dev, "precision").is_ok());
+    let losses = |precision: Precision| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = tiny(MethodName::Prfl, dir.path());
+        cfg.learner.steps = 6;
+        cfg.model.precision = precision;
+        cfg.run::<DefaultBackend>(&dev).map(|r| {
+            r.metrics
+                .iter()
+                .map(|m| m.loss.expect("finite loss"))
+                .collect::<Vec<f64>>()
+        })
+    };
+    let Some(half) = half else {
+        assert!(matches!(
+            losses(Precision::Bf16),
+            Err(SetupError::Train(TrainError::Config { field, .. })) if field == "model.precision"
+        ));
+        return;
+    };
+    let want = losses(Precision::F32).unwrap();
+    let got = losses(half).unwrap();
+    assert_eq!(got.len(), 6);
+    // within a quarter of the f32 curve's own range over the steps (which must not be flat)
+    let range = want.iter().fold(f64::MIN, |a, &b| a.max(b))
+        - want.iter().fold(f64::MAX, |a, &b| a.min(b));
+    assert!(range > 1e-5, "{want:?}");
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 0.25 * range,
+            "{half} step {step}: {g} against f32 {w} ({got:?} / {want:?})"
+        );
+    }
+}

@@ -12,7 +12,10 @@ use burn::{
     record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder},
     tensor::{backend::Backend, Tensor},
 };
-use diffusion_core::io::checkpoint::write_atomic;
+use diffusion_core::{
+    io::checkpoint::write_atomic,
+    train::precision::{param_dtypes, with_param_dtypes},
+};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -140,6 +143,7 @@ impl CheckpointReader {
             .load(bytes, device)
             .map_err(|e| error(&path, format!("does not decode into the model: {e}")))?;
         let want = shapes(&module);
+        let dtypes = param_dtypes(&module);
         let loaded = module.load_record(record);
         let found = shapes(&loaded);
         if want != found {
@@ -160,7 +164,8 @@ impl CheckpointReader {
                 ),
             ));
         }
-        Ok(loaded)
+        // records hold f32: half-precision (frozen) weights go back to their dtype
+        Ok(with_param_dtypes(loaded, &dtypes))
     }
 
     /// Reads the JSON file `name`.
@@ -196,5 +201,46 @@ pub(crate) fn remove_stale_temporaries(dir: &Path) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::{
+        backend::Autodiff,
+        nn::{Linear, LinearConfig},
+        tensor::DType,
+    };
+    use diffusion_core::{
+        backend::Flex,
+        train::precision::{cast_frozen, Precision},
+    };
+
+    type AD = Autodiff<Flex>;
+
+    /// A record written from a model with half-precision frozen weights loads back into one
+    /// with the same dtypes and values (records themselves hold f32).
+    #[test]
+    fn records_keep_each_parameters_dtype() {
+        let dev = Default::default();
+        let dir = tempfile::tempdir().unwrap();
+        let model = || -> [Linear<AD>; 2] {
+            let frozen = LinearConfig::new(3, 2).init::<AD>(&dev).no_grad();
+            [LinearConfig::new(3, 2).init::<AD>(&dev), frozen]
+                .map(|l| cast_frozen(l, Precision::Bf16))
+        };
+        let saved = model();
+        let mut writer = CheckpointWriter::new(dir.path(), "step-1");
+        writer.record("model", saved.clone().to_vec()).unwrap();
+        let reader = CheckpointReader::new(dir.path(), "step-1", writer.files.clone());
+        let loaded = reader.record("model", model().to_vec(), &dev).unwrap();
+        for (l, s) in loaded.iter().zip(&saved) {
+            let (lw, sw) = (l.weight.val(), s.weight.val());
+            assert_eq!(lw.dtype(), sw.dtype());
+            assert_eq!(l.weight.is_require_grad(), s.weight.is_require_grad());
+            lw.into_data().assert_eq(&sw.into_data(), true);
+        }
+        assert_eq!(loaded[1].weight.val().dtype(), DType::BF16);
     }
 }

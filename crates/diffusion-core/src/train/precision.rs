@@ -143,6 +143,45 @@ impl<B: Backend> ModuleVisitor<B> for TrainableOutside {
     }
 }
 
+/// The dtype of every float parameter of `module`, in visiting order.
+pub fn param_dtypes<B: Backend, M: Module<B>>(module: &M) -> Vec<DType> {
+    struct Dtypes(Vec<DType>);
+    impl<B: Backend> ModuleVisitor<B> for Dtypes {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(p.val().dtype());
+        }
+    }
+    let mut d = Dtypes(Vec::new());
+    module.visit(&mut d);
+    d.0
+}
+
+/// Casts the float parameters of `module` to `dtypes` (in visiting order, as
+/// [`param_dtypes`] lists them; parameters past the list keep theirs): a record loaded into a
+/// half-precision model arrives in the recorder's precision, this puts it back.
+pub fn with_param_dtypes<B: Backend, M: Module<B>>(module: M, dtypes: &[DType]) -> M {
+    struct Restore<'a>(&'a [DType], usize);
+    impl<B: Backend> ModuleMapper<B> for Restore<'_> {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let want = self.0.get(self.1).copied();
+            self.1 += 1;
+            match want {
+                Some(dtype) if p.val().dtype() != dtype => p.map(|t| {
+                    let trains = t.is_require_grad();
+                    let t = to_dtype(t.detach(), dtype);
+                    if trains {
+                        t.require_grad()
+                    } else {
+                        t
+                    }
+                }),
+                _ => p,
+            }
+        }
+    }
+    module.map(&mut Restore(dtypes, 0))
+}
+
 struct CastFrozen(FloatDType);
 
 impl<B: Backend> ModuleMapper<B> for CastFrozen {

@@ -12,6 +12,11 @@ WanTransformer3DModel on the weights and shapes that the Rust example exported w
   MLP head with a sigmoid. Its pool and head are freshly initialised here (their values do not
   change the cost).
 
+With `"lora": RANK` in `bench.json` the base weights are frozen and LoRA adapters (f32, `B = 0`)
+on the self- and cross-attention projections train; `"precision": "bf16"` (or `"f16"`) stores
+and computes the frozen weights in half precision (the adapters, the reward's pool and head and
+the loss stay f32), as `WanTransformer::with_frozen_precision` does on the Rust side.
+
     pip install torch diffusers==0.42.1 safetensors
     python benches/reference/wan_train_step.py DIR [--threads 2] [--device cpu|cuda]
 
@@ -19,7 +24,8 @@ Prints the median step time and two peaks of resident memory (VmHWM from /proc/s
 resetting it, as the Rust side measures them): above the start of the timed loop, and above the
 loaded model, from before the warm-up step (the training's whole working set: optimiser state,
 gradients, activations and what the allocator keeps). PyTorch keeps the last step's gradients
-until the next `zero_grad`, so the first figure leaves them out on this side only.
+until the next `zero_grad`, so the first figure leaves them out on this side only. On CUDA the
+peaks are the caching allocator's (`torch.cuda.max_memory_allocated`), above the same points.
 """
 
 import argparse
@@ -31,6 +37,31 @@ import time
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from safetensors.torch import load_file
+
+
+class LoraLinear(torch.nn.Module):
+    """`base(x) + (x A) B` with f32 adapters (PEFT's init: Kaiming-uniform `A`, zero `B`)."""
+
+    def __init__(self, base, rank):
+        super().__init__()
+        self.base = base
+        dev = base.weight.device
+        self.down = torch.nn.Parameter(torch.empty(rank, base.in_features, device=dev))
+        torch.nn.init.kaiming_uniform_(self.down, a=5**0.5)
+        self.up = torch.nn.Parameter(torch.zeros(base.out_features, rank, device=dev))
+
+    def forward(self, x):
+        y = self.base(x)
+        z = torch.nn.functional.linear(torch.nn.functional.linear(x.float(), self.down), self.up)
+        return y + z.to(y.dtype)
+
+
+def add_lora(model, rank):
+    for block in model.blocks:
+        for attn in (block.attn1, block.attn2):
+            for name in ("to_q", "to_k", "to_v"):
+                setattr(attn, name, LoraLinear(getattr(attn, name), rank))
+            attn.to_out[0] = LoraLinear(attn.to_out[0], rank)
 
 
 def rss():
@@ -69,6 +100,7 @@ class ProcessReward(torch.nn.Module):
         proj = proj.unflatten(1, (6, -1))
         for block in m.blocks:
             h = block(h, text, proj, rotary)
+        h = h.float()
         q = self.query.expand(h.shape[0], -1, -1)
         pooled = (self.pool(q, h, h, need_weights=False)[0] + q).squeeze(1)
         return torch.sigmoid(self.head(pooled).squeeze(1))
@@ -90,6 +122,13 @@ def main():
     dev = torch.device(args.device)
     model = WanTransformer3DModel(**cfg).float()
     model.load_state_dict(load_file(os.path.join(args.dir, "weights.safetensors")), strict=True)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[
+        bench.get("precision", "f32")
+    ]
+    rank = bench.get("lora")
+    if rank:
+        model.requires_grad_(False)
+        model.to(dtype)
     model.to(dev).train()
     x0 = torch.randn(bench["latent"], device=dev)
     eps = torch.randn(bench["latent"], device=dev)
@@ -97,24 +136,38 @@ def main():
     b = x0.shape[0]
     sigma = torch.full((b,), bench["sigma"], device=dev)
     s5 = sigma.view(b, 1, 1, 1, 1)
-    optim = torch.optim.AdamW(model.parameters(), lr=bench["lr"], weight_decay=0.01)
     kind = bench.get("step", "flow")
     if kind == "prfl":
         p = bench["prfl"]
         prm = ProcessReward(model, p["depth"], p["pool_heads"], p["head"]).to(dev)
         prm.requires_grad_(False)
+    if rank:
+        add_lora(model, rank)
+    if bench.get("checkpointing"):
+        model.enable_gradient_checkpointing()
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    optim = torch.optim.AdamW(trainable, lr=bench["lr"], weight_decay=0.01)
+    if kind == "prfl":
         sched = FlowMatchEulerDiscreteScheduler(shift=p["shift"])
         sched.set_timesteps(p["steps"])
         sigmas = sched.sigmas.tolist()
 
+    def run(x, t):
+        out = model(
+            hidden_states=x.to(dtype),
+            timestep=t,
+            encoder_hidden_states=text.to(dtype),
+            return_dict=False,
+        )[0]
+        return out.float()
+
     def velocity(x, s):
-        t = torch.full((b,), s * 1000, device=dev)
-        return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        return run(x, torch.full((b,), s * 1000, device=dev))
 
     def loss_fn():
         if kind == "flow":
             x_t = (1 - s5) * x0 + s5 * eps
-            v = model(hidden_states=x_t, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
+            v = run(x_t, sigma * 1000)
             return ((v - (eps - x0)) ** 2).mean()
         start = p["start"]
         z = eps
@@ -122,7 +175,7 @@ def main():
             for i in range(start):
                 z = z + (sigmas[i + 1] - sigmas[i]) * velocity(z, sigmas[i])
         z = z + (sigmas[start + 1] - sigmas[start]) * velocity(z, sigmas[start])
-        r = prm(z, torch.full((b,), sigmas[start + 1] * 1000, device=dev), text)
+        r = prm(z.to(dtype), torch.full((b,), sigmas[start + 1] * 1000, device=dev), text.to(dtype))
         return p["lambda"] * torch.relu(p["margin"] - r).mean()
 
     def step():
@@ -133,23 +186,36 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    loaded, _ = rss()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    cuda = dev.type == "cuda"
+
+    def memory():
+        if cuda:
+            return torch.cuda.memory_allocated(dev), torch.cuda.max_memory_allocated(dev)
+        return rss()
+
+    def reset_peak():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+
+    loaded, _ = memory()
+    reset_peak()
     step()  # warm-up
-    start, warm_peak = rss()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    start, warm_peak = memory()
+    reset_peak()
     times = []
     for _ in range(bench["reps"]):
         t = time.perf_counter()
         step()
         times.append((time.perf_counter() - t) * 1e3)
-    _, peak = rss()
+    _, peak = memory()
     training = max(peak, warm_peak) - loaded
     times.sort()
     print(
-        f"torch {torch.__version__} eager {args.device}, {args.threads} threads | {kind} step | "
+        f"torch {torch.__version__} eager {args.device}, {args.threads} threads | {kind} step "
+        f"{bench.get('precision', 'f32')}{f' LoRA {rank}' if rank else ''} | "
         f"step {times[len(times) // 2]:.1f} ms (median of {len(times)}) | "
         f"peak {(peak - start) / 2**20:.1f} MiB above start | "
         f"training {training / 2**20:.1f} MiB above the loaded model"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run, in one script:
 #   (a) the DiT training step at Wan2.1-T2V-1.3B's width (1536, FFN 8960, 12 heads; 2 blocks) on
-#       video-sized token counts, LoRA rank 64 on the attention with f32 and with bf16 frozen
-#       weights, ours against the PyTorch twin (benches/reference/wan_train_step.py, diffusers)
+#       video-sized token counts, LoRA rank 64 on the attention with f32 and with bf16 (f16 on
+#       wgpu) frozen weights, ours against the PyTorch twin (benches/reference/wan_train_step.py, diffusers)
 #       on the same weights, same device, back to back;
 #   (b) the peak device memory of a PRFL step (LoRA rank 64, every block checkpointed, bf16
 #       frozen weights, the process reward on 2 blocks) on a Wan2.1-T2V-1.3B-shaped model (30
@@ -48,11 +48,16 @@ case "$mode" in
     b=${LATENTS_B:-"21x15x26 21x30x52 21x45x78 21x60x104"}
     blocks_b=${BLOCKS_B:-30}
     reps=${REPS:-3}
+    half=bf16
     ;;
   local)
     out=${2:-out/gpu-local}
+    # Mesa's lavapipe (apt-get install mesa-vulkan-drivers), as .ci/run sets it up
     export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/latent-refl-xdg}
-    mkdir -p "$XDG_RUNTIME_DIR"
+    mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+    lvp=$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -n 1 || true)
+    [ -n "$lvp" ] && export VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-$lvp}
+    export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
     cargo build --release -p experiments --features wgpu --bin "${bins[@]}"
     bin=target/release
     twin_device=cpu
@@ -60,6 +65,7 @@ case "$mode" in
     b=${LATENTS_B:-"1x8x8 1x8x16"}
     blocks_b=${BLOCKS_B:-2}
     reps=${REPS:-1}
+    half=f16 # WGSL has no bf16
     ;;
   *)
     sed -n '2,20p' "$0"
@@ -80,7 +86,7 @@ device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1
   echo "|---|---|---|---|---|---|---|---|"
 } >"$out/gpu.md"
 for latent in $a; do
-  for precision in f32 bf16; do
+  for precision in f32 $half; do
     dir="$out/twin-$latent-$precision"
     ours=$("$bin/train_step_bench" --preset wan2.1-1.3b --blocks 2 --latent "$latent" \
       --batch 1 --reps "$reps" --lora 64 --precision "$precision" --export "$dir")
@@ -99,14 +105,14 @@ for latent in $a; do
 done
 {
   echo
-  echo "## (b) PRFL step, Wan2.1-1.3B shape ($blocks_b blocks), LoRA rank 64, every block checkpointed, bf16 frozen weights"
+  echo "## (b) PRFL step, Wan2.1-1.3B shape ($blocks_b blocks), LoRA rank 64, every block checkpointed, $half frozen weights"
   echo
   echo "| latent | tokens | step (ms) | device peak (MiB) | planned (MiB) | planned / measured |"
   echo "|---|---|---|---|---|---|"
 } >>"$out/gpu.md"
 for latent in $b; do
   ours=$("$bin/train_step_bench" --preset wan2.1-1.3b --blocks "$blocks_b" --latent "$latent" \
-    --batch 1 --reps 1 --step prfl --start 1 --lora 64 --precision bf16 \
+    --batch 1 --reps 1 --step prfl --start 1 --lora 64 --precision "$half" \
     --checkpointing every_block)
   echo "$ours" | tee -a "$log"
   tokens=$(sed -nE 's/.* ([0-9]+) tokens.*/\1/p' <<<"$ours")

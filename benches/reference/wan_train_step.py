@@ -128,7 +128,13 @@ def main():
     rank = bench.get("lora")
     if rank:
         model.requires_grad_(False)
+    if dtype != torch.float32:
         model.to(dtype)
+        # what from_pretrained(torch_dtype=...) keeps in f32 (time embedder, norms, tables)
+        keep = getattr(model, "_keep_in_fp32_modules", None) or []
+        for name, module in model.named_modules():
+            if any(k in name.split(".") for k in keep):
+                module.float()
     model.to(dev).train()
     x0 = torch.randn(bench["latent"], device=dev)
     eps = torch.randn(bench["latent"], device=dev)

@@ -107,8 +107,8 @@ done
   echo
   echo "## (b) PRFL step, Wan2.1-1.3B shape ($blocks_b blocks), LoRA rank 64, every block checkpointed, $half frozen weights"
   echo
-  echo "| latent | tokens | step (ms) | device peak (MiB) | planned (MiB) | planned / measured |"
-  echo "|---|---|---|---|---|---|"
+  echo "| latent | tokens | step (ms) | device peak (MiB) | planned (MiB) | planned / measured | device peak above the weights (MiB) | planned without the weights (MiB) | planned / measured |"
+  echo "|---|---|---|---|---|---|---|---|---|"
 } >>"$out/gpu.md"
 for latent in $b; do
   ours=$("$bin/train_step_bench" --preset wan2.1-1.3b --blocks "$blocks_b" --latent "$latent" \
@@ -117,10 +117,13 @@ for latent in $b; do
   echo "$ours" | tee -a "$log"
   tokens=$(sed -nE 's/.* ([0-9]+) tokens.*/\1/p' <<<"$ours")
   peak=$(sed -nE 's/.*device peak ([0-9.]+) MiB.*/\1/p' <<<"$ours")
+  above=$(sed -nE 's/.*MiB, ([0-9.]+) MiB above the loaded model.*/\1/p' <<<"$ours")
   planned=$(field planned "$ours")
+  step_planned=$(sed -nE 's/.*MiB, ([0-9.]+) MiB without the weights.*/\1/p' <<<"$ours")
   awk -v l="$latent" -v n="$tokens" -v s="$(field step "$ours")" -v m="${peak:-0}" \
-    -v p="$planned" \
-    'BEGIN { printf "| %s | %s | %.0f | %.0f | %.0f | %s |\n", l, n, s, m, p, (m > 0 ? sprintf("%.2f", p / m) : "-") }' \
+    -v p="$planned" -v a="${above:-0}" -v q="$step_planned" \
+    'function r(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" }
+     BEGIN { printf "| %s | %s | %.0f | %.0f | %.0f | %s | %.0f | %.0f | %s |\n", l, n, s, m, p, r(p, m), a, q, r(q, a) }' \
     >>"$out/gpu.md"
 done
 cat "$out/gpu.md"

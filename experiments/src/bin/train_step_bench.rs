@@ -293,7 +293,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (p.text_tokens, p.batch, p.window, p.process_depth) = (seq, batch, 1, 2);
         (p.lora, p.checkpointing, p.precision) = (lora.clone(), args.checkpointing, args.precision);
         p.backend = BackendName::built();
-        format!(" | planned {:.1} MiB", mib(p.plan().total()))
+        let plan = p.plan();
+        let weights: f64 = plan
+            .terms
+            .iter()
+            .filter(|t| t.name.ends_with("weights"))
+            .map(|t| t.bytes)
+            .sum();
+        format!(
+            " | planned {:.1} MiB, {:.1} MiB without the weights",
+            mib(plan.total()),
+            mib(plan.total() - weights)
+        )
     });
     let planned = planned.unwrap_or_default();
     let training_peak = peak.max(warm_peak).saturating_sub(loaded);

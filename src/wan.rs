@@ -423,8 +423,21 @@ impl TrainConfig {
     /// Any load, config or training error, naming the file, key or field.
     pub fn run<B: Backend>(&self, device: &B::Device) -> Result<TrainReport, SetupError> {
         Ad::<B>::seed(device, self.learner.seed);
-        let base = WanTransformer::<Ad<B>>::load_folder(&self.model.transformer, device)?
-            .with_checkpointing(self.model.checkpointing)?;
+        // under LoRA with half precision the base is read straight into it (never f32 on the
+        // device); a base that trains is read in f32
+        let precision = self.model.precision;
+        let base = match (&self.lora, precision) {
+            (Some(_), Precision::Bf16 | Precision::F16) => {
+                WanTransformer::<Ad<B>>::load_folder_frozen(
+                    &self.model.transformer,
+                    precision,
+                    device,
+                )
+                .map_err(precision_error)?
+            }
+            _ => WanTransformer::<Ad<B>>::load_folder(&self.model.transformer, device)?,
+        }
+        .with_checkpointing(self.model.checkpointing)?;
         let vae = WanVae::<B>::load_folder(&self.model.vae, device)?;
         let text_dim = base.config().text_dim;
         let file = PromptFile::<B>::load(&self.model.prompts, text_dim, device)?;
@@ -458,14 +471,8 @@ impl TrainConfig {
                 .init()?,
             latent_shape,
         };
-        let precision = self.model.precision;
-        let half = |e: CoreError| config_error("model.precision", e.to_string());
         let policy = match &self.lora {
-            Some(lora) => base
-                .clone()
-                .with_lora(lora, device)?
-                .with_frozen_precision(precision, device)
-                .map_err(half)?,
+            Some(lora) => base.clone().with_lora(lora, device)?,
             None => base.clone(),
         };
         let process = || -> Result<_, SetupError> {
@@ -475,7 +482,10 @@ impl TrainConfig {
                 None => prm,
             }
             .no_grad();
-            prm.trunk = prm.trunk.with_frozen_precision(precision, device).map_err(half)?;
+            prm.trunk = prm
+                .trunk
+                .with_frozen_precision(precision, device)
+                .map_err(precision_error)?;
             Ok(prm)
         };
         let sft = |needed: bool| -> Result<Option<SftData<B>>, SetupError> {
@@ -573,6 +583,17 @@ impl TrainConfig {
             metrics,
             saved,
         })
+    }
+}
+
+/// A precision the backend lacks, named as the config's field.
+fn precision_error(e: CoreError) -> SetupError {
+    match e {
+        CoreError::InvalidConfig {
+            field: "precision",
+            reason,
+        } => config_error("model.precision", reason),
+        e => e.into(),
     }
 }
 

@@ -108,7 +108,8 @@ fn bad_configs_name_the_file_or_field() {
 }
 
 /// Half-precision frozen weights (bf16, or f16 where the backend lacks bf16) follow the f32
-/// run's loss curve step by step; a backend with neither refuses the config naming the field.
+/// run's loss curve step by step and every method trains on them; a backend with neither
+/// refuses the config naming the field.
 #[test]
 fn half_precision_follows_the_f32_loss_curve() {
     use latent_refl::diffusion_core::train::precision::Precision;
@@ -138,6 +139,19 @@ fn half_precision_follows_the_f32_loss_curve() {
     let want = losses(Precision::F32).unwrap();
     let got = losses(half).unwrap();
     assert_eq!(got.len(), 6);
+    // every other method runs on the half-precision base too
+    for method in MethodName::ALL.into_iter().filter(|m| *m != MethodName::Prfl) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = tiny(method, dir.path());
+        cfg.learner.steps = 1;
+        cfg.model.precision = half;
+        let report = cfg.run::<DefaultBackend>(&dev).unwrap();
+        assert!(
+            report.metrics[0].loss.is_some_and(f64::is_finite),
+            "{method}: {:?}",
+            report.metrics
+        );
+    }
     // within a quarter of the f32 curve's own range over the steps (which must not be flat)
     let range = want.iter().fold(f64::MIN, |a, &b| a.max(b))
         - want.iter().fold(f64::MAX, |a, &b| a.min(b));

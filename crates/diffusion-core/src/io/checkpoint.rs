@@ -9,7 +9,7 @@ use std::{
 use burn::{
     module::{Module, ModuleVisitor, Param},
     nn::{LayerNorm, Linear, RmsNorm},
-    tensor::{backend::Backend, Tensor, TensorData},
+    tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData},
 };
 use safetensors::{tensor::TensorView, Dtype};
 
@@ -203,16 +203,25 @@ pub struct SafetensorsReader<'a, B: Backend> {
     files: &'a TensorFiles,
     used: BTreeSet<String>,
     device: B::Device,
+    dtype: DType,
 }
 
 impl<'a, B: Backend> SafetensorsReader<'a, B> {
-    /// Reads from `files` onto `device`.
+    /// Reads from `files` onto `device`, as f32.
     pub fn new(files: &'a TensorFiles, device: &B::Device) -> Self {
         Self {
             files,
             used: BTreeSet::new(),
             device: device.clone(),
+            dtype: DType::F32,
         }
+    }
+
+    /// Creates the parameters in `dtype` (converted on the host, so the device never holds
+    /// them in f32).
+    pub fn with_dtype(mut self, dtype: FloatDType) -> Self {
+        self.dtype = dtype.into();
+        self
     }
 
     /// Errors if the files hold keys no parameter was read from.
@@ -273,7 +282,7 @@ impl<B: Backend> WeightVisitor<B> for SafetensorsReader<'_, B> {
         } else {
             TensorData::new(values, burn_shape)
         };
-        let tensor = Tensor::<B, D>::from_data(tensor, &self.device);
+        let tensor = Tensor::<B, D>::from_data(tensor, (&self.device, self.dtype));
         let old = std::mem::replace(param, Param::from_tensor(tensor.clone()));
         // keeps the parameter's id, device and trainability without initialising it
         let id = old.id;

@@ -109,7 +109,7 @@ pub fn cast_frozen<B: Backend, M: Module<B>>(module: M, precision: Precision) ->
     module.map(&mut CastFrozen(precision.dtype()))
 }
 
-/// The path (`blocks.0.attn1.to_q.base.weight`) of the first parameter of `module` that
+/// The module path (`blocks.0.attn1.to_q.base`) of the first parameter of `module` that
 /// requires a gradient outside a LoRA adapter, if any: such a model cannot compute in the
 /// precision of its frozen weights.
 pub fn trainable_outside_adapters<B: Backend, M: Module<B>>(module: &M) -> Option<String> {
@@ -189,8 +189,8 @@ impl<B: Backend> ModuleMapper<B> for CastFrozen {
         if param.is_require_grad() {
             return param;
         }
-        let dtype = self.0;
-        param.map(|t| t.cast(dtype))
+        let dtype = self.0.into();
+        param.map(|t| to_dtype(t, dtype))
     }
 }
 

@@ -134,3 +134,36 @@ fn half_precision_needs_frozen_base_weights() {
     let frozen = full.no_grad().with_frozen_precision(Precision::F16, &dev).unwrap();
     assert_eq!(frozen.blocks[0].ffn_in.base.weight.val().dtype(), DType::F16);
 }
+
+/// A folder read straight into half precision is the f32 read cast afterwards, with every
+/// weight frozen and in f16.
+#[test]
+fn a_folder_loads_frozen_in_half_precision() {
+    let dev = Default::default();
+    let direct =
+        WanTransformer::<AD>::load_folder_frozen(fixture("wan_folder"), Precision::F16, &dev)
+            .unwrap();
+    let cast = WanTransformer::<AD>::load_folder(fixture("wan_folder"), &dev)
+        .unwrap()
+        .no_grad()
+        .with_frozen_precision(Precision::F16, &dev)
+        .unwrap();
+    let mut dtypes = Vec::new();
+    direct.visit(&mut Dtypes(&mut dtypes));
+    assert!(dtypes.iter().all(|(d, trains)| *d == DType::F16 && !trains));
+    let io = read_tensors("wan_folder_io.safetensors");
+    let forward = |m: &WanTransformer<AD>| {
+        let x: Tensor<AD, 5> = tensor(&io["x"], &dev);
+        values(m.forward(x, tensor(&io["timestep"], &dev), tensor(&io["text"], &dev)))
+    };
+    assert!(rel_err(&forward(&direct), &forward(&cast)) < 1e-3);
+}
+
+/// The dtype of every parameter and whether it trains.
+struct Dtypes<'a>(&'a mut Vec<(DType, bool)>);
+
+impl<Bk: AutodiffBackend> ModuleVisitor<Bk> for Dtypes<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
+        self.0.push((param.val().dtype(), param.is_require_grad()));
+    }
+}

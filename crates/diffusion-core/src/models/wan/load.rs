@@ -1,14 +1,16 @@
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
+use burn::{module::Module, tensor::backend::Backend};
 
 use super::{WanConfig, WanTransformer};
 use crate::{
     error::Result,
     io::checkpoint::{
-        load_diffusers_folder, save_diffusers_folder, NamedWeights, ParamLayout, SaveLayout,
-        WeightVisitor,
+        load_diffusers_folder, save_diffusers_folder, NamedWeights, ParamLayout, SafetensorsReader,
+        SaveLayout, WeightVisitor, DIFFUSERS_WEIGHTS,
     },
+    io::tensor_files::TensorFiles,
+    train::precision::Precision,
 };
 
 /// Keys of diffusers' `WanTransformer3DModel` state dict.
@@ -93,6 +95,30 @@ impl<B: Backend> WanTransformer<B> {
         let dir = dir.as_ref();
         let cfg = WanConfig::load_diffusers(dir.join("config.json"))?;
         load_diffusers_folder(WanTransformer::new(&cfg, device), dir, device)
+    }
+
+    /// [`WanTransformer::load_folder`] with every weight frozen and created in `precision`
+    /// (converted on the host, so a half-precision model never holds its f32 weights on the
+    /// device): the base of a LoRA run or a frozen reward trunk, as
+    /// [`WanTransformer::with_frozen_precision`] would leave it.
+    ///
+    /// # Errors
+    /// As [`WanTransformer::load_folder`]; `Invalid` naming `precision` when the backend does
+    /// not support it on `device`.
+    pub fn load_folder_frozen(
+        dir: impl AsRef<Path>,
+        precision: Precision,
+        device: &B::Device,
+    ) -> Result<Self> {
+        precision.check::<B>(device, "precision")?;
+        let dir = dir.as_ref();
+        let cfg = WanConfig::load_diffusers(dir.join("config.json"))?;
+        let files = TensorFiles::open_folder(dir, DIFFUSERS_WEIGHTS)?;
+        let mut reader = SafetensorsReader::new(&files, device).with_dtype(precision.dtype());
+        let mut model = WanTransformer::new(&cfg, device);
+        model.visit_weights(&mut reader)?;
+        reader.finish()?;
+        Ok(model.no_grad())
     }
 
     /// Saves the model as a diffusers folder (`config.json` and weights in `layout`) that

@@ -24,14 +24,12 @@ mode=${1:-}
 bins=(train_step_bench)
 case "$mode" in
   build)
-    echo /.gpu/ >>.git/info/exclude
-    sort -u -o .git/info/exclude .git/info/exclude
+    grep -qxF /.gpu/ .git/info/exclude || echo /.gpu/ >>.git/info/exclude
     cargo build --release -p experiments --features cuda --bin "${bins[@]}"
     mkdir -p .gpu/bin .gpu/whl
     for b in "${bins[@]}"; do
       strip -o ".gpu/bin/$b" "target/release/$b"
     done
-    cp benches/reference/wan_train_step.py .gpu/
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux2014_x86_64 --platform any \
       -d .gpu/whl diffusers==0.42.1

@@ -32,7 +32,7 @@ case "$mode" in
     done
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux2014_x86_64 --platform any \
-      -d .gpu/whl diffusers==0.42.1
+      -d .gpu/whl diffusers==0.42.1 importlib_metadata==10.2.0 # the rest is on the machine
     du -sh .gpu
     exit 0
     ;;

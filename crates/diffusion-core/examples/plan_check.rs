@@ -8,7 +8,11 @@
 //! ```text
 //! cargo run --release -p diffusion-core --example plan_check
 //! cargo run --release -p diffusion-core --features wgpu --example plan_check -- --dims 128 --tokens 2048 --grids dit
+//! cargo run --release -p diffusion-core --features wgpu --example plan_check -- --dims 128 --tokens 2048 --grids dit --precision f16
 //! ```
+//!
+//! `--precision bf16|f16` runs the transformer grid's LoRA rows with half-precision frozen
+//! weights (rows that train every weight stay f32 and are left out).
 
 use std::process::Command;
 
@@ -24,7 +28,7 @@ use diffusion_core::{
     models::wan_vae::WanVaeConfig,
     ops::lora::{LoraConfig, LoraTarget},
     plan::{parse_fhw, ActivationPath, DitStep, TermKind, Trainable, VaeDecode},
-    train::checkpointing::Checkpointing,
+    train::{checkpointing::Checkpointing, precision::Precision},
     WanConfig,
 };
 
@@ -64,6 +68,9 @@ struct Args {
     /// Latent sizes `FxHxW` of the decode grid.
     #[arg(long, value_delimiter = ',', default_values_t = ["3x8x8".to_string(), "5x16x16".to_string()])]
     latents: Vec<String>,
+    /// Precision of the frozen weights of the LoRA rows (f32, bf16, f16).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Which grids to run.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Grid::Dit, Grid::Vae])]
     grids: Vec<Grid>,
@@ -114,7 +121,9 @@ fn cases(args: &Args) -> Result<Vec<Case>, String> {
                 if tokens % 64 != 0 || dim % 64 != 0 {
                     return Err("--tokens must be multiples of 64 and --dims of 64".into());
                 }
-                for trainable in [Trainable::All, Trainable::Lora(lora.clone())] {
+                let half = args.precision != Precision::F32;
+                let trainables = [Trainable::All, Trainable::Lora(lora.clone())];
+                for trainable in trainables.into_iter().skip(usize::from(half)) {
                     for checkpointing in [Checkpointing::None, Checkpointing::EveryBlock] {
                         cases.push(Case::Dit {
                             dim,
@@ -171,7 +180,9 @@ fn measured(args: &Args, case: &Case) -> Result<u64, Box<dyn std::error::Error>>
             let text = Tensor::<AD, 3>::random(text_shape, Distribution::Normal(0.0, 1.0), &dev);
             let base = cfg.init::<AD>(&dev)?;
             let model = match trainable {
-                Trainable::Lora(l) => base.with_lora(l, &dev)?,
+                Trainable::Lora(l) => base
+                    .with_lora(l, &dev)?
+                    .with_frozen_precision(args.precision, &dev)?,
                 _ => base,
             }
             .with_checkpointing(*checkpointing)?;
@@ -224,7 +235,11 @@ fn planned(args: &Args, case: &Case, path: ActivationPath) -> (f64, String) {
             );
             plan.checkpointing = *checkpointing;
             let weights = match trainable {
-                Trainable::Lora(l) => format!("LoRA r{}", l.rank),
+                Trainable::Lora(l) => {
+                    plan.weight_bytes = args.precision.bytes();
+                    plan.activation_bytes = args.precision.bytes();
+                    format!("LoRA r{} {}", l.rank, args.precision)
+                }
                 _ => "all".to_string(),
             };
             (

@@ -112,23 +112,22 @@ impl<B: Backend> Lora<B> {
         self.down.val().matmul(self.up.val()).mul_scalar(self.scale)
     }
 
-    /// `scale * dropout(x) A B`, computed in the adapter's dtype and returned in `x`'s (a
-    /// half-precision base keeps an f32 adapter: [`crate::train::precision`]).
+    /// `scale * dropout(x) A B`, computed in `x`'s dtype: on a half-precision base the f32
+    /// adapter weights are cast down for the products (their gradients come back in f32), as
+    /// mixed-precision training does, so no f32 copy of `x` is kept for the backward
+    /// ([`crate::train::precision`]).
     ///
     /// # Shapes
     /// - `x`: `[rows, in]` -> `[rows, out]`
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let dtype = x.dtype();
-        let x = to_dtype(x, self.dtype());
         let x = match &self.dropout {
             Some(d) => d.forward(x),
             None => x,
         };
-        let y = x
-            .matmul(self.down.val())
-            .matmul(self.up.val())
-            .mul_scalar(self.scale);
-        to_dtype(y, dtype)
+        x.matmul(to_dtype(self.down.val(), dtype))
+            .matmul(to_dtype(self.up.val(), dtype))
+            .mul_scalar(self.scale)
     }
 
     /// The dtype of the adapter's weights.

@@ -4,7 +4,10 @@ use super::{MemoryPlan, TermKind};
 use crate::{
     backend::Flex,
     models::wan::checkpoint::ffn_chunk,
-    ops::attention::{cpu_scratch_bytes, recompute::query_chunk},
+    ops::attention::{
+        cpu_scratch_bytes,
+        recompute::{query_chunk, HALF_GROUP_VALUES},
+    },
     ops::dispatch::is,
     ops::lora::{LoraConfig, LoraTarget},
     train::checkpointing::Checkpointing,
@@ -344,8 +347,9 @@ impl DitStep {
         let chunk = ffn_chunk(None, self.rows, self.tokens, self.model.ffn_dim) as f64;
         let transients = |ckpt: bool| rows * (4.0 * d * l + f * if ckpt { chunk } else { l }) * a;
         // the attention's scores: on the tensor path one chunk of queries' at a time (the
-        // probabilities and their gradients are updated in place; `ops::attention::recompute`);
-        // the CPU kernels keep two tiles per worker thread
+        // probabilities and their gradients are updated in place; `ops::attention::recompute`),
+        // in f32 whatever the activations' dtype; the CPU kernels keep two tiles per worker
+        // thread
         let heads = self.model.num_attention_heads;
         let scores = match self.path {
             ActivationPath::CpuKernels => {
@@ -353,8 +357,15 @@ impl DitStep {
             }
             ActivationPath::TensorOps => {
                 let chunk = query_chunk(self.rows, heads, self.tokens).min(self.tokens);
-                (self.rows * heads * chunk * self.tokens) as f64 * a
+                (self.rows * heads * chunk * self.tokens * 4) as f64
             }
+        } + if self.activation_bytes < 4 {
+            // half precision: one group of heads' q, k, v, output and its gradient upcast to
+            // f32, and f32 dq, dk, dv (`recompute::HALF_GROUP_VALUES` keys per group at most)
+            let group = (self.rows * self.tokens * self.model.dim()).min(HALF_GROUP_VALUES);
+            (8 * group * 4) as f64
+        } else {
+            0.0
         };
 
         let recompute = self.recompute_floats();

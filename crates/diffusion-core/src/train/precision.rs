@@ -5,9 +5,10 @@
 //!
 //! [`cast_frozen`] casts every parameter that does not require a gradient; a model computes in
 //! the dtype of its frozen weights and casts at the boundaries: its inputs on entry, its output
-//! back to f32, and a LoRA adapter's input to the adapter's dtype and its update back. Attention
-//! and its backward upcast one chunk of queries at a time to f32 (softmax and log-sum-exp in
-//! f32) and hand back the inputs' dtype.
+//! back to f32; a LoRA adapter's f32 weights are cast down for its products, their gradients
+//! come back in f32 (mixed-precision training's master weights). Attention and its backward
+//! upcast groups of heads to f32 (softmax and log-sum-exp in f32) and hand back the inputs'
+//! dtype.
 
 use std::{fmt, str::FromStr};
 

@@ -315,21 +315,20 @@ fn linear_backward<I: Backend>(
     match layer.active_adapter() {
         None => dx,
         Some(adapter) => {
-            // in the adapter's dtype (f32 on a half-precision base)
-            let dtype = dx.dtype();
-            let [x, dy] = [x, dy].map(|t| to_dtype(t, adapter.dtype()));
-            let (down, up, s) = (adapter.down.val(), adapter.up.val(), adapter.scale());
+            // in the activations' dtype, as the forward; the gradients in the adapter's
+            let (dtype, own) = (dx.dtype(), adapter.dtype());
+            let [down, up] = [&adapter.down, &adapter.up].map(|p| to_dtype(p.val(), dtype));
+            let s = adapter.scale();
             // [N, rank]
             let dy_up = dy.clone().matmul(up.transpose()).mul_scalar(s);
             put(grads, nodes.up, || {
-                x.clone()
-                    .matmul(down.clone())
-                    .transpose()
-                    .matmul(dy)
-                    .mul_scalar(s)
+                let g = x.clone().matmul(down.clone()).transpose().matmul(dy);
+                to_dtype(g.mul_scalar(s), own)
             });
-            put(grads, nodes.down, || x.transpose().matmul(dy_up.clone()));
-            dx + to_dtype(dy_up.matmul(down.transpose()), dtype)
+            put(grads, nodes.down, || {
+                to_dtype(x.transpose().matmul(dy_up.clone()), own)
+            });
+            dx + dy_up.matmul(down.transpose())
         }
     }
 }

@@ -140,7 +140,10 @@ fn half_precision_follows_the_f32_loss_curve() {
     let got = losses(half).unwrap();
     assert_eq!(got.len(), 6);
     // every other method runs on the half-precision base too
-    for method in MethodName::ALL.into_iter().filter(|m| *m != MethodName::Prfl) {
+    for method in MethodName::ALL
+        .into_iter()
+        .filter(|m| *m != MethodName::Prfl)
+    {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = tiny(method, dir.path());
         cfg.learner.steps = 1;
@@ -153,8 +156,8 @@ fn half_precision_follows_the_f32_loss_curve() {
         );
     }
     // within a quarter of the f32 curve's own range over the steps (which must not be flat)
-    let range = want.iter().fold(f64::MIN, |a, &b| a.max(b))
-        - want.iter().fold(f64::MAX, |a, &b| a.min(b));
+    let range =
+        want.iter().fold(f64::MIN, |a, &b| a.max(b)) - want.iter().fold(f64::MAX, |a, &b| a.min(b));
     assert!(range > 1e-5, "{want:?}");
     for (step, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(

@@ -277,15 +277,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, peak) = experiments::resident_memory();
     let mib = |b: f64| b / 1048576.0;
     // the pool's high-water mark, whole and above the loaded model (the pool only grows)
-    let device = device_reserved_bytes::<B>(&dev)
-        .zip(device_loaded)
-        .map_or(String::new(), |(p, l)| {
-            format!(
-                " | device peak {:.1} MiB, {:.1} MiB above the loaded model",
-                mib(p as f64),
-                mib(p.saturating_sub(l) as f64)
-            )
-        });
+    let device =
+        device_reserved_bytes::<B>(&dev)
+            .zip(device_loaded)
+            .map_or(String::new(), |(p, l)| {
+                format!(
+                    " | device peak {:.1} MiB, {:.1} MiB above the loaded model",
+                    mib(p as f64),
+                    mib(p.saturating_sub(l) as f64)
+                )
+            });
     // the planner's peak of the same PRFL step (Wan latents: 16 channels, 4x / 8x compression)
     let planned = (c == 16 && kind == "prfl").then(|| {
         let video = [(f - 1) * 4 + 1, h * 8, w * 8];

@@ -113,8 +113,14 @@ fn half_precision_base_stays_close_to_f32() {
         let checkpointed = model.with_checkpointing(Checkpointing::EveryBlock).unwrap();
         let (c_out, _, c_grads) = run(&checkpointed);
         let c_err = grad_err(&c_grads, &grads);
-        assert!(rel_err(&c_out, &out) < tol, "{precision} checkpointed output");
-        assert!(c_err < 4.0 * tol, "{precision} checkpointed gradients: {c_err:.2e}");
+        assert!(
+            rel_err(&c_out, &out) < tol,
+            "{precision} checkpointed output"
+        );
+        assert!(
+            c_err < 4.0 * tol,
+            "{precision} checkpointed gradients: {c_err:.2e}"
+        );
     }
 }
 
@@ -131,8 +137,14 @@ fn half_precision_needs_frozen_base_weights() {
         })
     ));
     // f32 is always accepted, and a frozen model casts whole
-    let frozen = full.no_grad().with_frozen_precision(Precision::F16, &dev).unwrap();
-    assert_eq!(frozen.blocks[0].ffn_in.base.weight.val().dtype(), DType::F16);
+    let frozen = full
+        .no_grad()
+        .with_frozen_precision(Precision::F16, &dev)
+        .unwrap();
+    assert_eq!(
+        frozen.blocks[0].ffn_in.base.weight.val().dtype(),
+        DType::F16
+    );
 }
 
 /// A folder read straight into half precision is the f32 read cast afterwards, with every

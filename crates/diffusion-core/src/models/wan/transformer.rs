@@ -215,7 +215,10 @@ impl<B: Backend> WanTransformer<B> {
         // -> [B, F', H' W', C, p_t p_h p_w], the Conv3d's flattening order per patch
         let x = x.permute([0, 2, 3, 1, 4]);
         let patches = x.reshape([b, gf * gh * gw, c * pt * ph * pw]);
-        linear(&self.patch_embedding, to_dtype(patches, self.compute_dtype()))
+        linear(
+            &self.patch_embedding,
+            to_dtype(patches, self.compute_dtype()),
+        )
     }
 
     /// Rotary tables of the latent's patch grid.

@@ -125,7 +125,9 @@ pub fn backward<B: Backend>(
 fn head_groups(k: [usize; 4], values: usize) -> impl Iterator<Item = (usize, usize)> {
     let [b, s, h, dh] = k;
     let group = (values / (b * s * dh).max(1)).clamp(1, h.max(1));
-    (0..h).step_by(group).map(move |start| (start, group.min(h - start)))
+    (0..h)
+        .step_by(group)
+        .map(move |start| (start, group.min(h - start)))
 }
 
 /// [`forward`] of half-precision inputs: f32 over groups of heads of at most `values` key
@@ -259,15 +261,28 @@ mod tests {
             normal([2, 7, 3, 4]),
         );
         let (out, lse) = forward(q.clone(), k.clone(), v.clone(), 3);
-        let want = backward([q.clone(), k.clone(), v.clone(), out.clone()], lse.clone(), w.clone(), 3);
+        let want = backward(
+            [q.clone(), k.clone(), v.clone(), out.clone()],
+            lse.clone(),
+            w.clone(),
+            3,
+        );
         let f16 = |t: &Tensor<I, 4>| t.clone().cast(burn::tensor::FloatDType::F16);
         let tol = Tolerance::<f32>::absolute(2e-2);
         let close = |got: Tensor<I, 4>, want: &Tensor<I, 4>| {
             assert_eq!(got.dtype(), DType::F16);
-            f32(got).into_data().assert_approx_eq(&want.clone().into_data(), tol);
+            f32(got)
+                .into_data()
+                .assert_approx_eq(&want.clone().into_data(), tol);
         };
-        assert_eq!(head_groups([2, 5, 3, 4], 2 * 5 * 4).collect::<Vec<_>>(), [(0, 1), (1, 1), (2, 1)]);
-        assert_eq!(head_groups([2, 5, 3, 4], 4 * 5 * 4).collect::<Vec<_>>(), [(0, 2), (2, 1)]);
+        assert_eq!(
+            head_groups([2, 5, 3, 4], 2 * 5 * 4).collect::<Vec<_>>(),
+            [(0, 1), (1, 1), (2, 1)]
+        );
+        assert_eq!(
+            head_groups([2, 5, 3, 4], 4 * 5 * 4).collect::<Vec<_>>(),
+            [(0, 2), (2, 1)]
+        );
         for values in [1, 4 * 5 * 4, HALF_GROUP_VALUES] {
             let (h_out, h_lse) = half_forward([&q, &k, &v].map(f16), values);
             assert_eq!(h_lse.dtype(), DType::F32);
@@ -276,8 +291,7 @@ mod tests {
                 .clone()
                 .into_data()
                 .assert_approx_eq(&lse.clone().into_data(), tol);
-            let (dq, dk, dv) =
-                half_backward([&q, &k, &v, &out].map(f16), h_lse, f16(&w), values);
+            let (dq, dk, dv) = half_backward([&q, &k, &v, &out].map(f16), h_lse, f16(&w), values);
             for (got, want) in [dq, dk, dv].into_iter().zip([&want.0, &want.1, &want.2]) {
                 close(got, want);
             }

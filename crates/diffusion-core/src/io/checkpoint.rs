@@ -59,7 +59,8 @@ pub fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<(
     write_atomic(path, &bytes)
 }
 
-/// Loads a record written by [`save_record`] into `module` (built with the same config).
+/// Loads a record written by [`save_record`] into `module` (built with the same config); each
+/// parameter keeps the dtype it had in `module`.
 ///
 /// # Errors
 /// `Io` when the file cannot be read; `Safetensors` (naming the file) when it does not decode
@@ -80,7 +81,12 @@ pub fn load_record<B: Backend, M: Module<B>>(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    Ok(module.load_record(record))
+    // records hold f32: half-precision (frozen) weights go back to their dtype
+    let dtypes = crate::train::precision::param_dtypes(&module);
+    Ok(crate::train::precision::with_param_dtypes(
+        module.load_record(record),
+        &dtypes,
+    ))
 }
 
 /// Initialises every lazily-initialised parameter of `module` in place.

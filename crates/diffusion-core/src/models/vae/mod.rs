@@ -4,9 +4,12 @@
 mod base;
 mod blocks;
 mod causal;
+mod checkpointed;
 mod norm;
 
 pub use base::{LatentDist, VideoAutoencoder};
 pub use blocks::{CausalConv3d, FrameGroupNorm, ResBlock3d, TemporalDown, TemporalUp};
 pub use causal::{CausalVae, CausalVaeConfig};
+pub use checkpointed::CheckpointedDecoder;
+pub(crate) use checkpointed::{dot, grad_or_zeros, leaf};
 pub use norm::LatentNorm;

@@ -45,7 +45,15 @@ impl LatentNorm {
         vae: &V,
         z: Tensor<B, 5>,
     ) -> Tensor<B, 5> {
+        vae.decode(self.denormalize(z))
+    }
+
+    /// The VAE's latents from normalised ones: `z * std + mean`.
+    ///
+    /// # Shapes
+    /// - `z`: `[B, C, F, H, W]` -> same
+    pub fn denormalize<B: Backend>(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
         let (mean, std) = self.stats(&z.device());
-        vae.decode(z * std + mean)
+        z * std + mean
     }
 }

@@ -145,18 +145,4 @@ impl<B: Backend> WanDecoder<B> {
             conv_out: WanCausalConv3d::cube(c, cfg.out_channels, 3, device),
         }
     }
-
-    pub(crate) fn forward(&self, x: Tensor<B, 5>, cache: &mut FeatCache<B>) -> Tensor<B, 5> {
-        let x = self.conv_in.cached(x, cache);
-        let mut x = self.mid.forward(x, cache);
-        for block in &self.up {
-            for res in &block.resnets {
-                x = res.forward(x, cache);
-            }
-            if let Some(up) = &block.upsampler {
-                x = up.forward(x, cache);
-            }
-        }
-        self.conv_out.cached(silu(self.norm_out.forward(x)), cache)
-    }
 }

@@ -26,7 +26,7 @@ pub(crate) enum Slot<B: Backend> {
 
 /// The feature cache of one encode or decode: one slot per cached layer, visited in order for
 /// every chunk.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct FeatCache<B: Backend> {
     slots: Vec<Slot<B>>,
     idx: usize,
@@ -40,9 +40,29 @@ impl<B: Backend> FeatCache<B> {
         }
     }
 
+    /// A cache holding `slots`, at its first slot.
+    pub(crate) fn from_slots(slots: Vec<Slot<B>>) -> Self {
+        Self { slots, idx: 0 }
+    }
+
     /// Starts the next chunk.
     pub(crate) fn rewind(&mut self) {
         self.idx = 0;
+    }
+
+    /// How many slots the current chunk has visited.
+    pub(crate) fn position(&self) -> usize {
+        self.idx
+    }
+
+    /// Slot `k`, if it has been visited.
+    pub(crate) fn slot(&self, k: usize) -> Option<&Slot<B>> {
+        self.slots.get(k)
+    }
+
+    /// Every slot.
+    pub(crate) fn slots(&self) -> &[Slot<B>] {
+        &self.slots
     }
 
     fn next(&mut self) -> &mut Slot<B> {

@@ -4,6 +4,7 @@ use burn::{
 };
 
 use super::{
+    checkpointed::decode_frame,
     coder::{WanDecoder, WanEncoder},
     layers::{FeatCache, WanCausalConv3d},
     WanVaeConfig,
@@ -126,16 +127,12 @@ impl<B: Backend> WanVae<B> {
     /// # Shapes
     /// - `latent`: `[B, z_dim, 1 + k, h, w]` (unnormalised) -> `[B, 3, 1 + 4k, 8h, 8w]`
     pub fn decode_latent(&self, latent: Tensor<B, 5>) -> Tensor<B, 5> {
-        let x = self.post_quant_conv.forward(latent, None);
-        let f = x.dims()[2];
+        let stages = self.decode_stages();
         let mut cache = FeatCache::new();
-        let frames: Vec<_> = (0..f)
-            .map(|i| {
-                cache.rewind();
-                self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache)
-            })
+        let frames: Vec<_> = (0..latent.dims()[2])
+            .map(|i| decode_frame(&stages, latent.clone().narrow(2, i, 1), &mut cache))
             .collect();
-        Tensor::cat(frames, 2).clamp(-1.0, 1.0)
+        Tensor::cat(frames, 2)
     }
 }
 

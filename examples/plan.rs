@@ -21,7 +21,7 @@ use latent_refl::{
         WanConfig,
     },
     plan::PlanConfig,
-    refl_trainer::FrameSelection,
+    refl_trainer::{DecoderGradient, FrameSelection},
     wan::{BackendName, MethodName},
 };
 
@@ -82,6 +82,9 @@ struct Args {
     /// RGB ReFL decodes every frame with gradients, or only the first latent frame.
     #[arg(long, value_enum, default_value = "all")]
     frames: Frames,
+    /// How RGB ReFL's gradient goes back through the VAE decoder (`graph`, `checkpointed`).
+    #[arg(long, default_value = "graph")]
+    decoder_gradient: DecoderGradient,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -117,6 +120,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         Frames::All => FrameSelection::All,
                         Frames::First => FrameSelection::First,
                     };
+                    p.decoder_gradient = args.decoder_gradient;
                     p
                 })
                 .collect()

@@ -18,7 +18,7 @@ use diffusion_core::{
     train::{checkpointing::Checkpointing, precision::Precision},
     WanConfig,
 };
-use refl_trainer::{FrameSelection, TrainError};
+use refl_trainer::{DecoderGradient, FrameSelection, TrainError};
 
 use crate::wan::{BackendName, MethodConfig, MethodName, TrainConfig};
 
@@ -55,6 +55,8 @@ pub struct PlanConfig {
     pub kl: bool,
     /// RGB ReFL decodes every frame with gradients, or only the first latent frame.
     pub frames: FrameSelection,
+    /// How RGB ReFL's gradient goes back through the decoder.
+    pub decoder_gradient: DecoderGradient,
     /// The backend the step runs on (its operation path decides the saved tensors).
     pub backend: BackendName,
     /// Precision of the frozen weights and of what is computed from them: the base under
@@ -82,6 +84,7 @@ impl PlanConfig {
             process_depth: 2,
             kl: matches!(method, MethodName::Grpo),
             frames: FrameSelection::All,
+            decoder_gradient: DecoderGradient::Graph,
             backend: BackendName::Cuda,
             precision: Precision::F32,
         }
@@ -119,7 +122,8 @@ impl PlanConfig {
                 (plan.batch, plan.group, plan.steps) = (m.prompts, m.group, m.steps)
             }
             MethodConfig::RgbRefl(m) => {
-                (plan.batch, plan.window, plan.frames) = (m.batch, m.window, m.frames.clone())
+                (plan.batch, plan.window, plan.frames) = (m.batch, m.window, m.frames.clone());
+                plan.decoder_gradient = m.decoder_gradient;
             }
             MethodConfig::Sft(m) => plan.batch = m.batch,
         }
@@ -274,7 +278,7 @@ impl PlanConfig {
                     vae: self.vae.clone(),
                     latent: [c, frames, h, w],
                     rows: self.batch,
-                    grad: rgb,
+                    gradient: rgb.then_some(self.decoder_gradient),
                     weight_bytes: 4,
                     activation_bytes: 4,
                 };

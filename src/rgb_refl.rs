@@ -1,6 +1,6 @@
 #![doc = include_str!("../docs/guide/rgb_refl.md")]
 
-pub use refl_trainer::{FrameSelection, RgbRefl, RgbReflConfig, SamplingConfig};
+pub use refl_trainer::{DecoderGradient, FrameSelection, RgbRefl, RgbReflConfig, SamplingConfig};
 
 /// RGB ReFL on shapes-world as the method comparison runs it: 4 videos per step on 20-step
 /// chains (shift 3), one step with gradients at the end, every frame decoded, `L = -r`.
@@ -13,6 +13,7 @@ pub fn shapes_world() -> RgbReflConfig {
         },
         window: 1,
         frames: FrameSelection::All,
+        decoder_gradient: DecoderGradient::Graph,
         lambda: 1.0,
         shards: 2,
     }

@@ -25,7 +25,10 @@ use clap::Parser;
 use diffusion_core::{
     backend::{DefaultBackend, DEFAULT_BACKEND_NAME},
     io::probe::{measure, PeakAlloc},
-    models::wan_vae::WanVaeConfig,
+    models::{
+        vae::{CheckpointedDecoder, DecoderGradient},
+        wan_vae::WanVaeConfig,
+    },
     ops::lora::{LoraConfig, LoraTarget},
     plan::{parse_fhw, ActivationPath, DitStep, TermKind, Trainable, VaeDecode},
     train::{checkpointing::Checkpointing, precision::Precision},
@@ -102,7 +105,7 @@ enum Case {
     Vae {
         base: usize,
         latent: [usize; 3],
-        grad: bool,
+        gradient: Option<DecoderGradient>,
     },
 }
 
@@ -145,8 +148,16 @@ fn cases(args: &Args) -> Result<Vec<Case>, String> {
     for &base in vae_dims {
         for latent in &args.latents {
             let latent = parse_fhw(latent).map_err(|e| format!("--latents {e}"))?;
-            for grad in [true, false] {
-                cases.push(Case::Vae { base, latent, grad });
+            for gradient in [
+                Some(DecoderGradient::Graph),
+                Some(DecoderGradient::Checkpointed),
+                None,
+            ] {
+                cases.push(Case::Vae {
+                    base,
+                    latent,
+                    gradient,
+                });
             }
         }
     }
@@ -193,7 +204,11 @@ fn measured(args: &Args, case: &Case) -> Result<u64, Box<dyn std::error::Error>>
             };
             measure::<B, _>(&dev, step).1
         }
-        Case::Vae { base, latent, grad } => {
+        Case::Vae {
+            base,
+            latent,
+            gradient,
+        } => {
             let cfg = WanVaeConfig::new().with_base_dim(*base);
             let vae = cfg.init::<AD>(&dev)?.no_grad();
             let inner = vae.valid();
@@ -201,11 +216,18 @@ fn measured(args: &Args, case: &Case) -> Result<u64, Box<dyn std::error::Error>>
             let shape = [rows, cfg.z_dim, f, h, w];
             let z = Tensor::<AD, 5>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
             let step = || {
-                if *grad {
-                    let video = vae.decode_latent(z.clone().require_grad());
-                    drop(video.powi_scalar(2).mean().backward());
-                } else {
-                    drop(inner.decode_latent(z.clone().inner()));
+                match gradient {
+                    Some(DecoderGradient::Graph) => {
+                        let video = vae.decode_latent(z.clone().require_grad());
+                        drop(video.powi_scalar(2).mean().backward());
+                    }
+                    // the same loss's gradient on the video, carried back by recomputation
+                    Some(DecoderGradient::Checkpointed) => {
+                        let (video, tape) = vae.decode_taped(z.clone());
+                        let n = video.dims().iter().product::<usize>() as f64;
+                        drop(vae.decode_vjp(tape, video.mul_scalar(2.0 / n)));
+                    }
+                    None => drop(inner.decode_latent(z.clone().inner())),
                 }
                 let _ = <B as Backend>::sync(&dev);
             };
@@ -247,14 +269,18 @@ fn planned(args: &Args, case: &Case, path: ActivationPath) -> (f64, String) {
                 format!("| DiT width {dim}, ffn {ffn_dim} | {tokens} tokens | {weights}, checkpointing {checkpointing}"),
             )
         }
-        Case::Vae { base, latent, grad } => {
+        Case::Vae {
+            base,
+            latent,
+            gradient,
+        } => {
             let cfg = WanVaeConfig::new().with_base_dim(*base);
             let [f, h, w] = *latent;
             let plan = VaeDecode {
                 latent: [cfg.z_dim, f, h, w],
                 vae: cfg,
                 rows: args.rows,
-                grad: *grad,
+                gradient: *gradient,
                 weight_bytes: 4,
                 activation_bytes: 4,
             };
@@ -262,10 +288,11 @@ fn planned(args: &Args, case: &Case, path: ActivationPath) -> (f64, String) {
                 plan.plan().bytes(TermKind::Step),
                 format!(
                     "| VAE decode, width {base} | latent {f}x{h}x{w} | {}",
-                    if *grad {
-                        "gradients to the latent"
-                    } else {
-                        "no gradients"
+                    match gradient {
+                        Some(DecoderGradient::Graph) => "gradients to the latent, graph kept",
+                        Some(DecoderGradient::Checkpointed) =>
+                            "gradients to the latent, checkpointed",
+                        None => "no gradients",
                     }
                 ),
             )

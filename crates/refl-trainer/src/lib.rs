@@ -27,9 +27,9 @@ pub use guard::{Guard, GuardConfig, Rejection};
 pub use learner::{Learner, LearnerConfig};
 pub use method::{Method, StepReport};
 pub use methods::{
-    AlignedEnsemble, FrameSelection, Grpo, GrpoReward, GrpoRollouts, Prfl, PrflConfig,
-    RankingAlignment, RgbRefl, RgbReflConfig, SamplingConfig, Sft, SftConfig, SftData, Velr,
-    VelrConfig,
+    AlignedEnsemble, DecoderGradient, FrameSelection, Grpo, GrpoReward, GrpoRollouts, Prfl,
+    PrflConfig, RankingAlignment, RgbRefl, RgbReflConfig, SamplingConfig, Sft, SftConfig, SftData,
+    Velr, VelrConfig,
 };
 pub use metrics::{MetricsLog, StepMetrics};
 pub use plot::{write_curves_png, write_metrics_png, Series};

@@ -595,27 +595,70 @@ fn sharded_steps_match_one_graph() {
         (m, policy)
     };
     for name in ["prfl", "rgb", "velr"] {
-        let ((m1, v1), (m2, v2)) = (one(name, 1), one(name, 2));
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * (1.0 + a.abs());
-        assert!(
-            close(m1.loss.unwrap(), m2.loss.unwrap()),
-            "{name}: {m1:?} vs {m2:?}"
-        );
-        assert!(close(m1.latent_reward.unwrap(), m2.latent_reward.unwrap()));
-        assert!(close(m1.grad_norm.unwrap(), m2.grad_norm.unwrap()));
-        let both = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => close(a, b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
-        assert!(
-            both(m1.kl, m2.kl) && both(m1.uncertainty, m2.uncertainty),
-            "{name}"
-        );
-        // AdamW's first step is about lr * sign(g): entries whose gradient is near zero may
-        // flip on rounding, so count the entries that differ instead of bounding every one
-        let (off, total) = differing_entries(&v1, &v2, 1e-6);
-        assert!(off * 100 < total, "{name}: {off} of {total} entries differ");
+        assert_same_step(name, one(name, 1), one(name, 2));
     }
+}
+
+/// RGB ReFL with the checkpointed decoder (decode without a graph, the reward's gradient on
+/// the video carried back by recomputation) gives the kept graph's step.
+#[test]
+fn rgb_refl_checkpointed_decoder_gives_the_graphs_step() {
+    let w = world();
+    let one = |decoder_gradient: DecoderGradient| -> (StepMetrics, Snapshot) {
+        let lc = learner_config(&format!("rgb_decoder_{decoder_gradient}"));
+        let cfg = RgbReflConfig {
+            batch: 2,
+            sampling: sampling(),
+            decoder_gradient,
+            ..RgbReflConfig::default()
+        };
+        let method = RgbRefl::new(
+            cfg,
+            w.vae.clone().no_grad(),
+            norm(),
+            Brightness { poison: false },
+            w.train.clone(),
+            SHAPE,
+        )
+        .unwrap();
+        let mut l = Learner::new(lc.clone(), w.dit.clone(), method).unwrap();
+        let out = (l.train_step().unwrap(), param_snapshot(l.policy()).unwrap());
+        let _ = std::fs::remove_dir_all(&lc.out);
+        out
+    };
+    assert_same_step(
+        "rgb_refl",
+        one(DecoderGradient::Graph),
+        one(DecoderGradient::Checkpointed),
+    );
+}
+
+/// Two runs of one step report the same loss, reward, gradient norm, KL and uncertainty, up to
+/// float rounding, and updated the same parameters.
+fn assert_same_step(
+    name: &str,
+    (m1, v1): (StepMetrics, Snapshot),
+    (m2, v2): (StepMetrics, Snapshot),
+) {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * (1.0 + a.abs());
+    assert!(
+        close(m1.loss.unwrap(), m2.loss.unwrap()),
+        "{name}: {m1:?} vs {m2:?}"
+    );
+    assert!(close(m1.latent_reward.unwrap(), m2.latent_reward.unwrap()));
+    assert!(close(m1.grad_norm.unwrap(), m2.grad_norm.unwrap()));
+    let both = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => close(a, b),
+        (a, b) => a.is_none() && b.is_none(),
+    };
+    assert!(
+        both(m1.kl, m2.kl) && both(m1.uncertainty, m2.uncertainty),
+        "{name}"
+    );
+    // AdamW's first step is about lr * sign(g): entries whose gradient is near zero may
+    // flip on rounding, so count the entries that differ instead of bounding every one
+    let (off, total) = differing_entries(&v1, &v2, 1e-6);
+    assert!(off * 100 < total, "{name}: {off} of {total} entries differ");
 }
 
 /// PRFL against a noise-aware VELR ensemble (the quickstart's process reward) with a KL term:

@@ -42,8 +42,8 @@ use ensemble::{Aggregation, Ensemble};
 use latent_refl::{prfl, world};
 use latent_reward::{ProcessReward, ProcessRewardConfig, VelrRewardConfig};
 use refl_trainer::{
-    FrameSelection, LatentNorm, Learner, LearnerConfig, Method, OptimConfig, Prfl, PrflConfig,
-    PromptSet, RgbRefl, RgbReflConfig, SamplingConfig, Velr, VelrConfig,
+    DecoderGradient, FrameSelection, LatentNorm, Learner, LearnerConfig, Method, OptimConfig, Prfl,
+    PrflConfig, PromptSet, RgbRefl, RgbReflConfig, SamplingConfig, Velr, VelrConfig,
 };
 use shapes_world::{captions, Caption, OracleReward, Split, WorldModels};
 
@@ -257,12 +257,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for name in &args.configs {
         let s = setup(name, &args)?;
         println!("\n{}: batch {batch}, {reps} reps", s.title);
-        let rgb = |frames| -> refl_trainer::Result<Box<dyn Method<AD, Dit>>> {
+        let rgb = |frames, decoder_gradient| -> refl_trainer::Result<Box<dyn Method<AD, Dit>>> {
             let config = RgbReflConfig {
                 batch,
                 sampling: sampling(),
                 window: 1,
                 frames,
+                decoder_gradient,
                 lambda: 1.0,
                 shards: 1,
             };
@@ -290,8 +291,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let denoised = world::denoised_velr(&s.dit, s.ensemble.members.clone(), 1.0)?;
         let runs: Vec<(&str, Box<dyn Method<AD, Dit>>)> = vec![
-            ("RGB ReFL, all frames", rgb(FrameSelection::All)?),
-            ("RGB ReFL, first frame", rgb(FrameSelection::First)?),
+            (
+                "RGB ReFL, all frames",
+                rgb(FrameSelection::All, DecoderGradient::Graph)?,
+            ),
+            (
+                "RGB ReFL, all frames, decoder recomputed",
+                rgb(FrameSelection::All, DecoderGradient::Checkpointed)?,
+            ),
+            (
+                "RGB ReFL, first frame",
+                rgb(FrameSelection::First, DecoderGradient::Graph)?,
+            ),
             (
                 "PRFL (process reward, no decode)",
                 Box::new(Prfl::<AD, Dit, _, _>::new(

@@ -1,9 +1,9 @@
 use super::{MemoryPlan, TermKind};
-use crate::models::wan_vae::WanVaeConfig;
+use crate::models::{vae::DecoderGradient, wan_vae::WanVaeConfig};
 
 /// Decoding latents with the Wan VAE's causal decoder, one latent frame at a time with its
-/// feature cache (`WanVae::decode_latent`), with gradients to the latent (RGB ReFL) or without
-/// (VELR's pixel labels, the evaluation). The terms are those measured on the CPU backend
+/// feature cache (`WanVae::decode_latent`), with gradients to the latent (RGB ReFL: the graph
+/// kept, or checkpointed) or without (VELR's pixel labels, the evaluation). The terms are those measured on the CPU backend
 /// (`examples/plan_check.rs`); the GPU backends' convolutions were not measured.
 ///
 /// # Shapes
@@ -17,8 +17,8 @@ pub struct VaeDecode {
     pub latent: [usize; 4],
     /// Rows decoded together.
     pub rows: usize,
-    /// Whether the gradient flows back to the latent (every activation is kept).
-    pub grad: bool,
+    /// How the gradient flows back to the latent; `None` without gradients.
+    pub gradient: Option<DecoderGradient>,
     /// Bytes per decoder weight.
     pub weight_bytes: usize,
     /// Bytes per activation.
@@ -114,80 +114,125 @@ impl VaeDecode {
         // pixel-frames at a stage over the whole video: the first latent frame stays one frame
         let pixels =
             |s: &Stage| ((1 + (f.saturating_sub(1)) * s.time) * h * s.space * w * s.space) as f64;
-        if self.grad {
-            // Per norm + SiLU + causal convolution: the norm's input, the SiLU's input and
-            // sigmoid, the convolution's input with two frames of cache (or zero padding) per
-            // chunk; a residual block has two. An upsampler keeps its temporal convolution's
-            // input (time-doubling ones) and its upsampled output, at the next stage's size.
-            let padding = |s: &Stage| (2 * f * h * s.space * w * s.space) as f64;
-            let mut kept = 0.0;
-            for (i, s) in stages.iter().enumerate() {
-                let c = s.channels as f64;
-                kept += s.resnets as f64 * c * (8.0 * pixels(s) + 2.0 * padding(s));
-                if let Some(next) = stages.get(i + 1).filter(|_| s.upsampler) {
-                    let time_conv = if next.time > s.time {
-                        pixels(s) + padding(s)
-                    } else {
-                        0.0
-                    };
-                    kept += c * (time_conv + pixels(next));
+        // one latent frame's chunk at a stage: the first latent frame stays one frame
+        let chunk = |s: &Stage| {
+            let frames = if f > 1 { s.time } else { 1 };
+            (frames * h * s.space * w * s.space) as f64
+        };
+        // the cache: two frames of every causal convolution's input
+        let cache: f64 = stages
+            .iter()
+            .map(|s| {
+                (2 * s.resnets + 1) as f64
+                    * 2.0
+                    * s.channels as f64
+                    * (h * s.space * w * s.space) as f64
+            })
+            .sum();
+        // the backward's widest transient: a 3x3x3 convolution's input gradient goes
+        // through a column buffer of 27 values per input channel and position of one chunk
+        let columns = stages
+            .iter()
+            .map(|s| 27.0 * s.channels as f64 * chunk(s))
+            .fold(0.0, f64::max);
+        let last = stages.last().expect("stages");
+        let bytes = self.activation_bytes as f64;
+        match self.gradient {
+            Some(DecoderGradient::Graph) => {
+                // Per norm + SiLU + causal convolution: the norm's input, the SiLU's input and
+                // sigmoid, the convolution's input with two frames of cache (or zero padding)
+                // per chunk; a residual block has two. An upsampler keeps its temporal
+                // convolution's input (time-doubling ones) and its upsampled output, at the next
+                // stage's size.
+                let padding = |s: &Stage| (2 * f * h * s.space * w * s.space) as f64;
+                let mut kept = 0.0;
+                for (i, s) in stages.iter().enumerate() {
+                    let c = s.channels as f64;
+                    kept += s.resnets as f64 * c * (8.0 * pixels(s) + 2.0 * padding(s));
+                    if let Some(next) = stages.get(i + 1).filter(|_| s.upsampler) {
+                        let time_conv = if next.time > s.time {
+                            pixels(s) + padding(s)
+                        } else {
+                            0.0
+                        };
+                        kept += c * (time_conv + pixels(next));
+                    }
                 }
+                // output head: norm, SiLU (input, sigmoid), the convolution's padded input
+                kept += last.channels as f64 * (4.0 * pixels(last) + padding(last));
+                plan.push(
+                    "decoder activations",
+                    rows * kept * bytes,
+                    TermKind::Step,
+                    format!(
+                        "{} latent frames -> {} video frames of {}x{}, every activation kept",
+                        f,
+                        1 + (f.saturating_sub(1)) * last.time,
+                        h * last.space,
+                        w * last.space
+                    ),
+                );
             }
-            let last = stages.last().expect("stages");
-            // output head: norm, SiLU (input, sigmoid), the convolution's padded input
-            kept += last.channels as f64 * (4.0 * pixels(last) + padding(last));
-            plan.push(
-                "decoder activations",
-                rows * kept * self.activation_bytes as f64,
-                TermKind::Step,
-                format!(
-                    "{} latent frames -> {} video frames of {}x{}, every activation kept",
-                    f,
-                    1 + (f.saturating_sub(1)) * last.time,
-                    h * last.space,
-                    w * last.space
-                ),
-            );
-            // the backward's widest transient: a 3x3x3 convolution's input gradient goes
-            // through a column buffer of 27 values per input channel and position of one chunk
-            let columns = stages
-                .iter()
-                .map(|s| {
-                    let frames = if f > 1 { s.time } else { 1 };
-                    27.0 * s.channels as f64 * (frames * h * s.space * w * s.space) as f64
-                })
-                .fold(0.0, f64::max);
+            Some(DecoderGradient::Checkpointed) => {
+                // the feature cache at the start of every latent frame after the first, the
+                // decoded video and its gradient
+                plan.push(
+                    "decoder tape",
+                    rows * (f.saturating_sub(1) as f64 * cache + 2.0 * 3.0 * pixels(last)) * bytes,
+                    TermKind::Step,
+                    format!(
+                        "the feature cache at {} latent frames, the video and its gradient",
+                        f.saturating_sub(1)
+                    ),
+                );
+                // one latent frame's stage inputs (residual blocks and upsamplers), and the
+                // widest stage's graph: a residual block's two norm + SiLU + convolution with
+                // their padded inputs, or the output head
+                let inputs: f64 = stages
+                    .iter()
+                    .map(|s| {
+                        let n = s.resnets + usize::from(s.upsampler);
+                        n as f64 * s.channels as f64 * chunk(s)
+                    })
+                    .sum();
+                let padding = |s: &Stage| (2 * h * s.space * w * s.space) as f64;
+                let head = last.channels as f64 * (4.0 * chunk(last) + padding(last));
+                let graph = stages
+                    .iter()
+                    .map(|s| s.channels as f64 * (8.0 * chunk(s) + 2.0 * padding(s)))
+                    .fold(head, f64::max);
+                plan.push(
+                    "decoder recompute",
+                    rows * (inputs + graph) * bytes,
+                    TermKind::Step,
+                    "one latent frame's stage inputs and one stage's graph".into(),
+                );
+            }
+            None => {
+                // the cache and the working set: the widest stage of one latent frame's chunk:
+                // a residual block's input and shortcut, the norm's and SiLU's outputs and
+                // sigmoid, the padded convolution input, its channels-last copy and the
+                // convolution's output
+                let working = stages
+                    .iter()
+                    .map(|s| {
+                        8.0 * s.channels as f64 * ((s.time + 2) * h * s.space * w * s.space) as f64
+                    })
+                    .fold(0.0, f64::max);
+                plan.push(
+                    "decoder cache and working set",
+                    rows * (cache + working) * bytes,
+                    TermKind::Step,
+                    "one latent frame at a time, without gradients".into(),
+                );
+            }
+        }
+        if self.gradient.is_some() {
             plan.push(
                 "decoder backward working set",
-                rows * columns * self.activation_bytes as f64,
+                rows * columns * bytes,
                 TermKind::Step,
                 "the widest convolution's column buffer for one latent frame".into(),
-            );
-        } else {
-            // the cache: two frames of every causal convolution's input; the working set: the
-            // widest stage of one latent frame's chunk: a residual block's input and shortcut,
-            // the norm's and SiLU's outputs and sigmoid, the padded convolution input, its
-            // channels-last copy and the convolution's output
-            let cache: f64 = stages
-                .iter()
-                .map(|s| {
-                    (2 * s.resnets + 1) as f64
-                        * 2.0
-                        * s.channels as f64
-                        * (h * s.space * w * s.space) as f64
-                })
-                .sum();
-            let working = stages
-                .iter()
-                .map(|s| {
-                    8.0 * s.channels as f64 * ((s.time + 2) * h * s.space * w * s.space) as f64
-                })
-                .fold(0.0, f64::max);
-            plan.push(
-                "decoder cache and working set",
-                rows * (cache + working) * self.activation_bytes as f64,
-                TermKind::Step,
-                "one latent frame at a time, without gradients".into(),
             );
         }
         plan
@@ -208,7 +253,7 @@ mod tests {
             vae: cfg,
             latent: [16, 2, 4, 4],
             rows: 1,
-            grad: true,
+            gradient: Some(DecoderGradient::Graph),
             weight_bytes: 4,
             activation_bytes: 4,
         };
@@ -221,7 +266,7 @@ mod tests {
             vae: WanVaeConfig::new(),
             latent: [16, 21, 60, 104],
             rows: 1,
-            grad: false,
+            gradient: None,
             weight_bytes: 4,
             activation_bytes: 4,
         };

@@ -20,6 +20,7 @@ mod velr;
 pub use self::grpo::Grpo;
 pub use aligned_ensemble::{AlignedEnsemble, GrpoReward, GrpoRollouts, RankingAlignment};
 pub use batch::SamplingConfig;
+pub use diffusion_core::models::vae::DecoderGradient;
 pub use prfl::{Prfl, PrflConfig};
 pub use rgb_refl::{FrameSelection, RgbRefl, RgbReflConfig};
 pub use sft::{Sft, SftConfig, SftData};

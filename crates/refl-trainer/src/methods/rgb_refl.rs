@@ -3,7 +3,7 @@
 
 use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor};
 use diffusion_core::{
-    models::vae::{LatentNorm, VideoAutoencoder},
+    models::vae::{CheckpointedDecoder, DecoderGradient, LatentNorm},
     Conditioning, EulerOde, GradWindow, Rollout, Schedule,
 };
 use latent_reward::PixelReward;
@@ -43,6 +43,9 @@ pub struct RgbReflConfig {
     pub window: usize,
     /// Frames decoded and scored.
     pub frames: FrameSelection,
+    /// How the gradient goes back through the decoder.
+    #[serde(default)]
+    pub decoder_gradient: DecoderGradient,
     /// Loss weight: `L = -lambda * r`.
     pub lambda: f64,
     /// Batch shards whose forward and backward run side by side on their own threads.
@@ -58,6 +61,7 @@ impl Default for RgbReflConfig {
             sampling: SamplingConfig::default(),
             window: 1,
             frames: FrameSelection::All,
+            decoder_gradient: DecoderGradient::Graph,
             lambda: 1.0,
             shards: 1,
         }
@@ -107,7 +111,7 @@ pub struct RgbRefl<B: AutodiffBackend, V, R, P> {
 impl<B, V, R, P> RgbRefl<B, V, R, P>
 where
     B: AutodiffBackend,
-    V: VideoAutoencoder<B> + Sync,
+    V: CheckpointedDecoder<B> + Sync,
     R: PixelReward<B, Prompt = P> + Sync,
     P: Clone + Send + Sync,
 {
@@ -153,11 +157,33 @@ where
             FrameSelection::All => z0,
             FrameSelection::First => z0.narrow(2, 0, 1),
         };
-        let video = self.norm.decode(&self.vae, z);
-        let r = self.pixel.score_pixels(video, prompts)?;
-        let reward = r.clone().mean().into_scalar().elem::<f64>();
+        // the mean reward, and a loss with value `-lambda r`
+        let (r, loss) = match m.decoder_gradient {
+            DecoderGradient::Graph => {
+                let video = self.norm.decode(&self.vae, z);
+                let r = self.pixel.score_pixels(video, prompts)?.mean();
+                (r.clone(), r.mul_scalar(-m.lambda))
+            }
+            DecoderGradient::Checkpointed => {
+                let latent = self.norm.denormalize(z);
+                let (video, tape) = self.vae.decode_taped(latent.clone());
+                let video = video.require_grad();
+                let r = self.pixel.score_pixels(video.clone(), prompts)?.mean();
+                let grads = r.clone().mul_scalar(-m.lambda).backward();
+                let g = video
+                    .grad(&grads)
+                    .map(Tensor::from_inner)
+                    .unwrap_or_else(|| video.zeros_like());
+                // its gradient on the latent is the decoder's vector-Jacobian product of the
+                // reward's gradient on the video
+                let surrogate = (latent * self.vae.decode_vjp(tape, g)).sum();
+                let value = r.clone().detach().mul_scalar(-m.lambda);
+                (r, surrogate.clone() - surrogate.detach() + value)
+            }
+        };
+        let reward = r.into_scalar().elem::<f64>();
         Ok(ShardLoss {
-            loss: r.mean().mul_scalar(-m.lambda),
+            loss,
             reward,
             kl: None,
             uncertainty: None,
@@ -170,7 +196,7 @@ impl<B, M, V, R, P> Method<B, M> for RgbRefl<B, V, R, P>
 where
     B: AutodiffBackend,
     M: Policy<B>,
-    V: VideoAutoencoder<B> + Sync,
+    V: CheckpointedDecoder<B> + Sync,
     R: PixelReward<B, Prompt = P> + Sync,
     P: Clone + Send + Sync,
 {

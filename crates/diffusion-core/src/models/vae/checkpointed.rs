@@ -2,12 +2,56 @@
 //! without gradients and keeps a small tape; the backward recomputes what it needs, a piece at
 //! a time, so a video's decoder activations are never all alive at once.
 
+use std::{fmt, str::FromStr};
+
 use burn::{
     module::Module,
     tensor::{backend::AutodiffBackend, Tensor},
 };
+use serde::{Deserialize, Serialize};
 
 use super::{CausalVae, VideoAutoencoder};
+use crate::error::{invalid, CoreError};
+
+/// How the reward's gradient goes back through the VAE decoder to the latent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderGradient {
+    /// The decode keeps its whole graph (every decoder activation of the video) beside the
+    /// reward's.
+    #[default]
+    Graph,
+    /// The decode runs without a graph; the reward's gradient on the video is then carried back
+    /// by recomputing the decoder a piece at a time ([`CheckpointedDecoder`]: for the Wan VAE
+    /// one latent frame and one stage at a time). About twice the decode's compute, memory
+    /// bounded by one latent frame instead of the video.
+    Checkpointed,
+}
+
+/// `graph`, `checkpointed` (as in configs).
+impl fmt::Display for DecoderGradient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Graph => "graph",
+            Self::Checkpointed => "checkpointed",
+        })
+    }
+}
+
+impl FromStr for DecoderGradient {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        match s {
+            "graph" => Ok(Self::Graph),
+            "checkpointed" => Ok(Self::Checkpointed),
+            _ => Err(invalid(
+                "decoder_gradient",
+                format!("`{s}`: expected graph or checkpointed"),
+            )),
+        }
+    }
+}
 
 /// A decoder with a memory-bounded gradient (activation checkpointing of the decoder, for
 /// pixel-reward ReFL at video sizes).

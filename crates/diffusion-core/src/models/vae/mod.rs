@@ -10,6 +10,6 @@ mod norm;
 pub use base::{LatentDist, VideoAutoencoder};
 pub use blocks::{CausalConv3d, FrameGroupNorm, ResBlock3d, TemporalDown, TemporalUp};
 pub use causal::{CausalVae, CausalVaeConfig};
-pub use checkpointed::CheckpointedDecoder;
 pub(crate) use checkpointed::{dot, grad_or_zeros, leaf};
+pub use checkpointed::{CheckpointedDecoder, DecoderGradient};
 pub use norm::LatentNorm;

@@ -175,15 +175,14 @@ impl VaeDecode {
             }
             Some(DecoderGradient::Checkpointed) => {
                 // the feature cache at the start of every latent frame after the first, the
-                // decoded video and its gradient
+                // recomputed frame's cache and the gradients on its slots; the decoded video and
+                // its gradient
+                let caches = f + usize::from(f > 1);
                 plan.push(
                     "decoder tape",
-                    rows * (f.saturating_sub(1) as f64 * cache + 2.0 * 3.0 * pixels(last)) * bytes,
+                    rows * (caches as f64 * cache + 2.0 * 3.0 * pixels(last)) * bytes,
                     TermKind::Step,
-                    format!(
-                        "the feature cache at {} latent frames, the video and its gradient",
-                        f.saturating_sub(1)
-                    ),
+                    format!("{caches} feature caches, the video and its gradient"),
                 );
                 // one latent frame's stage inputs (residual blocks and upsamplers), and the
                 // widest stage's graph: a residual block's two norm + SiLU + convolution with
@@ -210,20 +209,20 @@ impl VaeDecode {
             }
             None => {
                 // the cache and the working set: the widest stage of one latent frame's chunk:
-                // a residual block's input and shortcut, the norm's and SiLU's outputs and
-                // sigmoid, the padded convolution input, its channels-last copy and the
-                // convolution's output
+                // a residual block's input, the norm + SiLU output, the convolution's input with
+                // two cache frames and its channels-last copy, the convolution's output
                 let working = stages
                     .iter()
                     .map(|s| {
-                        8.0 * s.channels as f64 * ((s.time + 2) * h * s.space * w * s.space) as f64
+                        let frame = (h * s.space * w * s.space) as f64;
+                        s.channels as f64 * (5.0 * chunk(s) + 4.0 * frame)
                     })
                     .fold(0.0, f64::max);
                 plan.push(
                     "decoder cache and working set",
-                    rows * (cache + working) * bytes,
+                    rows * (cache + working + 3.0 * pixels(last)) * bytes,
                     TermKind::Step,
-                    "one latent frame at a time, without gradients".into(),
+                    "one latent frame at a time, without gradients, and the video".into(),
                 );
             }
         }

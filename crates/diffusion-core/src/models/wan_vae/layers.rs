@@ -84,10 +84,20 @@ fn last_frames<B: Backend>(x: &Tensor<B, 5>, n: usize) -> Tensor<B, 5> {
     x.clone().narrow(2, f - n.min(f), n.min(f))
 }
 
+/// The last `n` frames of `x` (all if fewer) in a buffer of their own: a slice shares its
+/// parent's buffer (flex, cubecl), so a cache keeping one would keep the chunk's whole input.
+fn kept_frames<B: Backend>(x: &Tensor<B, 5>, n: usize) -> Tensor<B, 5> {
+    if frames(x) <= n {
+        x.clone()
+    } else {
+        last_frames(x, n).add_scalar(0.0)
+    }
+}
+
 /// What a cached convolution stores after seeing `x`: its last two frames, completed by the
 /// previous chunk's last frame when `x` has one frame only.
 fn cache_of<B: Backend>(x: &Tensor<B, 5>, previous: &Slot<B>) -> Tensor<B, 5> {
-    let cache = last_frames(x, CACHE_T);
+    let cache = kept_frames(x, CACHE_T);
     match previous {
         Slot::Frames(prev) if frames(&cache) < CACHE_T => {
             Tensor::cat(vec![last_frames(prev, 1), cache], 2)
@@ -350,7 +360,7 @@ impl<B: Backend> WanResample<B> {
                 // the first chunk passes without temporal upsampling
                 Slot::Empty => *slot = Slot::Rep,
                 _ => {
-                    let mut keep = last_frames(&x, CACHE_T);
+                    let mut keep = kept_frames(&x, CACHE_T);
                     if frames(&keep) < CACHE_T {
                         let first = match slot {
                             Slot::Frames(prev) => last_frames(prev, 1),
@@ -386,7 +396,7 @@ impl<B: Backend> WanResample<B> {
             let slot = cache.next();
             match slot {
                 Slot::Frames(prev) => {
-                    let keep = last_frames(&x, 1);
+                    let keep = kept_frames(&x, 1);
                     let joined = Tensor::cat(vec![last_frames(prev, 1), x], 2);
                     x = time_conv.forward(joined, None);
                     *slot = Slot::Frames(keep);

@@ -64,6 +64,14 @@ pub enum CoreError {
         /// The stored dtype.
         dtype: String,
     },
+    /// A record file (named MessagePack) does not hold this model's parameters.
+    #[error("{}: not a record of this model: {reason}", path.display())]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// What differs (structure, a parameter's shape, a non-finite value).
+        reason: String,
+    },
     /// The safetensors container could not be parsed.
     #[error("cannot parse safetensors {path}: {reason}")]
     Safetensors {

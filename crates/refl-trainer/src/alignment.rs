@@ -52,14 +52,31 @@ pub struct OnlineAlignment {
     latent_shape: [usize; 4],
 }
 
+/// Largest replay buffer held in memory, in latent values (f32): 2^33, 32 GiB.
+pub const MAX_BUFFER_VALUES: usize = 1 << 33;
+
 impl OnlineAlignment {
     /// An empty buffer for latents of `latent_shape` (`[C, F, H, W]`).
     ///
     /// # Errors
-    /// `Config` for a zero capacity, steps or batch, or a learning rate that is not positive.
+    /// `Config` for a zero capacity, steps or batch, a full buffer above
+    /// [`MAX_BUFFER_VALUES`], or a learning rate that is not positive.
     pub fn new(config: AlignmentConfig, latent_shape: [usize; 4]) -> Result<Self> {
         if config.steps == 0 || config.batch == 0 {
             return Err(config_error("alignment", "steps and batch must be >= 1"));
+        }
+        let values = latent_shape
+            .iter()
+            .fold(config.capacity, |n, d| n.saturating_mul(*d));
+        if values > MAX_BUFFER_VALUES {
+            return Err(config_error(
+                "alignment.capacity",
+                format!(
+                    "{} latents of {latent_shape:?} are {values} values, above the limit of \
+                     {MAX_BUFFER_VALUES} (32 GiB of f32)",
+                    config.capacity
+                ),
+            ));
         }
         if !(config.lr > 0.0 && config.lr.is_finite()) {
             return Err(config_error("alignment.lr", "must be finite and > 0"));

@@ -8,14 +8,11 @@ use std::{
 };
 
 use burn::{
-    module::{Module, ModuleVisitor, Param},
+    module::Module,
     record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder},
-    tensor::{backend::Backend, Tensor},
+    tensor::backend::Backend,
 };
-use diffusion_core::{
-    io::checkpoint::write_atomic,
-    train::precision::{param_dtypes, with_param_dtypes},
-};
+use diffusion_core::io::checkpoint::{decode_record, write_atomic};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -139,33 +136,7 @@ impl CheckpointReader {
     ) -> Result<M> {
         let path = self.dir.join(CheckpointWriter::file_name(name, &self.tag));
         let bytes = self.bytes(name)?;
-        let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
-            .load(bytes, device)
-            .map_err(|e| error(&path, format!("does not decode into the model: {e}")))?;
-        let want = shapes(&module);
-        let dtypes = param_dtypes(&module);
-        let loaded = module.load_record(record);
-        let found = shapes(&loaded);
-        if want != found {
-            let (k, w, f) = want
-                .iter()
-                .zip(&found)
-                .enumerate()
-                .find(|(_, (w, f))| w != f)
-                .map(|(k, (w, f))| (k, w.clone(), f.clone()))
-                .unwrap_or((want.len().min(found.len()), vec![], vec![]));
-            return Err(error(
-                &path,
-                format!(
-                    "parameter {k} (of {} in the model, {} in the file): shape {f:?} in the file, \
-                     {w:?} in the model",
-                    want.len(),
-                    found.len()
-                ),
-            ));
-        }
-        // records hold f32: half-precision (frozen) weights go back to their dtype
-        Ok(with_param_dtypes(loaded, &dtypes))
+        decode_record(module, bytes, device).map_err(|reason| error(&path, reason))
     }
 
     /// Reads the JSON file `name`.
@@ -176,19 +147,6 @@ impl CheckpointReader {
         let path = self.dir.join(CheckpointWriter::file_name(name, &self.tag));
         serde_json::from_slice(&self.bytes(name)?).map_err(|e| error(&path, e.to_string()))
     }
-}
-
-/// The shape of every float parameter, in visiting order.
-fn shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
-    struct Shapes(Vec<Vec<usize>>);
-    impl<B: Backend> ModuleVisitor<B> for Shapes {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            self.0.push(p.shape().dims::<D>().to_vec());
-        }
-    }
-    let mut s = Shapes(Vec::new());
-    module.visit(&mut s);
-    s.0
 }
 
 /// Removes the temporary files a crashed writer left in `dir` (`.NAME.tmp-PID`, see

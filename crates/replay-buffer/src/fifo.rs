@@ -26,7 +26,7 @@ impl<T> FifoBuffer<T> {
         check_capacity(capacity)?;
         Ok(Self {
             capacity,
-            entries: VecDeque::with_capacity(capacity),
+            entries: VecDeque::new(),
         })
     }
 }

@@ -9,9 +9,11 @@ use crate::{
     error::{BufferError, Result},
 };
 
-/// Writes a buffer as JSON atomically (a temporary file in the same folder, then a rename), so a
-/// crash never leaves a truncated file behind.
+/// Writes a buffer as JSON atomically (a temporary `.NAME.tmp-PID` in the same folder, fsync,
+/// rename, fsync of the folder), so a crash leaves the old file or the new one, never a
+/// truncated one.
 pub fn save<T, Buf: ReplayBuffer<T> + Serialize>(buffer: &Buf, path: &Path) -> Result<()> {
+    use std::io::Write;
     let io = |source| BufferError::Io {
         path: path.to_path_buf(),
         source,
@@ -20,9 +22,20 @@ pub fn save<T, Buf: ReplayBuffer<T> + Serialize>(buffer: &Buf, path: &Path) -> R
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(&bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 /// Reads a buffer written by [`save`] and checks its invariants.

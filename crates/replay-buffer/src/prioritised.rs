@@ -29,7 +29,7 @@ impl<T> PrioritisedBuffer<T> {
         check_capacity(capacity)?;
         Ok(Self {
             capacity,
-            entries: Vec::with_capacity(capacity),
+            entries: Vec::new(),
         })
     }
 

@@ -31,7 +31,7 @@ impl<T> ReservoirBuffer<T> {
         check_capacity(capacity)?;
         Ok(Self {
             capacity,
-            entries: Vec::with_capacity(capacity),
+            entries: Vec::new(),
             seen: 0,
             seed,
         })

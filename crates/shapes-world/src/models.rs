@@ -76,6 +76,104 @@ impl WorldModelsConfig {
         ]
     }
 
+    /// Reads a `config.json` written by [`WorldModels::save`] and checks it.
+    ///
+    /// # Errors
+    /// `Io` when it cannot be read; `ConfigKey` naming the file and the key: not JSON of this
+    /// shape, an unknown key (at any depth), or a value [`WorldModelsConfig::validate`] refuses.
+    pub fn read(path: &Path) -> Result<Self, CoreError> {
+        let key_error = |key: &str, reason: String| CoreError::ConfigKey {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| key_error("(file)", format!("not JSON: {e}")))?;
+        let reference =
+            serde_json::to_value(Self::small()).map_err(|e| key_error("(file)", e.to_string()))?;
+        if let Some(key) = unknown_key(&value, &reference) {
+            return Err(key_error(&key, "unknown key".into()));
+        }
+        let config: Self =
+            serde_json::from_value(value).map_err(|e| key_error("(file)", e.to_string()))?;
+        config.validate().map_err(|e| match e {
+            CoreError::InvalidConfig { field, reason } => key_error(field, reason),
+            other => key_error("(file)", other.to_string()),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that the parts fit together: the video's frames are `1 + k * temporal factor`
+    /// and its sides multiples of the spatial factor, the DiT reads the VAE's latent channels
+    /// and the text encoder's width, and the latent statistics have one finite mean and one
+    /// finite positive standard deviation per latent channel.
+    ///
+    /// # Errors
+    /// `InvalidConfig` naming the field.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        let invalid =
+            |field: &'static str, reason: String| CoreError::InvalidConfig { field, reason };
+        let (v, s, t) = (
+            self.video,
+            self.vae.spatial_factor(),
+            self.vae.temporal_factor(),
+        );
+        self.video
+            .validate()
+            .map_err(|e| invalid("video", e.to_string()))?;
+        if (v.frames - 1) % t != 0 || v.height % s != 0 || v.width % s != 0 {
+            return Err(invalid(
+                "video",
+                format!("{v:?}: need frames = 1 + {t} k and sides that are multiples of {s}"),
+            ));
+        }
+        self.dit.validate()?;
+        let c = self.vae.latent_channels;
+        if c == 0 || self.dit.in_channels != c || self.dit.out_channels != c {
+            return Err(invalid(
+                "dit.in_channels",
+                format!(
+                    "the DiT reads {} and writes {} channels, the VAE's latents have {c} (> 0)",
+                    self.dit.in_channels, self.dit.out_channels
+                ),
+            ));
+        }
+        if self.dit.text_dim != self.text.dim {
+            return Err(invalid(
+                "dit.text_dim",
+                format!(
+                    "{}, the text encoder's width is {}",
+                    self.dit.text_dim, self.text.dim
+                ),
+            ));
+        }
+        for (field, values, positive) in [
+            ("latent_mean", &self.latent_mean, false),
+            ("latent_std", &self.latent_std, true),
+        ] {
+            if values.len() != c {
+                return Err(invalid(
+                    field,
+                    format!("{} values, the VAE has {c} latent channels", values.len()),
+                ));
+            }
+            if let Some(x) = values
+                .iter()
+                .find(|x| !x.is_finite() || (positive && **x <= 0.0))
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{x}: every value must be finite{}",
+                        if positive { " and > 0" } else { "" }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Randomly initialised models.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<WorldModels<B>, CoreError> {
         Ok(WorldModels {
@@ -131,6 +229,20 @@ impl<B: burn::tensor::backend::AutodiffBackend> WorldModels<B> {
     }
 }
 
+/// The first key of `found` (dotted path, at any depth of nested objects) that `reference`
+/// lacks.
+fn unknown_key(found: &serde_json::Value, reference: &serde_json::Value) -> Option<String> {
+    let (serde_json::Value::Object(found), serde_json::Value::Object(reference)) =
+        (found, reference)
+    else {
+        return None;
+    };
+    found.iter().find_map(|(k, v)| match reference.get(k) {
+        None => Some(k.clone()),
+        Some(r) => unknown_key(v, r).map(|inner| format!("{k}.{inner}")),
+    })
+}
+
 fn io(path: &Path, source: std::io::Error) -> CoreError {
     CoreError::Io {
         path: path.to_path_buf(),
@@ -156,13 +268,7 @@ impl<B: Backend> WorldModels<B> {
 
     /// Loads what [`WorldModels::save`] wrote.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, CoreError> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        let config: WorldModelsConfig =
-            serde_json::from_str(&text).map_err(|e| CoreError::InvalidConfig {
-                field: "config.json",
-                reason: format!("{}: {e}", path.display()),
-            })?;
+        let config = WorldModelsConfig::read(&dir.join("config.json"))?;
         let fresh = config.init::<B>(device)?;
         Ok(Self {
             vae: load_record(fresh.vae, &dir.join("vae.mpk"), device)?,

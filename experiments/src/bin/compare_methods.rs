@@ -282,8 +282,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bad) = args.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
         return Err(format!("--methods: unknown {bad:?} (of {METHODS:?})").into());
     }
-    if !(args.seconds > 0.0 && args.eval_every > 0.0) {
-        return Err("--seconds and --eval-every must be > 0".into());
+    if !(args.seconds > 0.0 && args.seconds.is_finite() && args.eval_every > 0.0) {
+        return Err("--seconds must be finite and > 0, --eval-every > 0".into());
     }
     if args.fresh {
         let _ = std::fs::remove_dir_all(&args.out);

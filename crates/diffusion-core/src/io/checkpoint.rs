@@ -16,6 +16,32 @@ use safetensors::{tensor::TensorView, Dtype};
 use super::tensor_files::TensorFiles;
 use crate::error::{CoreError, Result};
 
+thread_local! {
+    static FAIL_AFTER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Fault injection for crash tests: after `n` more [`write_atomic`] calls on this thread, the
+/// next one writes half its bytes to its temporary file and fails, which is what a process
+/// killed mid-write leaves behind (the target keeps its old content). `None` turns it off.
+pub fn fail_atomic_write_after(n: Option<usize>) {
+    FAIL_AFTER.with(|c| c.set(n));
+}
+
+/// Whether this write is the injected failure.
+fn injected_failure() -> bool {
+    FAIL_AFTER.with(|c| match c.get() {
+        Some(0) => {
+            c.set(None);
+            true
+        }
+        Some(k) => {
+            c.set(Some(k - 1));
+            false
+        }
+        None => false,
+    })
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
 /// fsync of the folder.
 /// A crash leaves either the old file or the new one, never a torn one.
@@ -36,6 +62,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    if injected_failure() {
+        file.write_all(&bytes[..bytes.len() / 2]).map_err(io)?;
+        return Err(io(std::io::Error::other(
+            "injected failure: a crash mid-write",
+        )));
+    }
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     drop(file);
@@ -59,34 +91,99 @@ pub fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<(
     write_atomic(path, &bytes)
 }
 
-/// Loads a record written by [`save_record`] into `module` (built with the same config); each
-/// parameter keeps the dtype it had in `module`.
+/// Loads a record written by [`save_record`] into `module` (see [`decode_record`]).
 ///
 /// # Errors
-/// `Io` when the file cannot be read; `Safetensors` (naming the file) when it does not decode
-/// into this module's structure.
+/// `Io` when the file cannot be read; `Record` naming the file when it does not decode into
+/// this module, a parameter's shape differs or a value is not finite.
 pub fn load_record<B: Backend, M: Module<B>>(
     module: M,
     path: &Path,
     device: &B::Device,
 ) -> Result<M> {
-    use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
     let bytes = std::fs::read(path).map_err(|source| CoreError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
-        .load(bytes, device)
-        .map_err(|e| CoreError::Safetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    // records hold f32: half-precision (frozen) weights go back to their dtype
+    decode_record(module, bytes, device).map_err(|reason| CoreError::Record {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Decodes `bytes` (a named MessagePack record, as [`save_record`] writes) into `module`. The
+/// record must have the module's structure and each parameter's shape, and hold finite values;
+/// every parameter keeps the dtype it had in `module` (records hold f32).
+///
+/// # Errors
+/// What differs, as a sentence (the caller names the file).
+pub fn decode_record<B: Backend, M: Module<B>>(
+    module: M,
+    bytes: Vec<u8>,
+    device: &B::Device,
+) -> std::result::Result<M, String> {
+    use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+    use burn::tensor::ElementConversion;
+    // burn's decoder can panic on a record of another structure: contained and reported
+    let record = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        NamedMpkBytesRecorder::<FullPrecisionSettings>::default().load(bytes, device)
+    }))
+    .map_err(|_| "the record does not decode (its structure differs)".to_string())?
+    .map_err(|e| format!("does not decode: {e}"))?;
+    let want = param_shapes(&module);
     let dtypes = crate::train::precision::param_dtypes(&module);
-    Ok(crate::train::precision::with_param_dtypes(
-        module.load_record(record),
-        &dtypes,
-    ))
+    let loaded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.load_record(record)))
+            .map_err(|_| "the record's structure differs from the model's".to_string())?;
+    let found = param_shapes(&loaded);
+    if want != found {
+        let k = want
+            .iter()
+            .zip(&found)
+            .position(|(w, f)| w != f)
+            .unwrap_or(want.len().min(found.len()));
+        return Err(format!(
+            "parameter {k} (of {} in the model, {} in the file): shape {:?} in the file, {:?} \
+             in the model",
+            want.len(),
+            found.len(),
+            found.get(k).cloned().unwrap_or_default(),
+            want.get(k).cloned().unwrap_or_default(),
+        ));
+    }
+    // x * 0 sums to 0 exactly when every value is finite
+    struct FirstNonFinite(usize, Option<usize>);
+    impl<B: Backend> ModuleVisitor<B> for FirstNonFinite {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let zero = p.val().mul_scalar(0.0).sum().into_scalar().elem::<f64>();
+            if self.1.is_none() && !zero.is_finite() {
+                self.1 = Some(self.0);
+            }
+            self.0 += 1;
+        }
+    }
+    let mut check = FirstNonFinite(0, None);
+    loaded.visit(&mut check);
+    if let Some(k) = check.1 {
+        return Err(format!(
+            "parameter {k} (shape {:?}) holds a NaN or infinite value",
+            want[k]
+        ));
+    }
+    Ok(crate::train::precision::with_param_dtypes(loaded, &dtypes))
+}
+
+/// The shape of every float parameter of `module`, in visiting order.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
+    struct Shapes(Vec<Vec<usize>>);
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(p.shape().dims::<D>().to_vec());
+        }
+    }
+    let mut s = Shapes(Vec::new());
+    module.visit(&mut s);
+    s.0
 }
 
 /// Initialises every lazily-initialised parameter of `module` in place.

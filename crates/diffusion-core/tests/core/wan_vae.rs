@@ -123,7 +123,7 @@ fn checkpointed_decode_gives_the_kept_graphs_gradient() {
     let want = values(leaf.grad(&grads).expect("gradient to the latent"));
 
     let (taped, tape) = model.decode_taped(z);
-    assert_eq!(values(taped.inner()), values(video.inner()));
+    assert!(rel_err(&values(taped.inner()), &values(video.inner())) <= 1e-6);
     let got = model.decode_vjp(tape, w);
     assert_eq!(got.dims(), [2, 16, 3, 2, 3]);
     let err = rel_err(&values(got), &want);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     alignment::{AlignmentConfig, OnlineAlignment},
     checkpoint::{CheckpointReader, CheckpointWriter},
-    error::{config_error, Result},
+    error::{config_error, Result, TrainError},
     method::{Method, StepReport},
     methods::{
         batch::{check_batch, checked_shapes, one, sharded_loss, Batch, SamplingConfig, ShardLoss},
@@ -205,7 +205,13 @@ where
                 },
             },
             latent_shape,
-        )?;
+        )
+        .map_err(|e| match e {
+            TrainError::Config { field, reason } if field == "alignment.capacity" => {
+                config_error("velr.buffer", reason)
+            }
+            e => e,
+        })?;
         Ok(Self {
             schedule: config.sampling.schedule("velr.sampling")?,
             config,

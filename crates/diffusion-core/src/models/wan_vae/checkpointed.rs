@@ -93,7 +93,8 @@ pub struct WanDecodeTape<B: Backend> {
 
 /// Decodes one latent frame at a time, as [`WanVae::decode_latent`]; the backward recomputes
 /// one latent frame's stage inputs at a time and holds one stage's graph (one residual block
-/// at one resolution), so its peak is bounded by one latent frame, not the video.
+/// at one resolution): its peak is the tape (one feature cache per latent frame) and one
+/// latent frame's recomputation, not every activation of the video.
 impl<B: AutodiffBackend> CheckpointedDecoder<B> for WanVae<B> {
     type Tape = WanDecodeTape<B>;
 

@@ -90,4 +90,63 @@ mod tests {
         l.steps = usize::MAX;
         assert!(l.validate().unwrap_err().to_string().contains("steps"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Random byte damage (1-5 bytes, optionally a truncation) to valid TOML and JSON
+        /// configs of the learner and of every method gives settings or a typed error, never a
+        /// panic.
+        #[test]
+        fn damaged_config_files_never_panic(
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                1..6,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            truncate in proptest::prelude::any::<bool>(),
+            json in proptest::prelude::any::<bool>(),
+        ) {
+            use crate::{RgbReflConfig, SftConfig, VelrConfig};
+            use grpo::GrpoConfig;
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join(if json { "cfg.json" } else { "cfg.toml" });
+            let files = [
+                text(&LearnerConfig::new(10, "out/run"), json),
+                text(&PrflConfig::default(), json),
+                text(&VelrConfig::default(), json),
+                text(&GrpoConfig::default(), json),
+                text(&RgbReflConfig::default(), json),
+                text(&SftConfig::default(), json),
+            ];
+            for (k, original) in files.iter().enumerate() {
+                let mut bytes = original.clone().into_bytes();
+                for (i, b) in &edits {
+                    let i = i.index(bytes.len());
+                    bytes[i] = *b;
+                }
+                if truncate {
+                    bytes.truncate(cut.index(bytes.len()));
+                }
+                std::fs::write(&path, &bytes).unwrap();
+                let _ = match k {
+                    0 => load_config::<LearnerConfig>(&path).and_then(|c| c.validate()),
+                    1 => load_config::<PrflConfig>(&path).and_then(|c| c.validate()),
+                    2 => load_config::<VelrConfig>(&path).and_then(|c| c.validate()),
+                    3 => load_config::<GrpoConfig>(&path).map(drop),
+                    4 => load_config::<RgbReflConfig>(&path).and_then(|c| c.validate()),
+                    _ => load_config::<SftConfig>(&path).and_then(|c| c.validate("sft")),
+                };
+            }
+        }
+    }
+
+    /// A config as TOML or JSON text.
+    fn text<T: serde::Serialize>(value: &T, json: bool) -> String {
+        if json {
+            serde_json::to_string_pretty(value).unwrap()
+        } else {
+            toml::to_string(value).unwrap()
+        }
+    }
 }

@@ -553,25 +553,16 @@ fn sharded_steps_match_one_graph() {
                 let mut l = Learner::new(lc.clone(), w.dit.clone(), method).unwrap();
                 (l.train_step().unwrap(), param_snapshot(l.policy()).unwrap())
             }
-            "rgb" => {
-                let cfg = RgbReflConfig {
+            "rgb" => rgb_refl_step(
+                &w,
+                &lc,
+                RgbReflConfig {
                     batch: 2,
                     sampling: sampling(),
                     shards,
                     ..RgbReflConfig::default()
-                };
-                let method = RgbRefl::new(
-                    cfg,
-                    w.vae.clone().no_grad(),
-                    norm(),
-                    Brightness { poison: false },
-                    w.train.clone(),
-                    SHAPE,
-                )
-                .unwrap();
-                let mut l = Learner::new(lc.clone(), w.dit.clone(), method).unwrap();
-                (l.train_step().unwrap(), param_snapshot(l.policy()).unwrap())
-            }
+                },
+            ),
             _ => {
                 let cfg = VelrConfig {
                     shards,
@@ -612,17 +603,7 @@ fn rgb_refl_checkpointed_decoder_gives_the_graphs_step() {
             decoder_gradient,
             ..RgbReflConfig::default()
         };
-        let method = RgbRefl::new(
-            cfg,
-            w.vae.clone().no_grad(),
-            norm(),
-            Brightness { poison: false },
-            w.train.clone(),
-            SHAPE,
-        )
-        .unwrap();
-        let mut l = Learner::new(lc.clone(), w.dit.clone(), method).unwrap();
-        let out = (l.train_step().unwrap(), param_snapshot(l.policy()).unwrap());
+        let out = rgb_refl_step(&w, &lc, cfg);
         let _ = std::fs::remove_dir_all(&lc.out);
         out
     };
@@ -631,6 +612,21 @@ fn rgb_refl_checkpointed_decoder_gives_the_graphs_step() {
         one(DecoderGradient::Graph),
         one(DecoderGradient::Checkpointed),
     );
+}
+
+/// One RGB ReFL step of `cfg` on the world's DiT, scored by brightness.
+fn rgb_refl_step(w: &World, lc: &LearnerConfig, cfg: RgbReflConfig) -> (StepMetrics, Snapshot) {
+    let method = RgbRefl::new(
+        cfg,
+        w.vae.clone().no_grad(),
+        norm(),
+        Brightness { poison: false },
+        w.train.clone(),
+        SHAPE,
+    )
+    .unwrap();
+    let mut l = Learner::new(lc.clone(), w.dit.clone(), method).unwrap();
+    (l.train_step().unwrap(), param_snapshot(l.policy()).unwrap())
 }
 
 /// Two runs of one step report the same loss, reward, gradient norm, KL and uncertainty, up to

@@ -174,7 +174,7 @@ pub fn decode_record<B: Backend, M: Module<B>>(
 }
 
 /// The shape of every float parameter of `module`, in visiting order.
-pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
+fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
     struct Shapes(Vec<Vec<usize>>);
     impl<B: Backend> ModuleVisitor<B> for Shapes {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {

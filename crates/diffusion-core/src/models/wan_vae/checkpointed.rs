@@ -140,40 +140,55 @@ impl<B: AutodiffBackend> CheckpointedDecoder<B> for WanVae<B> {
                 if slot_grads.len() < slots.end {
                     slot_grads.resize(slots.end, None);
                 }
-                let x = leaf(input);
-                let mut sub = FeatCache::from_slots(
-                    slots
-                        .clone()
-                        .map(|k| match before.slot(k) {
-                            Some(Slot::Frames(t)) => Slot::Frames(leaf(t.clone())),
-                            Some(other) => other.clone(),
-                            None => Slot::Empty,
-                        })
-                        .collect(),
-                );
-                let leaves: Vec<Option<Tensor<B, 5>>> = sub
-                    .slots()
-                    .iter()
-                    .map(|s| match s {
-                        Slot::Frames(t) => Some(t.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                let mut loss = dot(s.forward(x.clone(), &mut sub), g);
-                for (k, slot) in slots.clone().zip(sub.slots()) {
-                    if let (Slot::Frames(t), Some(gs)) = (slot, slot_grads[k].take()) {
-                        loss = loss + dot(t.clone(), gs);
-                    }
-                }
-                let grads = loss.backward();
-                g = grad_or_zeros(&x, &grads);
-                for (k, t) in slots.zip(leaves) {
-                    slot_grads[k] = t.map(|t| grad_or_zeros(&t, &grads));
-                }
+                g = stage_vjp(s, input, g, before, slots, &mut slot_grads);
             }
             latent_grads.push(g);
         }
         latent_grads.reverse();
         Tensor::cat(latent_grads, 2)
     }
+}
+
+/// One stage's backward: the stage recomputed with a graph on leaf copies of its `input` and of
+/// its cache `slots` as they were `before` the latent frame. Given the gradient `g` on its
+/// output and `slot_grads` on those slots' state after the frame, returns the gradient on its
+/// input and leaves in `slot_grads` the gradients on the slots' state before the frame.
+fn stage_vjp<B: AutodiffBackend>(
+    stage: &Stage<'_, B>,
+    input: Tensor<B, 5>,
+    g: Tensor<B, 5>,
+    before: &FeatCache<B>,
+    slots: Range<usize>,
+    slot_grads: &mut [Option<Tensor<B, 5>>],
+) -> Tensor<B, 5> {
+    let x = leaf(input);
+    let mut sub = FeatCache::from_slots(
+        slots
+            .clone()
+            .map(|k| match before.slot(k) {
+                Some(Slot::Frames(t)) => Slot::Frames(leaf(t.clone())),
+                Some(other) => other.clone(),
+                None => Slot::Empty,
+            })
+            .collect(),
+    );
+    let leaves: Vec<Option<Tensor<B, 5>>> = sub
+        .slots()
+        .iter()
+        .map(|s| match s {
+            Slot::Frames(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut loss = dot(stage.forward(x.clone(), &mut sub), g);
+    for (k, slot) in slots.clone().zip(sub.slots()) {
+        if let (Slot::Frames(t), Some(gs)) = (slot, slot_grads[k].take()) {
+            loss = loss + dot(t.clone(), gs);
+        }
+    }
+    let grads = loss.backward();
+    for (k, t) in slots.zip(leaves) {
+        slot_grads[k] = t.map(|t| grad_or_zeros(&t, &grads));
+    }
+    grad_or_zeros(&x, &grads)
 }

@@ -550,8 +550,7 @@ fn sharded_steps_match_one_graph() {
                     Some(w.sft.clone()),
                 )
                 .unwrap();
-                let mut l = Learner::new(lc.clone(), w.dit.clone(), method).unwrap();
-                (l.train_step().unwrap(), param_snapshot(l.policy()).unwrap())
+                first_step(&w, &lc, method)
             }
             "rgb" => rgb_refl_step(
                 &w,
@@ -578,8 +577,7 @@ fn sharded_steps_match_one_graph() {
                     SHAPE,
                 )
                 .unwrap();
-                let mut l = Learner::new(lc.clone(), w.dit.clone(), method).unwrap();
-                (l.train_step().unwrap(), param_snapshot(l.policy()).unwrap())
+                first_step(&w, &lc, method)
             }
         };
         let _ = std::fs::remove_dir_all(&lc.out);
@@ -625,6 +623,15 @@ fn rgb_refl_step(w: &World, lc: &LearnerConfig, cfg: RgbReflConfig) -> (StepMetr
         SHAPE,
     )
     .unwrap();
+    first_step(w, lc, method)
+}
+
+/// The first step of `method` on the world's DiT: its metrics and the updated weights.
+fn first_step<M: Method<AD, Dit>>(
+    w: &World,
+    lc: &LearnerConfig,
+    method: M,
+) -> (StepMetrics, Snapshot) {
     let mut l = Learner::new(lc.clone(), w.dit.clone(), method).unwrap();
     (l.train_step().unwrap(), param_snapshot(l.policy()).unwrap())
 }

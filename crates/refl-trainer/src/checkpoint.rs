@@ -149,19 +149,6 @@ impl CheckpointReader {
     }
 }
 
-/// Removes the temporary files a crashed writer left in `dir` (`.NAME.tmp-PID`, see
-/// [`write_atomic`]).
-pub(crate) fn remove_stale_temporaries(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp-") {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use burn::{
     tensor::backend::AutodiffBackend,
 };
 use diffusion_core::{
-    io::checkpoint::write_atomic,
+    io::atomic::{remove_stale_temporaries, write_atomic},
     io::probe::{device_reserved_bytes, HeapProbe},
     io::progress::Progress,
     sampling::rollout::step_rng,
@@ -17,7 +17,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    checkpoint::{remove_stale_temporaries, CheckpointReader, CheckpointWriter},
+    checkpoint::{CheckpointReader, CheckpointWriter},
     error::{config_error, Result, TrainError},
     evaluation::Evaluate,
     guard::{Guard, GuardConfig},
@@ -336,7 +336,7 @@ impl<B: AutodiffBackend, M: Policy<B>, T: Method<B, M>> Learner<B, M, T> {
 
     fn resume(&mut self) -> Result<()> {
         let dir = self.checkpoint_dir();
-        remove_stale_temporaries(&dir);
+        remove_stale_temporaries(&dir)?;
         let path = dir.join("state.json");
         let err = |reason: String| TrainError::Checkpoint {
             path: path.clone(),

@@ -216,8 +216,9 @@ fn resume_refuses_bad_checkpoints_and_deletes_nothing() {
     // nothing was deleted or rewritten by the refused resumes; a crashed writer's temporary
     // file is removed by the next start, which resumes
     assert_eq!(files(&cfg.out), kept);
+    // (a process id above Linux's largest: no process runs under it)
     std::fs::write(
-        cfg.out.join("checkpoint/.policy-00000004.mpk.tmp-1"),
+        cfg.out.join("checkpoint/.policy-00000004.mpk.tmp-4194305"),
         b"torn",
     )
     .unwrap();

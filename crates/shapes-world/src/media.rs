@@ -1,8 +1,9 @@
 //! Writing videos as animated GIFs and PNG contact sheets.
 
-use std::{fs::File, io::BufWriter, path::Path};
+use std::path::Path;
 
 use burn::tensor::{backend::Backend, Tensor};
+use diffusion_core::io::atomic::write_atomic;
 
 use crate::{
     error::WorldError,
@@ -67,17 +68,18 @@ pub fn write_gif(
         width,
     } = video.config;
     let (w, h) = ((width * scale) as u16, (height * scale) as u16);
-    let file = File::create(path).map_err(|e| io_err(path, e))?;
-    let mut enc =
-        gif::Encoder::new(BufWriter::new(file), w, h, &[]).map_err(|e| io_err(path, e))?;
-    enc.set_repeat(gif::Repeat::Infinite)
-        .map_err(|e| io_err(path, e))?;
-    for f in 0..frames {
-        let mut frame = gif::Frame::from_rgb_speed(w, h, &video.frame_rgb(f, scale), 10);
-        frame.delay = delay_ms / 10;
-        enc.write_frame(&frame).map_err(|e| io_err(path, e))?;
+    let mut bytes = Vec::new();
+    {
+        let mut enc = gif::Encoder::new(&mut bytes, w, h, &[]).map_err(|e| io_err(path, e))?;
+        enc.set_repeat(gif::Repeat::Infinite)
+            .map_err(|e| io_err(path, e))?;
+        for f in 0..frames {
+            let mut frame = gif::Frame::from_rgb_speed(w, h, &video.frame_rgb(f, scale), 10);
+            frame.delay = delay_ms / 10;
+            enc.write_frame(&frame).map_err(|e| io_err(path, e))?;
+        }
     }
-    Ok(())
+    write_atomic(path, &bytes).map_err(|e| io_err(path, e))
 }
 
 /// Writes a PNG with one row per video and one column per frame (`scale`x upscaled, 2 px gaps).
@@ -109,12 +111,15 @@ pub fn write_contact_sheet(path: &Path, videos: &[Video], scale: usize) -> Resul
             }
         }
     }
-    let file = File::create(path).map_err(|e| io_err(path, e))?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), sw as u32, sh as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(|e| io_err(path, e))?;
-    writer.write_image_data(&img).map_err(|e| io_err(path, e))
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, sw as u32, sh as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| io_err(path, e))?;
+        writer.write_image_data(&img).map_err(|e| io_err(path, e))?;
+    }
+    write_atomic(path, &bytes).map_err(|e| io_err(path, e))
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ use burn::{
     module::{AutodiffModule, Module},
 };
 use clap::Parser;
-use diffusion_core::{backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME, WanTransformer};
+use diffusion_core::{
+    backend::DefaultBackend, backend::DEFAULT_BACKEND_NAME, io::atomic::write_atomic,
+    WanTransformer,
+};
 use ensemble::{Aggregation, Ensemble};
 use latent_refl::{
     grpo::{
@@ -337,7 +340,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 next_eval += args.eval_every;
             }
         }
-        std::fs::write(&done, serde_json::to_string(&(&points, learner.step()))?)?;
+        write_atomic(
+            &done,
+            serde_json::to_string(&(&points, learner.step()))?.as_bytes(),
+        )?;
         runs.push((name.clone(), points, learner.step()));
     }
     let velr_align = match args.align_every {

@@ -13,70 +13,13 @@ use burn::{
 };
 use safetensors::{tensor::TensorView, Dtype};
 
-use super::tensor_files::TensorFiles;
+use super::{
+    atomic::{folder_of, remove_stale_temporaries, sync_folder, temporary_path, write_synced},
+    tensor_files::TensorFiles,
+};
 use crate::error::{CoreError, Result};
 
-thread_local! {
-    static FAIL_AFTER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// Fault injection for crash tests: after `n` more [`write_atomic`] calls on this thread, the
-/// next one writes half its bytes to its temporary file and fails, which is what a process
-/// killed mid-write leaves behind (the target keeps its old content). `None` turns it off.
-pub fn fail_atomic_write_after(n: Option<usize>) {
-    FAIL_AFTER.with(|c| c.set(n));
-}
-
-/// Whether this write is the injected failure.
-fn injected_failure() -> bool {
-    FAIL_AFTER.with(|c| match c.get() {
-        Some(0) => {
-            c.set(None);
-            true
-        }
-        Some(k) => {
-            c.set(Some(k - 1));
-            false
-        }
-        None => false,
-    })
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
-/// fsync of the folder.
-/// A crash leaves either the old file or the new one, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| CoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    if injected_failure() {
-        file.write_all(&bytes[..bytes.len() / 2]).map_err(io)?;
-        return Err(io(std::io::Error::other(
-            "injected failure: a crash mid-write",
-        )));
-    }
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    // the rename itself is durable only once the folder is synced
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)
-}
+pub use super::atomic::{fail_atomic_write_after, replace_folder, write_atomic};
 
 /// Saves a module's record (named MessagePack, full precision) atomically. For models without a
 /// reference layout of their own (reward heads, encoders); DiTs use [`save_safetensors`].
@@ -480,11 +423,7 @@ impl SafetensorsWriter {
         if self.shard.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(format!(
-            ".part-{}-{}.safetensors",
-            std::process::id(),
-            self.parts.len()
-        ));
+        let path = temporary_path(&self.dir.join(format!("part-{}", self.parts.len())));
         let err = |e: safetensors::SafeTensorError| CoreError::Safetensors {
             path: path.clone(),
             reason: e.to_string(),
@@ -498,7 +437,7 @@ impl SafetensorsWriter {
         }
         let format = HashMap::from([("format".to_string(), "pt".to_string())]);
         let bytes = safetensors::serialize(views, Some(format)).map_err(err)?;
-        write_atomic(&path, &bytes)?;
+        write_synced(&path, &bytes)?;
         let keys = self.shard.drain(..).map(|(k, ..)| k).collect();
         self.parts.push((path, keys));
         self.shard_bytes = 0;
@@ -543,9 +482,7 @@ impl SafetensorsWriter {
             write_atomic(&path, text.as_bytes())?;
             written.push(path);
         }
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
+        sync_folder(&self.dir)?;
         Ok(written)
     }
 }
@@ -608,47 +545,6 @@ pub fn load_from<B: Backend, M: NamedWeights<B>>(
     Ok(module)
 }
 
-/// Runs `write` on a staging folder beside `dir`, then swaps it in place of `dir`: a crash
-/// leaves the old folder or the new one (the old one under `.{name}.old-PID` for the instant
-/// between the two renames), never a mix of both.
-pub fn replace_folder(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CoreError::Io { path, source }
-    };
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let pid = std::process::id();
-    let staging = parent.join(format!(".{name}.tmp-{pid}"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    if let Err(e) = write(&staging) {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    let old = parent.join(format!(".{name}.old-{pid}"));
-    let had_old = dir.exists();
-    if had_old {
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-    }
-    std::fs::rename(&staging, dir).map_err(io(dir))?;
-    std::fs::File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(io(parent))?;
-    if had_old {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
-}
-
 /// Saves every parameter of `module` to one safetensors file (F32, PyTorch layout),
 /// atomically.
 pub fn save_safetensors<B: Backend, M: NamedWeights<B> + Clone>(
@@ -660,23 +556,21 @@ pub fn save_safetensors<B: Backend, M: NamedWeights<B> + Clone>(
         dtype: WeightDtype::F32,
         max_shard_bytes: u64::MAX,
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder_of(path);
     std::fs::create_dir_all(dir).map_err(|source| CoreError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
+    remove_stale_temporaries(dir)?;
     let mut writer = SafetensorsWriter::new(dir, layout);
     module.clone().visit_weights(&mut writer)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let stem = format!(".{name}.tmp-{}", std::process::id());
-    let files = writer.finish(&stem)?;
+    let stem = temporary_path(path);
+    let files = writer.finish(&stem.file_name().unwrap_or_default().to_string_lossy())?;
     std::fs::rename(&files[0], path).map_err(|source| CoreError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    sync_folder(dir)
 }
 
 /// File stem of a diffusers model folder's weights.

@@ -1,5 +1,6 @@
 //! Input and output: checkpoints (safetensors, records, atomic writes), memory and time probes, progress bars.
 
+pub mod atomic;
 pub mod checkpoint;
 pub mod probe;
 pub mod progress;

@@ -5,6 +5,7 @@ use burn::{module::Module, tensor::backend::Backend};
 use super::{WanConfig, WanTransformer};
 use crate::{
     error::Result,
+    io::atomic::recover_folder,
     io::checkpoint::{
         load_diffusers_folder, save_diffusers_folder, NamedWeights, ParamLayout, SafetensorsReader,
         SaveLayout, WeightVisitor, DIFFUSERS_WEIGHTS,
@@ -93,6 +94,7 @@ impl<B: Backend> WanTransformer<B> {
     /// naming the key; `Safetensors` listing keys the model has no parameter for.
     pub fn load_folder(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let dir = dir.as_ref();
+        recover_folder(dir)?;
         let cfg = WanConfig::load_diffusers(dir.join("config.json"))?;
         load_diffusers_folder(WanTransformer::new(&cfg, device), dir, device)
     }
@@ -112,6 +114,7 @@ impl<B: Backend> WanTransformer<B> {
     ) -> Result<Self> {
         precision.check::<B>(device, "precision")?;
         let dir = dir.as_ref();
+        recover_folder(dir)?;
         let cfg = WanConfig::load_diffusers(dir.join("config.json"))?;
         let files = TensorFiles::open_folder(dir, DIFFUSERS_WEIGHTS)?;
         let mut reader = SafetensorsReader::new(&files, device).with_dtype(precision.dtype());

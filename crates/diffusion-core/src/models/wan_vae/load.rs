@@ -14,6 +14,7 @@ use super::{
 };
 use crate::{
     error::Result,
+    io::atomic::recover_folder,
     io::checkpoint::{
         load_diffusers_folder, save_diffusers_folder, NamedWeights, ParamLayout, SaveLayout,
         WeightVisitor,
@@ -131,6 +132,7 @@ impl<B: Backend> WanVae<B> {
     /// As [`crate::WanTransformer::load_folder`].
     pub fn load_folder(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let dir = dir.as_ref();
+        recover_folder(dir)?;
         let cfg = WanVaeConfig::load_diffusers(dir.join("config.json"))?;
         load_diffusers_folder(WanVae::new(&cfg, device), dir, device)
     }

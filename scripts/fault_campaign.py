@@ -79,7 +79,7 @@ NAN = {"F32": struct.pack("<I", 0x7FC00000), "BF16": b"\xc0\x7f", "F16": b"\x00\
 
 def put_nan(path):
     data, n, header = safetensors_header(path)
-    _, t = first_tensor(header)
+    t = next(v for k, v in header.items() if k != "__metadata__" and v["dtype"] in NAN)
     at = 8 + n + t["data_offsets"][0]
     path.write_bytes(data[:at] + NAN[t["dtype"]] + data[at + len(NAN[t["dtype"]]) :])
 

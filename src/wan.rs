@@ -39,7 +39,7 @@ use refl_trainer::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::world::{load_velr_members, OracleText, SetupError};
+use crate::world::{config_error, load_velr_members, OracleText, SetupError};
 
 /// The backend a binary runs on, as a config names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +301,10 @@ pub struct TrainReport {
 
 type Ad<B> = Autodiff<B>;
 
+/// The largest video a config accepts, `[frames, height, width]`: Wan2.1's longest clips at
+/// 720p (81 x 720 x 1280) fit with room.
+pub const MAX_VIDEO: [usize; 3] = [1025, 4096, 4096];
+
 impl TrainConfig {
     /// Reads a TOML config; relative paths in it are relative to the working directory.
     ///
@@ -336,7 +340,38 @@ impl TrainConfig {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        toml::from_str(&text).map_err(|e| file_error(e.to_string()))
+        let cfg: Self = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values no later stage bounds before it allocates: the video's size, the
+    /// evaluation's steps, the ensemble's members, the rendered SFT videos.
+    ///
+    /// # Errors
+    /// `Config` naming the field and the accepted range.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let check = |field: &str, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(TrainError::Config {
+                    field: field.into(),
+                    reason: format!("{value} not in 1..={max}"),
+                })
+            }
+        };
+        let [frames, height, width] = self.model.video;
+        let [max_frames, max_height, max_width] = MAX_VIDEO;
+        check("model.video[0] (frames)", frames, max_frames)?;
+        check("model.video[1] (height)", height, max_height)?;
+        check("model.video[2] (width)", width, max_width)?;
+        check("model.eval_steps", self.model.eval_steps, 10_000)?;
+        check("reward.velr.members", self.reward.velr.members, 64)?;
+        if let Some(DataConfig::ShapesWorldVideos(n)) = self.data {
+            check("data.shapes_world_videos", n, 1024)?;
+        }
+        Ok(())
     }
 
     /// The config as TOML.
@@ -595,14 +630,6 @@ fn precision_error(e: CoreError) -> SetupError {
         } => config_error("model.precision", reason),
         e => e.into(),
     }
-}
-
-fn config_error(field: &str, reason: String) -> SetupError {
-    TrainError::Config {
-        field: field.into(),
-        reason,
-    }
-    .into()
 }
 
 /// `[N]` rows of `train` with `[N, C, F, H, W]` normalised latents: rendered shapes-world

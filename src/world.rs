@@ -57,6 +57,14 @@ pub enum SetupError {
     Core(#[from] CoreError),
 }
 
+/// A `Config` error naming `field`.
+pub(crate) fn config_error(field: &str, reason: String) -> SetupError {
+    SetupError::Train(TrainError::Config {
+        field: field.into(),
+        reason,
+    })
+}
+
 fn load_error(path: &Path, e: impl std::fmt::Display) -> SetupError {
     SetupError::Load {
         path: path.to_path_buf(),
@@ -125,11 +133,19 @@ impl<B: AutodiffBackend> World<B> {
     /// The first `n` test captions after a shuffle with seed 2, embedded: the held-out prompts.
     ///
     /// # Errors
-    /// As [`World::prompts`].
+    /// `Config` on `heldout` when `n` is 0 or more than the world's test captions; as
+    /// [`World::prompts`].
     pub fn heldout_prompts(
         &self,
         n: usize,
     ) -> Result<PromptSet<B::InnerBackend, Caption>, SetupError> {
+        let available = captions(Split::Test).len();
+        if !(1..=available).contains(&n) {
+            return Err(config_error(
+                "heldout",
+                format!("{n} not in 1..={available} (the world's test captions)"),
+            ));
+        }
         self.prompts(shuffled_captions(Split::Test, 2, n))
     }
 
@@ -231,12 +247,15 @@ pub fn load_prm<B: AutodiffBackend>(
 /// prediction of the clean sample ([`DenoisedReward`]), everything frozen.
 ///
 /// # Errors
-/// `Reward` for an empty member list.
+/// `Reward` for an empty member list; `Config` on `lcb` for a `k` that is not finite.
 pub fn denoised_velr<B: AutodiffBackend>(
     dit: &WanTransformer<B>,
     members: Vec<VelrReward<B>>,
     k: f64,
 ) -> Result<DenoisedVelr<B>, SetupError> {
+    if !k.is_finite() {
+        return Err(config_error("lcb", format!("{k} must be finite")));
+    }
     let ens = Ensemble::new(members)?
         .with_aggregation(Aggregation::LowerConfidenceBound { k })
         .frozen();

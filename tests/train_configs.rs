@@ -98,6 +98,23 @@ fn bad_configs_name_the_file_or_field() {
     ));
 
     cfg.backend = BackendName::built();
+    for (field, edit) in [
+        ("model.video[0] (frames)", "video = [100001, 32, 32]"),
+        ("reward.velr.members", "members = 0"),
+    ] {
+        let key = edit.split(' ').next().unwrap();
+        let text = cfg.to_toml();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap();
+        std::fs::write(&path, text.replace(line, edit)).unwrap();
+        assert!(
+            matches!(TrainConfig::load(&path), Err(TrainError::Config { field: f, .. }) if f == field),
+            "{edit}"
+        );
+    }
+
     cfg.model.heldout = 100;
     std::fs::write(&path, cfg.to_toml()).unwrap();
     let cfg = TrainConfig::load(&path).unwrap();

@@ -334,6 +334,38 @@ impl<B: AutodiffBackend, M: Policy<B>, T: Method<B, M>> Learner<B, M, T> {
         Ok(())
     }
 
+    /// Without `state.json`, the checkpoint folder may only hold files of the first
+    /// checkpoint, whose write a crash cut short before its state: the run starts over and
+    /// writes them again, identical. A file of any other step is a checkpoint whose state was
+    /// lost (deleted, say): refused, and nothing is touched.
+    fn check_no_lost_state(&self) -> Result<()> {
+        let dir = self.checkpoint_dir();
+        let ck = self.config.checkpoint_every;
+        let first = if ck > 0 {
+            ck.min(self.config.steps)
+        } else {
+            self.config.steps
+        };
+        let tag = format!("-{first:08}");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !name.contains(&tag) {
+                return Err(TrainError::Checkpoint {
+                    path: dir.join("state.json"),
+                    reason: format!(
+                        "is missing, but the folder holds `{name}`, a file of a later checkpoint \
+                         whose state was lost; the folder was left as it is: move it away, or \
+                         use another `out` folder"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn resume(&mut self) -> Result<()> {
         let dir = self.checkpoint_dir();
         remove_stale_temporaries(&dir)?;
@@ -344,7 +376,9 @@ impl<B: AutodiffBackend, M: Policy<B>, T: Method<B, M>> Learner<B, M, T> {
         };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.check_no_lost_state()
+            }
             Err(e) => return Err(err(format!("cannot be read: {e}"))),
         };
         let state: LearnerState = serde_json::from_slice(&bytes)

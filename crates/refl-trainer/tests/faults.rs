@@ -228,6 +228,40 @@ fn resume_refuses_bad_checkpoints_and_deletes_nothing() {
     let _ = std::fs::remove_dir_all(&cfg.out);
 }
 
+/// Without `state.json`, the files of the first checkpoint (a crash before its state landed)
+/// are written again from the start; files of a later checkpoint are refused and kept.
+#[test]
+fn a_lost_state_is_refused_unless_only_the_first_checkpoint_was_cut_short() {
+    let cfg = config("lost_state");
+    let state = cfg.out.join("checkpoint/state.json");
+    let mut l = Learner::new(cfg.clone(), policy(), sft(false)).unwrap();
+    l.train_step().unwrap();
+    l.train_step().unwrap();
+    drop(l);
+    std::fs::remove_file(&state).unwrap();
+    let kept = files(&cfg.out);
+    let l = Learner::new(cfg.clone(), policy(), sft(false)).unwrap();
+    assert_eq!(l.step(), 0);
+    assert_eq!(files(&cfg.out), kept);
+
+    let mut l = Learner::new(cfg.clone(), policy(), sft(false)).unwrap();
+    l.run().unwrap();
+    drop(l);
+    std::fs::remove_file(&state).unwrap();
+    let kept = files(&cfg.out);
+    assert_eq!(kept, ["optim-00000004.mpk", "policy-00000004.mpk"]);
+    let err = Learner::new(cfg.clone(), policy(), sft(false))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, TrainError::Checkpoint { path, reason }
+            if path.ends_with("state.json") && reason.contains("-00000004.mpk")),
+        "{err}"
+    );
+    assert_eq!(files(&cfg.out), kept);
+    let _ = std::fs::remove_dir_all(&cfg.out);
+}
+
 /// The steps of `out/metrics.jsonl`, in order.
 fn logged_steps(out: &Path) -> Vec<usize> {
     MetricsLog::read(&out.join("metrics.jsonl"))

@@ -123,18 +123,23 @@ pub fn render(caption: &Caption, config: VideoConfig, seed: u64) -> Result<Video
     let travel = (frames.saturating_sub(1)) as f32;
     let margin = r + 2.0;
     let mut rng = StdRng::seed_from_u64(seed);
-    // start range so that the whole path stays inside the frame
-    let range = |lo: f32, hi: f32, v: f32| {
+    // a start so that the whole path stays inside the frame; about the middle when no start
+    // does (exactly the middle where 1e-3 px is below the float's resolution there)
+    let mut start = |lo: f32, hi: f32, v: f32| {
         let (a, b) = (lo + (-v * travel).max(0.0), hi - (v * travel).max(0.0));
-        if b > a {
+        let (a, b) = if b > a {
             (a, b)
         } else {
             ((a + b) / 2.0, (a + b) / 2.0 + 1e-3)
+        };
+        if b > a {
+            rng.random_range(a..b)
+        } else {
+            a
         }
     };
-    let (x0, x1) = range(margin, width as f32 - margin, vx);
-    let (y0, y1) = range(margin, height as f32 - margin, vy);
-    let (sx, sy) = (rng.random_range(x0..x1), rng.random_range(y0..y1));
+    let sx = start(margin, width as f32 - margin, vx);
+    let sy = start(margin, height as f32 - margin, vy);
     let fg = caption.color.rgb();
     let bg = caption.background.rgb();
     let plane = frames * height * width;

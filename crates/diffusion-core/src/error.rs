@@ -64,6 +64,21 @@ pub enum CoreError {
         /// The stored dtype.
         dtype: String,
     },
+    /// A model file differs from what its folder's `checksums.json` recorded when it was
+    /// written.
+    #[error(
+        "{}: checksum {found:08x}, but checksums.json recorded {recorded:08x} when it was \
+         written: the file changed on disk (if it was replaced on purpose, remove its entry)",
+        path.display()
+    )]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// CRC-32 of the file as read.
+        found: u32,
+        /// CRC-32 recorded when it was written.
+        recorded: u32,
+    },
     /// A record file (named MessagePack) does not hold this model's parameters.
     #[error("{}: not a record of this model: {reason}", path.display())]
     Record {

@@ -410,11 +410,12 @@ fn noise_aware_velr_regresses_the_clean_target_from_noisy_latents() {
     let m = evaluate_regression_at(&velr.valid(), &test, 0.5, 3, 16).unwrap();
     assert!(m.pearson > 0.8, "noise-aware VELR at sigma 0.5: {m:?}");
     // the noise FiLM survives a checkpoint round trip
-    let path = std::env::temp_dir().join(format!("noisy_velr_{}.mpk", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("noisy_velr_{}", std::process::id()));
+    let path = dir.join("velr.mpk");
     diffusion_core::io::checkpoint::save_record(velr.clone(), &path).unwrap();
     let blank = cfg(NoiseInput::BlockFilm).init::<AD>(&dev).unwrap();
     let loaded = diffusion_core::io::checkpoint::load_record(blank, &path, &dev).unwrap();
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(scores(&loaded, 0.3), scores(&velr, 0.3));
     // `predict_at` with sigma 0 is `predict`: the clean latents, no noise drawn
     let valid = velr.valid();

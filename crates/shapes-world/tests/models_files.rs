@@ -98,10 +98,22 @@ fn bad_records_name_the_file_and_parameter() {
     let reason = record_error("text.mpk");
     assert!(reason.contains("NaN"), "{reason}");
 
-    // truncated
-    std::fs::write(dir.path().join("text.mpk"), &good[..good.len() / 2]).unwrap();
+    // truncated, or one bit flipped: the folder's checksums name the file
+    let text = dir.path().join("text.mpk");
+    let mut flipped = good.clone();
+    flipped[good.len() / 3] ^= 0x04;
+    for bytes in [&good[..good.len() / 2], &flipped[..]] {
+        std::fs::write(&text, bytes).unwrap();
+        match WorldModels::<B>::load(dir.path(), &dev) {
+            Err(CoreError::Checksum { path, .. }) => assert_eq!(path, text),
+            other => panic!("expected a Checksum error, got {other:?}"),
+        }
+    }
+    // without checksums, the decoder names the truncated file
+    std::fs::write(&text, &good[..good.len() / 2]).unwrap();
+    std::fs::remove_file(dir.path().join("checksums.json")).unwrap();
     record_error("text.mpk");
-    std::fs::write(dir.path().join("text.mpk"), &good).unwrap();
+    std::fs::write(&text, &good).unwrap();
     assert!(WorldModels::<B>::load(dir.path(), &dev).is_ok());
 }
 
@@ -137,6 +149,8 @@ proptest! {
             bytes[i] = b;
         }
         std::fs::write(&path, &bytes).unwrap();
+        // (without the folder's checksums, which would refuse the file before it is decoded)
+        std::fs::remove_file(dir.path().join("checksums.json")).unwrap();
         let _ = diffusion_core::io::checkpoint::load_record(text.no_grad(), &path, &dev);
     }
 }

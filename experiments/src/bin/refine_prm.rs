@@ -14,8 +14,8 @@
 //! cargo run --release -p experiments --bin refine_prm
 //! ```
 //!
-//! Writes the refined model to `--save` (default out/refine-prm; copy `prm.mpk` to
-//! assets/shapes-world/rewards to ship it) and a table of every round to `--report` (default
+//! Writes the refined model to `--save` (default out/refine-prm; to ship it, copy `prm.mpk` to
+//! assets/shapes-world/rewards and its entry of `checksums.json` into that folder's) and a table of every round to `--report` (default
 //! out/refine-prm/report.md; docs/results/prm_refinement.md holds the tables of the runs it cites).
 //! Flags: `--rounds N`, `--prm-steps N` (reward-model steps per round), `--prompts N`
 //! (training prompts sampled per round), `--per-prompt N`, `--prfl-steps N`,

@@ -15,13 +15,15 @@ use safetensors::{tensor::TensorView, Dtype};
 
 use super::{
     atomic::{folder_of, remove_stale_temporaries, sync_folder, temporary_path, write_synced},
+    checksums::{read_checksums, record_checksum, verify_checksum},
     tensor_files::TensorFiles,
 };
 use crate::error::{CoreError, Result};
 
 pub use super::atomic::{fail_atomic_write_after, replace_folder, write_atomic};
 
-/// Saves a module's record (named MessagePack, full precision) atomically. For models without a
+/// Saves a module's record (named MessagePack, full precision) atomically and records its
+/// checksum in the folder's `checksums.json` ([`super::checksums`]). For models without a
 /// reference layout of their own (reward heads, encoders); DiTs use [`save_safetensors`].
 pub fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<()> {
     use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
@@ -31,14 +33,16 @@ pub fn save_record<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<(
             field: "record",
             reason: e.to_string(),
         })?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &bytes)?;
+    record_checksum(path)
 }
 
 /// Loads a record written by [`save_record`] into `module` (see [`decode_record`]).
 ///
 /// # Errors
-/// `Io` when the file cannot be read; `Record` naming the file when it does not decode into
-/// this module, a parameter's shape differs or a value is not finite.
+/// `Io` when the file cannot be read; `Checksum` when it differs from the checksum its folder
+/// recorded; `Record` naming the file when it does not decode into this module, a parameter's
+/// shape differs or a value is not finite.
 pub fn load_record<B: Backend, M: Module<B>>(
     module: M,
     path: &Path,
@@ -48,6 +52,7 @@ pub fn load_record<B: Backend, M: Module<B>>(
         path: path.to_path_buf(),
         source,
     })?;
+    verify_checksum(path, &bytes)?;
     decode_record(module, bytes, device).map_err(|reason| CoreError::Record {
         path: path.to_path_buf(),
         reason,
@@ -524,12 +529,21 @@ impl<B: Backend> WeightVisitor<B> for SafetensorsWriter {
 }
 
 /// Loads every parameter of `module` from one safetensors file (PyTorch layout and key names),
-/// failing with the first missing or mis-shaped key, or with the list of unexpected keys.
+/// failing with the first missing or mis-shaped key, or with the list of unexpected keys; a
+/// file whose folder recorded its checksum is checked first (`Checksum`).
 pub fn load_safetensors<B: Backend, M: NamedWeights<B>>(
     module: M,
     path: impl AsRef<Path>,
     device: &B::Device,
 ) -> Result<M> {
+    let path = path.as_ref();
+    if !read_checksums(folder_of(path))?.is_empty() {
+        let bytes = std::fs::read(path).map_err(|source| CoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        verify_checksum(path, &bytes)?;
+    }
     load_from(module, &TensorFiles::open_file(path)?, device)
 }
 
@@ -546,7 +560,7 @@ pub fn load_from<B: Backend, M: NamedWeights<B>>(
 }
 
 /// Saves every parameter of `module` to one safetensors file (F32, PyTorch layout),
-/// atomically.
+/// atomically, and records its checksum in the folder's `checksums.json`.
 pub fn save_safetensors<B: Backend, M: NamedWeights<B> + Clone>(
     module: &M,
     path: impl AsRef<Path>,
@@ -570,7 +584,8 @@ pub fn save_safetensors<B: Backend, M: NamedWeights<B> + Clone>(
         path: path.to_path_buf(),
         source,
     })?;
-    sync_folder(dir)
+    sync_folder(dir)?;
+    record_checksum(path)
 }
 
 /// File stem of a diffusers model folder's weights.

@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod checksums;
 pub mod probe;
 pub mod progress;
 pub mod tensor_files;

@@ -296,6 +296,23 @@ def main():
         results.append({"class": "quickstart flags", "case": f"{flag} {value}", "outcome": outcome, "detail": detail})
         print(f"{outcome:8} {'quickstart flags':24} {flag + ' ' + value:40} {detail}", flush=True)
 
+    world = Path("assets/shapes-world")
+    for folder, file, damage in [("models", "vae.mpk", "one data bit flipped"),
+                                 ("models", "text.mpk", "truncated"),
+                                 ("models", "dit.safetensors", "one data bit flipped"),
+                                 ("rewards", "velr_0.mpk", "one data bit flipped")]:
+        d = (root / f"world-{file}-{damage.split()[0]}").resolve()
+        shutil.copytree(world, d / "models")
+        shutil.move(d / "models" / "rewards", d / "rewards")
+        path = d / folder / file
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if damage == "truncated" else flip(len(data) - 5)(data))
+        p = run([str(quickstart), "--steps", "1", "--heldout", "1", "--models", str(d / "models"),
+                 "--rewards", str(d / "rewards"), "--out", str(d / "out")], args.timeout)
+        outcome, detail = classify(p, "error")
+        results.append({"class": "shipped world models", "case": f"{file}: {damage}", "outcome": outcome, "detail": detail})
+        print(f"{outcome:8} {'shipped world models':24} {file + ': ' + damage:40} {detail}", flush=True)
+
     counts = {}
     for r in results:
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1

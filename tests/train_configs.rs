@@ -183,3 +183,28 @@ fn half_precision_follows_the_f32_loss_curve() {
         );
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Random byte damage (1-5 bytes, or a truncation) to a run config reads a config or gives
+    /// a typed error, never a panic.
+    #[test]
+    fn damaged_run_configs_never_panic(
+        edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..6),
+        cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        let mut bytes = tiny(MethodName::Velr, dir.path()).to_toml().into_bytes();
+        for (i, b) in edits {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = TrainConfig::load(&path);
+    }
+}

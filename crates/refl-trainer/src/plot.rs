@@ -1,7 +1,14 @@
 //! Line plots of training curves as PNG files, drawn by `plotters` with a font shipped in the
 //! crate (DejaVu Sans, `assets/`), so they render the same on a machine without fonts.
 
-use std::{path::Path, sync::Once};
+use std::{
+    path::{Path, PathBuf},
+    sync::Once,
+};
+
+use diffusion_core::io::atomic::{
+    folder_of, remove_stale_temporaries, sync_folder, temporary_path,
+};
 
 use plotters::prelude::*;
 
@@ -74,7 +81,11 @@ pub fn write_curves_png(path: &Path, title: &str, x_label: &str, series: &[Serie
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     };
-    let root = BitMapBackend::new(path, (720, 440)).into_drawing_area();
+    // drawn into a temporary file renamed over `path`: a crash leaves the old plot or the new
+    let dir = folder_of(path);
+    remove_stale_temporaries(dir)?;
+    let tmp = PathBuf::from(format!("{}.png", temporary_path(path).display()));
+    let root = BitMapBackend::new(&tmp, (720, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| draw_error(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FONT, 20))
@@ -109,7 +120,11 @@ pub fn write_curves_png(path: &Path, title: &str, x_label: &str, series: &[Serie
         .draw()
         .map_err(|e| draw_error(&e))?;
     root.present().map_err(|e| draw_error(&e))?;
-    Ok(())
+    std::fs::rename(&tmp, path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(sync_folder(dir)?)
 }
 
 /// The curves of a run's metrics log: the reward the method reports, smoothed over 10 steps,

@@ -43,7 +43,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CoreError {
 }
 
 /// The folder `path` lies in (`.` for a bare file name).
-pub(crate) fn folder_of(path: &Path) -> &Path {
+pub fn folder_of(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))

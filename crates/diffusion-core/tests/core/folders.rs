@@ -8,6 +8,7 @@ use diffusion_core::{
     io::checkpoint::{SaveLayout, WeightDtype},
     CoreError, WanConfig, WanTransformer,
 };
+use proptest::prelude::*;
 
 fn copy_fixture(to: &Path) -> PathBuf {
     let dir = to.join("transformer");
@@ -231,4 +232,37 @@ fn wrong_dtype_and_non_finite_weights_are_named() {
         files.read_f32("absent"),
         Err(CoreError::MissingKey { .. })
     ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random byte damage (1-5 bytes, or a truncation) to a shard of a sharded folder, or to
+    /// its index, loads the model or gives a typed error, never a panic.
+    #[test]
+    fn damaged_folders_never_panic(
+        file in any::<prop::sample::Index>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = copy_fixture(tmp.path());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap() != "config.json")
+            .collect();
+        files.sort();
+        let path = file.get(&files);
+        let mut bytes = std::fs::read(path).unwrap();
+        for (i, b) in edits {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        std::fs::write(path, &bytes).unwrap();
+        let _ = WanTransformer::<B>::load_folder(&dir, &Default::default());
+    }
 }

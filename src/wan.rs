@@ -333,7 +333,8 @@ impl TrainConfig {
     /// planner reads configs meant for other machines).
     ///
     /// # Errors
-    /// `ConfigFile` naming the file (unreadable, bad TOML, unknown key).
+    /// `ConfigFile` naming the file (unreadable, bad TOML, unknown key); `Config` naming a
+    /// value out of range ([`TrainConfig::validate`]).
     pub fn read(path: &Path) -> Result<Self, TrainError> {
         let file_error = |reason: String| TrainError::ConfigFile {
             path: path.to_path_buf(),

@@ -91,3 +91,28 @@ fn bad_prompt_files_are_named() {
         Err(TrainError::Core(diffusion_core::CoreError::Io { .. }))
     ));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Random byte damage (1-5 bytes, or a truncation) to a prompt file loads it or gives a
+    /// typed error, never a panic.
+    #[test]
+    fn damaged_prompt_files_never_panic(
+        edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..6),
+        cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+    ) {
+        let mut bytes = std::fs::read(tiny_wan().join("prompts.safetensors")).unwrap();
+        for (i, b) in edits {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prompts.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = PromptFile::<B>::load(&path, 32, &Default::default());
+    }
+}

@@ -122,3 +122,32 @@ fn mismatched_adapters_are_named() {
         .save_lora(tmp.path().join("x.safetensors"))
         .is_err());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Random byte damage (1-5 bytes, or a truncation) to a diffusers LoRA adapter file loads
+    /// it or gives a typed error, never a panic, through both readers.
+    #[test]
+    fn damaged_adapter_files_never_panic(
+        edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..6),
+        cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+    ) {
+        let mut bytes = std::fs::read(fixture("wan_folder_lora.safetensors")).unwrap();
+        for (i, b) in edits {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pytorch_lora_weights.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let dev = Default::default();
+        let _ = base::<B>().with_lora_file(&path, &dev);
+        let _ = base::<B>()
+            .with_lora(&LoraConfig::new(4), &dev)
+            .and_then(|m| m.load_lora(&path, &dev));
+    }
+}
